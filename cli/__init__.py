@@ -1,0 +1,1 @@
+"""Command-line interface of perceiver-lm (``perceiver-lm`` console script)."""

@@ -1,0 +1,158 @@
+"""The ``perceiver-lm`` command line: parse options, build a config, call one library function."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import sys
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from perceiver_lm.errors import PerceiverLMError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models.")
+
+
+def user_errors(func):
+    """Print a PerceiverLMError as one line on stderr and exit with status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PerceiverLMError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise PerceiverLMError(f"--config {path}: cannot read ({err.strerror or err})") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise PerceiverLMError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})") from None
+
+
+def _option_type(annotation: Any) -> Any:
+    """The CLI type of a TrainingOptions field: Optional[...] so an unset option reads as None."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return Optional[str]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return Optional[args[0]]
+    return Optional[annotation]
+
+
+def _training_parameters() -> list[inspect.Parameter]:
+    from perceiver_lm.training import TrainingOptions
+
+    hints = typing.get_type_hints(TrainingOptions)
+    params = []
+    for f in dataclasses.fields(TrainingOptions):
+        annotation = hints[f.name]
+        help_text = f.metadata["help"]
+        if typing.get_origin(annotation) is typing.Literal:
+            help_text += f" (choices: {', '.join(typing.get_args(annotation))})"
+        option = typer.Option(f"--{f.name.replace('_', '-')}", help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(annotation), option]))
+    return params
+
+
+def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> None:
+    """Pretrain a byte-level masked LM (defaults: `small` preset on the built-in corpus)."""
+    from perceiver_lm.config import PerceiverConfig, get_preset
+    from perceiver_lm.training import TrainingOptions, pretrain
+
+    file_options = _read_config_file(config) if config else {}
+    model_overrides = file_options.pop("model", {})
+    preset_name = preset or file_options.pop("preset", "small")
+    file_options.pop("preset", None)
+    source = f"--config {config}"
+    model_config = PerceiverConfig.from_dict({**get_preset(preset_name).to_dict(), **model_overrides}, source)
+    explicit = {k: v for k, v in given.items() if v is not None and v != []}
+    options = TrainingOptions.from_dict({**file_options, **explicit}, source)
+    result = pretrain(options, model_config)
+    if result.eval_metrics:
+        m = result.eval_metrics
+        typer.echo(
+            f"step {result.step}: validation {m['bits_per_byte']:.3f} bits per masked byte, "
+            f"accuracy {m['accuracy']:.3f}; checkpoint {result.checkpoint}"
+        )
+
+
+def _build_pretrain_command():
+    def command(**kwargs):
+        return user_errors(_pretrain)(**kwargs)
+
+    command.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(help="Model preset: tiny, small or base (default: small).")]),
+            inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win.")]),
+            *_training_parameters(),
+        ]
+    )
+    command.__doc__ = _pretrain.__doc__
+    return command
+
+
+app.command("pretrain", help=_pretrain.__doc__)(_build_pretrain_command())
+
+
+@app.command("fill-mask")
+@user_errors
+def fill_mask_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory.")],
+    text: Annotated[str, typer.Argument(help="Text with [MASK] (one byte) or [MASK*N] (N bytes) marks.")],
+    top_k: Annotated[int, typer.Option(help="Show the k most likely bytes per masked position.")] = 0,
+) -> None:
+    """Fill the masked bytes of TEXT and print the filled text."""
+    from perceiver_lm.inference import fill_mask
+    from perceiver_lm.model import PerceiverLM
+
+    result = fill_mask(PerceiverLM.from_pretrained(checkpoint), text, top_k=max(1, top_k))
+    typer.echo(result.text)
+    if top_k:
+        for position, candidates in zip(result.positions, result.candidates):
+            shown = ", ".join(f"{c!r}:{p:.2f}" for c, p in candidates)
+            typer.echo(f"  byte {position}: {shown}")
+
+
+@app.command("info")
+@user_errors
+def info_command(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory.")]) -> None:
+    """Describe a checkpoint: model shape, parameters, training step and last evaluation."""
+    from perceiver_lm.checkpoint import describe
+
+    typer.echo(describe(checkpoint))
+
+
+@app.command("plot")
+@user_errors
+def plot_command(
+    runs: Annotated[list[Path], typer.Argument(help="One or more pretraining run directories.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curve.png"),
+) -> None:
+    """Plot validation bits per masked byte and accuracy against training time."""
+    from perceiver_lm.plotting import plot_curve
+
+    typer.echo(plot_curve(runs, out))
+
+
+def main() -> None:
+    app(prog_name="perceiver-lm")
+
+
+if __name__ == "__main__":
+    main()

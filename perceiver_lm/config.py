@@ -1,0 +1,155 @@
+"""Model configuration: one frozen dataclass and a dict of named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.tokenizer import VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class PerceiverConfig:
+    """Shape of a byte-level Perceiver IO masked language model.
+
+    The defaults are the 201M-parameter ``deepmind/language-perceiver`` shape (the ``base`` preset).
+    """
+
+    vocab_size: int = VOCAB_SIZE
+    max_seq_len: int = 2048
+    """Longest input in bytes (specials included); also the number of decoder position queries."""
+    d_model: int = 768
+    """Width of the byte embeddings and of the MLM decoder queries."""
+    num_latents: int = 256
+    d_latents: int = 1280
+    num_cross_heads: int = 8
+    num_self_heads: int = 8
+    qk_channels: int = 256
+    """Query/key channels of encoder cross-attention and processor self-attention (all heads)."""
+    v_channels: int = 1280
+    """Value channels of encoder cross-attention and processor self-attention (all heads)."""
+    num_self_layers: int = 26
+    cross_widening: int = 1
+    self_widening: int = 1
+    decoder_heads: int = 8
+    decoder_qk_channels: int = 256
+    decoder_v_channels: int = 768
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    locality_bias: bool = False
+    """Add a learnable-slope locality prior to encoder and decoder cross-attention logits:
+    -s_h * |p - c_j| / (max_seq_len / num_latents) between byte/query position p and the centre
+    c_j of latent j's share of the window, slopes s_h = 2, 1, 0.5, ... per head. Off in ``base``
+    (it is not part of the public checkpoint); it removes the cold-start plateau of MLM."""
+    tie_decoder_queries: bool = False
+    """Use the input position embeddings as MLM decoder queries instead of a separate table."""
+
+    def __post_init__(self) -> None:
+        positive = [f.name for f in fields(self) if f.type in ("int", int)]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PerceiverLMError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.vocab_size < VOCAB_SIZE:
+            raise PerceiverLMError(f"model config: vocab_size must be at least {VOCAB_SIZE}, got {self.vocab_size}")
+        for heads, name, channels in (
+            (self.num_cross_heads, "qk_channels", self.qk_channels),
+            (self.num_cross_heads, "v_channels", self.v_channels),
+            (self.num_self_heads, "qk_channels", self.qk_channels),
+            (self.num_self_heads, "v_channels", self.v_channels),
+            (self.decoder_heads, "decoder_qk_channels", self.decoder_qk_channels),
+            (self.decoder_heads, "decoder_v_channels", self.decoder_v_channels),
+        ):
+            if channels % heads:
+                raise PerceiverLMError(
+                    f"model config: {name}={channels} is not divisible by the number of heads ({heads})"
+                )
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise PerceiverLMError(f"model config: attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.locality_bias and self.max_seq_len < self.num_latents:
+            raise PerceiverLMError("model config: locality_bias needs max_seq_len >= num_latents")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PerceiverConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PerceiverLMError(f"{source}: unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "PerceiverConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PerceiverConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PerceiverLMError(f"{path}: model config not found") from None
+        except json.JSONDecodeError as err:
+            raise PerceiverLMError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+PRESETS: dict[str, PerceiverConfig] = {
+    # Unit tests: well under 1M parameters, short windows.
+    "tiny": PerceiverConfig(
+        max_seq_len=128,
+        d_model=64,
+        num_latents=16,
+        d_latents=96,
+        num_cross_heads=4,
+        num_self_heads=4,
+        qk_channels=32,
+        v_channels=96,
+        num_self_layers=2,
+        decoder_heads=4,
+        decoder_qk_channels=32,
+        decoder_v_channels=64,
+        attention_dropout=0.0,
+        locality_bias=True,
+        tie_decoder_queries=True,
+    ),
+    # CPU experiments: 2048-byte windows like `base`, about 12M parameters.
+    "small": PerceiverConfig(
+        max_seq_len=2048,
+        d_model=256,
+        num_latents=256,
+        d_latents=512,
+        num_cross_heads=8,
+        num_self_heads=8,
+        qk_channels=256,
+        v_channels=512,
+        num_self_layers=8,
+        cross_widening=2,
+        self_widening=2,
+        decoder_heads=8,
+        decoder_qk_channels=128,
+        decoder_v_channels=256,
+        attention_dropout=0.0,
+        locality_bias=True,
+        tie_decoder_queries=True,
+    ),
+    # Exactly the public deepmind/language-perceiver shape (201M parameters).
+    "base": PerceiverConfig(),
+}
+
+
+def get_preset(name: str) -> PerceiverConfig:
+    """Return a named preset, or fail with the list of known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise PerceiverLMError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

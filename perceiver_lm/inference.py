@@ -1,0 +1,72 @@
+"""Filling masked bytes with a trained model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.model import PerceiverLM
+from perceiver_lm.tokenizer import MASK_ID, NUM_SPECIAL, bytes_to_ids, decode_bytes
+
+MASK_MARK = re.compile(rb"\[MASK(?:\*(\d+))?\]")
+
+
+@dataclass(frozen=True)
+class FillMaskResult:
+    """The filled text, the masked byte positions and the top-k candidate bytes at each."""
+
+    text: str
+    positions: list[int]
+    candidates: list[list[tuple[bytes, float]]]
+
+
+def parse_masked_text(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Turn text with ``[MASK]`` (one byte) or ``[MASK*N]`` (N bytes) marks into ids and mask positions."""
+    raw = text.encode("utf-8")
+    pieces, positions, length, cursor = [], [], 0, 0
+    for match in MASK_MARK.finditer(raw):
+        before = bytes_to_ids(raw[cursor : match.start()])
+        count = int(match.group(1) or 1)
+        if count == 0:
+            raise PerceiverLMError(f"mask mark {match.group(0).decode()} must cover at least one byte")
+        pieces += [before, np.full(count, MASK_ID, dtype=np.int64)]
+        positions.extend(range(length + len(before), length + len(before) + count))
+        length += len(before) + count
+        cursor = match.end()
+    pieces.append(bytes_to_ids(raw[cursor:]))
+    if not positions:
+        raise PerceiverLMError("text has no [MASK] or [MASK*N] marks to fill")
+    return np.concatenate(pieces), np.array(positions, dtype=np.int64)
+
+
+@torch.no_grad()
+def fill_mask(model: PerceiverLM, text: str, top_k: int = 3) -> FillMaskResult:
+    """Predict every masked byte of ``text`` at once and return the argmax filling.
+
+    Args:
+        model: a trained model (put in eval mode here).
+        text: text with ``[MASK]`` / ``[MASK*N]`` marks.
+        top_k: candidates to report per masked byte.
+    """
+    ids, positions = parse_masked_text(text)
+    if len(ids) > model.config.max_seq_len:
+        raise PerceiverLMError(f"text is {len(ids)} bytes, longer than the model's window ({model.config.max_seq_len})")
+    model.eval()
+    device = next(model.parameters()).device
+    input_ids = torch.from_numpy(ids)[None].to(device)
+    query = torch.from_numpy(positions)[None].to(device)
+    logits = model(input_ids, query_positions=query).logits[0].float()  # [Q, vocab]
+    logits[:, :NUM_SPECIAL] = float("-inf")  # only bytes can fill a byte slot
+    probs = logits.softmax(-1)
+    top = probs.topk(top_k, dim=-1)
+    filled = ids.copy()
+    filled[positions] = top.indices[:, 0].cpu().numpy()
+    candidates = [
+        [(bytes([i - NUM_SPECIAL]), p) for i, p in zip(row_i.tolist(), row_p.tolist())]
+        for row_i, row_p in zip(top.indices.cpu(), top.values.cpu())
+    ]
+    return FillMaskResult(decode_bytes(filled).decode("utf-8", errors="replace"), positions.tolist(), candidates)

@@ -1,0 +1,314 @@
+"""Perceiver IO masked language model over bytes: attention, encoder, processor, decoder, model.
+
+Axis vocabulary in shape comments: B batch, L bytes, N latents, Q queries, H heads, D channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from perceiver_lm.config import PerceiverConfig
+
+
+@dataclass
+class AttentionOutput:
+    hidden: torch.Tensor  # [B, Q, D]
+    weights: torch.Tensor | None  # [B, H, Q, K] softmax weights before dropout, when asked for
+
+
+@dataclass
+class PerceiverLMOutput:
+    """What `PerceiverLM.forward` returns."""
+
+    logits: torch.Tensor
+    """[B, Q, vocab] logits at the decoded positions."""
+    encoder_attention: torch.Tensor | None = None
+    """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout."""
+    decoder_attention: torch.Tensor | None = None
+    """[B, H, Q, N] decoder cross-attention weights (queries over latents), pre-dropout."""
+
+
+class Attention(nn.Module):
+    """Multi-head attention with pre-LayerNorm on queries (and keys/values when cross-attending).
+
+    Runs through ``F.scaled_dot_product_attention``; ``return_weights=True`` switches to an explicit
+    softmax that also returns the weights and must agree with the fused path.
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        qk_channels: int,
+        v_channels: int,
+        heads: int,
+        out_dim: int,
+        dropout: float,
+        eps: float,
+        cross: bool,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q_norm = nn.LayerNorm(q_dim, eps=eps)
+        self.kv_norm = nn.LayerNorm(kv_dim, eps=eps) if cross else None
+        self.query = nn.Linear(q_dim, qk_channels)
+        self.key = nn.Linear(kv_dim, qk_channels)
+        self.value = nn.Linear(kv_dim, v_channels)
+        self.out = nn.Linear(v_channels, out_dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # [B, n, D] -> [B, H, n, D/H]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> AttentionOutput:
+        """Attend from ``x`` [B, Q, D] to ``kv`` [B, K, D] (``x`` itself for self-attention).
+
+        ``mask`` is boolean or additive, broadcastable to [B, H, Q, K]; False/-inf keys are ignored.
+        """
+        x = self.q_norm(x)
+        kv = x if kv is None else self.kv_norm(kv)
+        q = self._split(self.query(x))  # [B, H, Q, Dqk]
+        k = self._split(self.key(kv))  # [B, H, K, Dqk]
+        v = self._split(self.value(kv))  # [B, H, K, Dv]
+        dropout = self.dropout if self.training else 0.0
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype (bf16 under autocast)
+        weights = None
+        if return_weights:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Q, K]
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            weights = scores.softmax(dim=-1)
+            context = F.dropout(weights, dropout, self.training) @ v
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        b, h, n, d = context.shape
+        context = context.transpose(1, 2).reshape(b, n, h * d)  # [B, H, Q, Dv/H] -> [B, Q, Dv]
+        return AttentionOutput(self.out(context), weights)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, widening: int) -> None:
+        super().__init__()
+        self.dense1 = nn.Linear(dim, dim * widening)
+        self.dense2 = nn.Linear(dim * widening, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense2(F.gelu(self.dense1(x)))
+
+
+class Block(nn.Module):
+    """Attention (+ optional query residual) followed by a pre-LayerNorm MLP with a residual."""
+
+    def __init__(self, attention: Attention, dim: int, widening: int, eps: float, query_residual: bool) -> None:
+        super().__init__()
+        self.attention = attention
+        self.query_residual = query_residual
+        self.mlp_norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, widening)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> AttentionOutput:
+        attended = self.attention(x, kv, mask, return_weights)
+        h = attended.hidden + x if self.query_residual else attended.hidden
+        return AttentionOutput(h + self.mlp(self.mlp_norm(h)), attended.weights)
+
+
+class LocalityBias(nn.Module):
+    """Fixed-shape, learnable-slope prior on cross-attention logits between positions and latents.
+
+    Latent j "owns" the stretch of the window centred at c_j = (j + 1/2) * S with S =
+    max_seq_len / num_latents; the bias is -s_h * |p - c_j| / S. Slopes start at 2, 1, 0.5, ... so
+    some heads read locally and others widely; both the encoder and the decoder get one, which
+    gives a masked byte's neighbours a path to its decoder query from step 0.
+    """
+
+    def __init__(self, heads: int, num_latents: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.stride = max_seq_len / num_latents
+        self.slopes = nn.Parameter(2.0 ** (1.0 - torch.arange(heads, dtype=torch.float32)))
+        self.register_buffer("centres", (torch.arange(num_latents) + 0.5) * self.stride, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """Bias [..., H, P, N] for positions [..., P] against every latent."""
+        distance = (positions[..., :, None].float() - self.centres).abs() / self.stride  # [..., P, N]
+        return -self.slopes[:, None, None] * distance.unsqueeze(-3)  # [..., H, P, N]
+
+
+class PerceiverEncoder(nn.Module):
+    """Bytes -> latents: embeddings, encoder cross-attention, latent self-attention processor."""
+
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.position_embedding = nn.Embedding(c.max_seq_len, c.d_model)
+        self.latents = nn.Parameter(torch.empty(c.num_latents, c.d_latents))
+        cross = Attention(
+            c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.num_cross_heads, c.d_latents,
+            c.attention_dropout, c.layer_norm_eps, cross=True,
+        )
+        self.cross = Block(cross, c.d_latents, c.cross_widening, c.layer_norm_eps, query_residual=True)
+        self.layers = nn.ModuleList(
+            Block(
+                Attention(
+                    c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.num_self_heads, c.d_latents,
+                    c.attention_dropout, c.layer_norm_eps, cross=False,
+                ),
+                c.d_latents, c.self_widening, c.layer_norm_eps, query_residual=True,
+            )
+            for _ in range(c.num_self_layers)
+        )
+        self.locality = LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len) if c.locality_bias else None
+        self.gradient_checkpointing = False
+
+    def cross_mask(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """Mask for latents attending to bytes: padding keys off, plus the locality prior."""
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+        if self.locality is None:
+            return keep
+        positions = torch.arange(length, device=self.latents.device)
+        bias = self.locality(positions).transpose(-1, -2).unsqueeze(0)  # [H, L, N] -> [1, H, N, L]
+        return bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_weights: bool = False
+    ) -> AttentionOutput:
+        """Encode ids [B, L] into latents [B, N, D]; ``weights`` are the encoder maps [B, H, N, L]."""
+        b, length = input_ids.shape
+        if length > self.config.max_seq_len:
+            raise ValueError(f"input has {length} ids, more than max_seq_len={self.config.max_seq_len}")
+        positions = torch.arange(length, device=input_ids.device)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions)  # [B, L, D]
+        latents = self.latents.expand(b, -1, -1)  # [B, N, D]
+        encoded = self.cross(latents, x, self.cross_mask(attention_mask, length), return_weights)
+        h = encoded.hidden
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                h = checkpoint(lambda t, layer=layer: layer(t).hidden, h, use_reentrant=False)
+            else:
+                h = layer(h).hidden
+        return AttentionOutput(h, encoded.weights)
+
+
+class PositionalQueries(nn.Module):
+    """MLM decoder queries: one learned vector per byte position (or the input's, when tied)."""
+
+    def __init__(self, config: PerceiverConfig, input_positions: nn.Embedding) -> None:
+        super().__init__()
+        # Held in a list so the shared table is not registered (and saved) a second time here.
+        self._tied = [input_positions] if config.tie_decoder_queries else []
+        self.embedding = None if config.tie_decoder_queries else nn.Embedding(config.max_seq_len, config.d_model)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """Queries [B, Q, D] for positions [B, Q]."""
+        table = self._tied[0] if self._tied else self.embedding
+        return table(positions)
+
+
+class MLMDecoder(nn.Module):
+    """Latents -> hidden states at the asked-for byte positions, by cross-attention from queries."""
+
+    def __init__(self, config: PerceiverConfig, input_positions: nn.Embedding) -> None:
+        super().__init__()
+        c = config
+        self.queries = PositionalQueries(c, input_positions)
+        attention = Attention(
+            c.d_model, c.d_latents, c.decoder_qk_channels, c.decoder_v_channels, c.decoder_heads, c.d_model,
+            c.attention_dropout, c.layer_norm_eps, cross=True,
+        )
+        self.cross = Block(attention, c.d_model, 1, c.layer_norm_eps, query_residual=False)
+        self.locality = LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len) if c.locality_bias else None
+
+    def forward(self, latents: torch.Tensor, positions: torch.Tensor, return_weights: bool = False) -> AttentionOutput:
+        """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]."""
+        bias = None if self.locality is None else self.locality(positions)  # [B, H, Q, N]
+        return self.cross(self.queries(positions), latents, bias, return_weights)
+
+
+class PerceiverLM(nn.Module):
+    """Perceiver IO masked language model over bytes with a tied output embedding."""
+
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = PerceiverEncoder(config)
+        self.decoder = MLMDecoder(config, self.encoder.position_embedding)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.apply(self._init_weights)
+        nn.init.normal_(self.encoder.latents, std=config.init_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute processor activations in backward to save memory."""
+        self.encoder.gradient_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        query_positions: torch.Tensor | None = None,
+        return_attentions: bool = False,
+    ) -> PerceiverLMOutput:
+        """Predict byte logits at ``query_positions``.
+
+        Args:
+            input_ids: [B, L] byte ids.
+            attention_mask: [B, L], 1 for real ids and 0 for padding; None means no padding.
+            query_positions: [B, Q] positions to decode (typically the masked ones); None decodes
+                all L positions.
+            return_attentions: also return encoder and decoder attention maps (explicit path).
+        """
+        b, length = input_ids.shape
+        if query_positions is None:
+            query_positions = torch.arange(length, device=input_ids.device).expand(b, -1)
+        encoded = self.encoder(input_ids, attention_mask, return_attentions)
+        decoded = self.decoder(encoded.hidden, query_positions, return_attentions)
+        logits = decoded.hidden @ self.encoder.token_embedding.weight.T + self.output_bias  # [B, Q, vocab]
+        return PerceiverLMOutput(logits, encoded.weights, decoded.weights)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` atomically into ``directory``."""
+        from perceiver_lm.checkpoint import save_model
+
+        return save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "PerceiverLM":
+        """Load a model saved by ``save_pretrained`` or ``pretrain`` (a checkpoint or run directory)."""
+        from perceiver_lm.checkpoint import load_model
+
+        return load_model(path, map_location)

@@ -1,0 +1,52 @@
+"""Learning curves from a run's ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from perceiver_lm.errors import PerceiverLMError
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise PerceiverLMError(f"{path}: no metrics file (is {run_dir} a pretraining run directory?)")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise PerceiverLMError(f"{path}:{number}: not a JSON record") from None
+    return records
+
+
+def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> Path:
+    """Plot validation bits per masked byte (and accuracy) against training minutes for runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_bits, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, run in enumerate(run_dirs):
+        evals = [r for r in read_metrics(run) if "eval_bits_per_byte" in r]
+        if not evals:
+            raise PerceiverLMError(f"{run}: no evaluations recorded yet")
+        minutes = [r["elapsed_s"] / 60 for r in evals]
+        label = labels[index] if labels else Path(run).name
+        ax_bits.plot(minutes, [r["eval_bits_per_byte"] for r in evals], marker="o", ms=3, label=label)
+        ax_acc.plot(minutes, [r["eval_accuracy"] for r in evals], marker="o", ms=3, label=label)
+    ax_bits.axhline(4.85, color="grey", ls="--", lw=1, label="unigram plateau (word masking)")
+    ax_bits.set(xlabel="training minutes", ylabel="validation bits per masked byte", title="Masked-byte loss")
+    ax_acc.set(xlabel="training minutes", ylabel="masked-byte accuracy", title="Masked-byte accuracy")
+    for ax in (ax_bits, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

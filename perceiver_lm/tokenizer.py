@@ -1,0 +1,110 @@
+"""Byte-level tokenizer with the 262-id vocabulary of the public Perceiver IO language model.
+
+Ids 0..5 are specials; byte ``b`` has id ``b + 6``. Everything is vectorised with numpy: no Python
+loop runs per byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+MASK_ID = 3
+CLS_ID = 4
+SEP_ID = 5
+NUM_SPECIAL = 6
+VOCAB_SIZE = 256 + NUM_SPECIAL
+SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]")
+
+
+@dataclass(frozen=True)
+class BatchEncoding:
+    """A padded batch: ``input_ids`` and ``attention_mask`` are ``[B, L]`` int64 arrays."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+def bytes_to_ids(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Map raw bytes (or a uint8 array) to token ids, without special tokens."""
+    array = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    return array.astype(np.int64) + NUM_SPECIAL
+
+
+def encode(text: str | bytes, add_special_tokens: bool = True) -> np.ndarray:
+    """Encode one text as ``[CLS] bytes [SEP]`` (or bare byte ids)."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    ids = bytes_to_ids(raw)
+    if not add_special_tokens:
+        return ids
+    return np.concatenate(([CLS_ID], ids, [SEP_ID])).astype(np.int64)
+
+
+def encode_pair(first: str | bytes, second: str | bytes) -> np.ndarray:
+    """Encode a sentence pair as ``[CLS] a [SEP] b [SEP]``."""
+    a = encode(first, add_special_tokens=False)
+    b = encode(second, add_special_tokens=False)
+    return np.concatenate(([CLS_ID], a, [SEP_ID], b, [SEP_ID])).astype(np.int64)
+
+
+def pad_batch(sequences: Sequence[np.ndarray], max_length: int | None = None) -> BatchEncoding:
+    """Right-pad id sequences with ``[PAD]``, truncating to ``max_length``.
+
+    Truncation keeps the first ``max_length - 1`` ids and the final id, so a sequence that ends in
+    ``[SEP]`` still does after truncation.
+    """
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    trimmed = []
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64)
+        if max_length is not None and len(seq) > max_length:
+            seq = np.concatenate((seq[: max_length - 1], seq[-1:]))
+        trimmed.append(seq)
+    length = max((len(s) for s in trimmed), default=0)
+    ids = np.full((len(trimmed), length), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(trimmed), length), dtype=np.int64)
+    for row, seq in enumerate(trimmed):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return BatchEncoding(input_ids=ids, attention_mask=mask)
+
+
+def encode_batch(
+    texts: Sequence[str | bytes],
+    pairs: Sequence[str | bytes] | None = None,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+) -> BatchEncoding:
+    """Encode texts (or text pairs) into a padded, truncated batch with an attention mask.
+
+    Args:
+        texts: first segments.
+        pairs: optional second segments, one per text.
+        max_length: truncate every sequence to this many ids (specials included).
+        add_special_tokens: wrap in ``[CLS] ... [SEP]``; ignored for pairs, which always have them.
+    """
+    if pairs is not None:
+        if len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pair texts")
+        seqs = [encode_pair(a, b) for a, b in zip(texts, pairs)]
+    else:
+        seqs = [encode(t, add_special_tokens) for t in texts]
+    return pad_batch(seqs, max_length)
+
+
+def decode_bytes(ids: np.ndarray | Sequence[int]) -> bytes:
+    """Turn ids back into raw bytes, dropping special tokens."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ids = ids[ids >= NUM_SPECIAL]
+    return (ids - NUM_SPECIAL).astype(np.uint8).tobytes()
+
+
+def decode(ids: np.ndarray | Sequence[int]) -> str:
+    """Decode ids to text; specials are dropped and broken UTF-8 becomes U+FFFD."""
+    return decode_bytes(ids).decode("utf-8", errors="replace")

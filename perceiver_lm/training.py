@@ -1,0 +1,387 @@
+"""Masked-LM pretraining through Hugging Face Accelerate: one loop from one CPU to many GPUs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from perceiver_lm import checkpoint as ckpt
+from perceiver_lm.config import PerceiverConfig
+from perceiver_lm.data import (
+    MaskedWindows,
+    MaskingOptions,
+    StreamingWindows,
+    builtin_corpus,
+    collate_masked,
+    corpus_from_texts,
+    load_files,
+    load_hf_texts,
+    split_corpus,
+    CorpusRange,
+)
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.model import PerceiverLM
+from perceiver_lm.optim import Lamb, parameter_groups, warmup_cosine
+
+LN2 = math.log(2.0)
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Pretraining options; each field is one ``perceiver-lm pretrain`` option of the same name."""
+
+    data: list[str] = _opt([], "Text files, globs or folders to pretrain on (raw bytes, memory-mapped). Default: the built-in corpus.")
+    dataset: str | None = _opt(None, "Hugging Face dataset name to pretrain on instead of --data.")
+    dataset_config: str | None = _opt(None, "Configuration name of --dataset.")
+    dataset_split: str = _opt("train", "Split of --dataset.")
+    text_column: str = _opt("text", "Text column of --dataset.")
+    streaming: bool = _opt(False, "Stream --dataset instead of loading it (for corpora larger than memory or disk).")
+    val_data: list[str] = _opt([], "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.")
+    val_fraction: float = _opt(0.005, "Share of the corpus held out for validation (at least 8 windows).")
+    output_dir: str = _opt("runs/pretrain", "Run directory: checkpoints, metrics.jsonl, TensorBoard logs.")
+    window: int | None = _opt(None, "Bytes per training window; default: the model's max_seq_len.")
+    batch_size: int = _opt(16, "Windows per batch per process.")
+    grad_accum: int = _opt(1, "Gradient accumulation steps per optimizer step.")
+    max_steps: int = _opt(3000, "Optimizer steps to train (the cosine schedule spans them).")
+    max_minutes: float | None = _opt(None, "Stop (and checkpoint) after this many minutes of training.")
+    optimizer: Literal["adamw", "lamb"] = _opt("adamw", "Optimizer: adamw or lamb.")
+    lr: float = _opt(2e-3, "Peak learning rate.")
+    weight_decay: float = _opt(0.01, "Decoupled weight decay on weight matrices.")
+    warmup_steps: int = _opt(100, "Linear warm-up steps.")
+    min_lr_ratio: float = _opt(0.1, "Final learning rate as a fraction of --lr (cosine decay).")
+    clip_norm: float = _opt(1.0, "Clip the global gradient norm to this (0 disables).")
+    mask_rate: float = _opt(0.15, "Fraction of units (words or bytes) masked per window.")
+    mask_unit: Literal["word", "byte"] = _opt("word", "Masking unit: whitespace-delimited words or single bytes.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _opt("auto", "auto: bf16 on GPU, fp32 on CPU.")
+    eval_every: int = _opt(200, "Evaluate on the validation split every N steps (and at the end).")
+    eval_windows: int = _opt(64, "Validation windows per evaluation (spread over the split).")
+    save_every: int = _opt(500, "Write a checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = _opt(2, "How many recent checkpoints to keep.")
+    log_every: int = _opt(10, "Log training loss every N steps.")
+    seed: int = _opt(0, "Seed for initialisation, data order, masking and dropout.")
+    resume: bool = _opt(False, "Continue from the latest checkpoint in --output-dir, same data order.")
+    num_workers: int = _opt(0, "DataLoader worker processes.")
+    gradient_checkpointing: bool = _opt(False, "Recompute processor activations in backward (saves memory).")
+    report_to: Literal["auto", "tensorboard", "none"] = _opt("auto", "Tracker: TensorBoard when installed (auto), or none.")
+    cpu: bool = _opt(False, "Train on the CPU even when a GPU is present.")
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise PerceiverLMError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.mask_rate < 1:
+            raise PerceiverLMError(f"--mask-rate must be in (0, 1), got {self.mask_rate}")
+        if not 0 <= self.val_fraction < 1:
+            raise PerceiverLMError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise PerceiverLMError(f"--lr must be positive, got {self.lr}")
+        if self.window is not None and self.window < 2:
+            raise PerceiverLMError(f"--window must be at least 2, got {self.window}")
+        if self.data and self.dataset:
+            raise PerceiverLMError("give either --data or --dataset, not both")
+        if self.streaming and not self.dataset:
+            raise PerceiverLMError("--streaming applies to --dataset (local --data files are memory-mapped already)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> "TrainingOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PerceiverLMError(f"{source}: unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class PretrainResult:
+    """What `pretrain` returns: where the run lives and how it ended."""
+
+    output_dir: Path
+    step: int
+    checkpoint: Path | None
+    eval_metrics: dict[str, float]
+
+
+@dataclass
+class PretrainData:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    description: str
+
+
+def build_data(options: TrainingOptions, window: int) -> PretrainData:
+    """Training windows and fixed validation windows from the configured source."""
+    masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
+    val_seed = options.seed + 7919  # validation masking never changes between evaluations
+    if options.dataset and options.streaming:
+        def texts():
+            return load_hf_texts(options.dataset, options.dataset_config, options.dataset_split, options.text_column, True)
+
+        head = StreamingWindows(texts, window, masking, val_seed)
+        val = [example for _, example in zip(range(options.eval_windows), head)]
+        if len(val) < options.eval_windows:
+            raise PerceiverLMError(f"--dataset {options.dataset}: stream holds fewer than {options.eval_windows + 1} windows")
+        train = StreamingWindows(texts, window, masking, options.seed, skip_windows=len(val))
+        return PretrainData(train, val, f"{options.dataset} (streaming)")
+    if options.dataset:
+        corpus = corpus_from_texts(
+            load_hf_texts(options.dataset, options.dataset_config, options.dataset_split, options.text_column, False),
+            f"--dataset {options.dataset}",
+        )
+    elif options.data:
+        corpus = load_files(options.data)
+    else:
+        corpus = builtin_corpus()
+    if options.val_data:
+        val_corpus = load_files(options.val_data)
+        train_part, val_part = CorpusRange(corpus, 0, len(corpus)), CorpusRange(val_corpus, 0, len(val_corpus))
+    else:
+        train_part, val_part = split_corpus(corpus, window, options.val_fraction)
+    train = MaskedWindows(train_part, window, masking, options.seed)
+    val_all = MaskedWindows(val_part, window, masking, val_seed, shuffle=False)
+    picks = np.unique(np.linspace(0, len(val_all) - 1, min(options.eval_windows, len(val_all))).round().astype(int))
+    description = f"{corpus.name}: {len(train_part):,} training bytes, {len(val_part):,} validation bytes"
+    return PretrainData(train, Subset(val_all, picks.tolist()), description)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the masked positions only (labels -100 are padding)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[str, float]:
+    """Masked-byte loss (nats), bits per masked byte and accuracy over the validation loader."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for batch in loader:
+        logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
+        labels = batch["labels"]
+        valid = labels != -100
+        per_byte = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, Q]
+        stats = torch.stack(
+            [per_byte.sum(1), ((logits.argmax(-1) == labels) & valid).sum(1).float(), valid.sum(1).float()], dim=1
+        )  # [B, 3]
+        totals += accelerator.gather_for_metrics(stats).sum(0).double().cpu()
+    model.train()
+    loss = (totals[0] / totals[2].clamp(min=1)).item()
+    return {"loss": loss, "bits_per_byte": loss / LN2, "accuracy": (totals[1] / totals[2].clamp(min=1)).item()}
+
+
+def _step_seed(seed: int, micro_step: int, world: int, rank: int) -> int:
+    # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
+    return (seed * 1_000_003 + micro_step * world + rank) % (2**63 - 1)
+
+
+def _tracker_config(options: TrainingOptions, config: PerceiverConfig) -> dict[str, Any]:
+    flat = {**{f"model/{k}": v for k, v in config.to_dict().items()}, **dataclasses.asdict(options)}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+
+
+def _write_checkpoint(accelerator, model, optimizer, config, options, step: int, state: dict[str, Any]) -> Path:
+    output = Path(options.output_dir)
+    path = output / f"checkpoint-{step:07d}"
+    if accelerator.is_main_process:
+        with ckpt.atomic_directory(path) as tmp:
+            ckpt.write_model_files(accelerator.unwrap_model(model), config, tmp)
+            ckpt.write_training_files(tmp, optimizer.state_dict(), {**state, "step": step})
+        for old in ckpt.list_checkpoints(output)[: -options.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source: Path) -> None:
+    if saved != config:
+        diffs = [f"{k}: checkpoint {v!r} vs now {getattr(config, k)!r}" for k, v in saved.to_dict().items() if getattr(config, k) != v]
+        raise PerceiverLMError(f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config")
+
+
+def _resolve_precision(options: TrainingOptions) -> str:
+    if options.mixed_precision != "auto":
+        return options.mixed_precision
+    return "bf16" if torch.cuda.is_available() and not options.cpu else "no"
+
+
+def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResult:
+    """Pretrain a masked byte LM with Accelerate (one process or ``accelerate launch``).
+
+    Args:
+        options: training options (data, schedule, evaluation, checkpoints).
+        config: model shape, usually a preset.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
+
+    window = options.window or config.max_seq_len
+    if window > config.max_seq_len:
+        raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({config.max_seq_len})")
+    output = Path(options.output_dir)
+    existing = ckpt.list_checkpoints(output)
+    if existing and not options.resume:
+        raise PerceiverLMError(f"{output} already holds checkpoints; pass --resume to continue, or pick another --output-dir")
+
+    report = options.report_to
+    if report == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            report = "tensorboard"
+        except ImportError:
+            report = "none"
+    accelerator = Accelerator(
+        cpu=options.cpu,
+        mixed_precision=_resolve_precision(options),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=options.grad_accum, sync_with_dataloader=False),
+        log_with=None if report == "none" else report,
+        project_dir=str(output),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world:
+        raise PerceiverLMError(
+            f"launched {world} processes but Accelerate sees {accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1"
+        )
+    main = accelerator.is_main_process
+
+    def say(message: str) -> None:
+        if main:
+            print(message, file=sys.stderr, flush=True)
+
+    data = build_data(options, window)
+    set_seed(options.seed)
+    model = PerceiverLM(config)
+    model.gradient_checkpointing_enable(options.gradient_checkpointing)
+    groups = parameter_groups(model, options.weight_decay)
+    optimizer = (Lamb if options.optimizer == "lamb" else torch.optim.AdamW)(groups, lr=options.lr)
+
+    step = 0
+    last_eval: dict[str, float] = {}
+    if options.resume and existing:
+        source = existing[-1]
+        _check_resume_config(PerceiverConfig.load(source / ckpt.CONFIG_FILE), config, source)
+        model.load_state_dict(ckpt.load_state_dict(source))
+        optimizer_state, trainer_state = ckpt.read_training_files(source)
+        optimizer.load_state_dict(optimizer_state)
+        step = int(trainer_state["step"])
+        last_eval = trainer_state.get("eval", {})
+        say(f"resuming from {source} at step {step}")
+    elif options.resume:
+        say(f"note: no checkpoint in {output} yet; starting from scratch")
+
+    is_streaming = isinstance(data.train, StreamingWindows)
+    loader_args = dict(batch_size=options.batch_size, collate_fn=collate_masked, num_workers=options.num_workers)
+    train_loader = DataLoader(data.train, **loader_args)
+    val_loader = DataLoader(data.val, **loader_args)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
+    metrics_file = output / "metrics.jsonl"
+    processes = accelerator.num_processes
+    say(
+        f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}; "
+        f"batch {options.batch_size}x{processes}x{options.grad_accum} windows of {window} bytes"
+    )
+
+    def log(record: dict[str, Any]) -> None:
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if main:
+            with open(metrics_file, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def set_lr(at_step: int) -> None:
+        scale = warmup_cosine(at_step, options.warmup_steps, options.max_steps, options.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * scale
+
+    micro_step = step * options.grad_accum
+    per_epoch = None if is_streaming else len(train_loader)
+    epoch, skip = divmod(micro_step, per_epoch) if per_epoch else (0, micro_step)
+    bytes_per_step = window * options.batch_size * processes * options.grad_accum
+    started = time.monotonic()
+    start_step = step
+    checkpoint_path = None
+    running_loss, running_count = 0.0, 0
+    progress = None
+    if main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=options.max_steps, initial=step, desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+    model.train()
+    set_lr(step)
+    done = step >= options.max_steps
+    while not done:
+        if not is_streaming:
+            data.train.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        exhausted = True
+        for batch in loader:
+            torch.manual_seed(_step_seed(options.seed, micro_step, processes, accelerator.process_index))
+            with accelerator.accumulate(model):
+                logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
+                loss = masked_lm_loss(logits, batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and options.clip_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            running_loss += loss.detach().float().item()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            set_lr(step)
+            elapsed = time.monotonic() - started
+            if step % options.log_every == 0 or step == options.max_steps:
+                record = {"step": step, "train_loss": running_loss / running_count, "lr": options.lr * warmup_cosine(step - 1, options.warmup_steps, options.max_steps, options.min_lr_ratio), "bytes_per_s": (step - start_step) * bytes_per_step / max(elapsed, 1e-9), "elapsed_s": elapsed}
+                log(record)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['train_loss']:.3f}", bytes_s=f"{record['bytes_per_s']:,.0f}")
+                running_loss, running_count = 0.0, 0
+            if progress is not None:
+                progress.update(1)
+            out_of_time = options.max_minutes is not None and elapsed >= options.max_minutes * 60
+            if options.max_minutes is not None and processes > 1:
+                flag = accelerator.reduce(torch.tensor([float(out_of_time)], device=accelerator.device), "max")
+                out_of_time = bool(flag.item())
+            done = step >= options.max_steps or out_of_time
+            if step % options.eval_every == 0 or done:
+                last_eval = evaluate(model, val_loader, accelerator)
+                log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
+                say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
+            if step % options.save_every == 0 or done:
+                state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
+                checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
+            if done:
+                exhausted = False
+                break
+        if exhausted and is_streaming:
+            say("note: the stream ended before --max-steps")
+            break
+        epoch, skip = epoch + 1, 0
+    if progress is not None:
+        progress.close()
+    accelerator.end_training()
+    return PretrainResult(output, step, checkpoint_path, last_eval)

@@ -1,0 +1,1 @@
+"""GLUE fine-tuning with the multi-task query decoder (to come)."""
