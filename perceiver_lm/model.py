@@ -261,7 +261,7 @@ class PerceiverLM(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
+            nn.init.normal_(module.weight, std=module.in_features**-0.5 if self.config.scaled_init else std)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=std)

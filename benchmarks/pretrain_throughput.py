@@ -1,0 +1,125 @@
+"""Training throughput (bytes/s) and peak memory of MLM pretraining steps, per preset.
+
+Each configuration runs in a fresh subprocess so that peak memory (max RSS on CPU,
+``torch.cuda.max_memory_allocated`` on GPU) belongs to it alone. Prints a table, writes JSON.
+
+    python benchmarks/pretrain_throughput.py --presets small --window 2048 --batch-size 8
+    python benchmarks/pretrain_throughput.py --presets base --device cuda --batch-size 32   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def measure(preset: str, window: int, batch_size: int, steps: int, warmup: int, device: str, precision: str, checkpointing: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from perceiver_lm.config import get_preset
+    from perceiver_lm.data import collate_masked
+    from perceiver_lm.masking import mask_tokens
+    from perceiver_lm.model import PerceiverLM
+    from perceiver_lm.training import masked_lm_loss
+
+    torch.manual_seed(0)
+    config = get_preset(preset)
+    model = PerceiverLM(config).to(device).train()
+    model.gradient_checkpointing_enable(checkpointing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    # English-like byte statistics are irrelevant for speed; words of random lengths set the mask count.
+    examples = []
+    for _ in range(batch_size):
+        words = rng.integers(97, 123, window)
+        words[rng.random(window) < 0.18] = 32
+        masked = mask_tokens(words.astype(np.int64) + 6, rng)
+        examples.append({"input_ids": masked.input_ids, "positions": masked.positions, "labels": masked.labels})
+    batch = {k: v.to(device) for k, v in collate_masked(examples).items()}
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step() -> None:
+        with autocast:
+            logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
+            loss = masked_lm_loss(logits, batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "preset": preset,
+        "parameters": model.num_parameters(),
+        "window": window,
+        "batch_size": batch_size,
+        "device": device,
+        "precision": precision,
+        "gradient_checkpointing": checkpointing,
+        "step_s": seconds,
+        "bytes_per_s": window * batch_size / seconds,
+        "peak_memory_mib": peak / 2**20,
+        "masked_bytes_per_window": float((batch["labels"] != -100).sum().item() / batch_size),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="small", help="comma-separated preset names")
+    parser.add_argument("--window", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--out", default="runs/bench/pretrain_throughput.json")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in this process
+    args = parser.parse_args()
+
+    if args.one:
+        print(json.dumps(measure(args.presets, args.window, args.batch_size, args.steps, args.warmup, args.device, args.precision, args.gradient_checkpointing)))
+        return
+    rows = []
+    for preset in args.presets.split(","):
+        cmd = [sys.executable, __file__, "--one", "--presets", preset, "--window", str(args.window), "--batch-size", str(args.batch_size),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--precision", args.precision]
+        if args.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{preset}: benchmark failed:\n{done.stderr.strip()}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>5} {'step s':>8} {'bytes/s':>10} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} {r['precision']:>5} {r['step_s']:>8.3f} {r['bytes_per_s']:>10,.0f} {r['peak_memory_mib']:>9,.0f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(), "results": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def letter_lines_corpus(seed: int = 0, lines: int = 600) -> str:
+    """Lines whose words repeat one random letter per line ("qqq q qqqq"): a masked word is a
+    uniformly random letter on its own (4.7 bits) but is given away by the words around it."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(lines):
+        letter = chr(97 + rng.integers(26))
+        out.append(" ".join(letter * int(n) for n in rng.integers(1, 6, rng.integers(4, 12))))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def letters_file(tmp_path) -> Path:
+    path = tmp_path / "letters.txt"
+    path.write_text(letter_lines_corpus())
+    return path
+
+
+def shared_data() -> Path | None:
+    """The public benchmark data folder, from PERCEIVER_LM_DATA or ../shared/data beside the repo."""
+    env = os.environ.get("PERCEIVER_LM_DATA")
+    candidates = [Path(env)] if env else [REPO.parent / "shared" / "data"]
+    return next((p for p in candidates if p.is_dir()), None)

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+
+from perceiver_lm.data import (
+    MaskedWindows,
+    MaskingOptions,
+    StreamingWindows,
+    builtin_corpus,
+    corpus_from_texts,
+    load_files,
+    load_hf_texts,
+    split_corpus,
+)
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.tokenizer import SEP_ID, bytes_to_ids, decode
+
+
+def test_files_globs_and_folders_concatenate_with_separators(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_bytes(b"beta")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / ".hidden").write_bytes(b"secret")
+    corpus = load_files([tmp_path])
+    assert len(corpus) == len("alpha") + 1 + len("beta") + 1
+    ids = corpus.read(0, len(corpus))
+    assert ids.tolist() == [*bytes_to_ids(b"alpha"), SEP_ID, *bytes_to_ids(b"beta"), SEP_ID]
+    assert corpus.read(3, 5).tolist() == [*bytes_to_ids(b"ha"), SEP_ID, *bytes_to_ids(b"be")]
+    by_glob = load_files([str(tmp_path / "**" / "*.txt")])
+    assert len(by_glob) == len(corpus)
+    assert isinstance(load_files([tmp_path / "a.txt"]).buffers[0], np.memmap)
+
+
+def test_wikiextractor_markup_lines_are_dropped(tmp_path):
+    text = '<doc id="1" url="?curid=1" title="A">\nA\n\nAbout A.\n</doc>\n<doc id="2" url="?curid=2" title="B">\nB\n\nAbout B.\n</doc>\n'
+    (tmp_path / "wiki.txt").write_text(text)
+    corpus = load_files([tmp_path / "wiki.txt"])
+    assert corpus.spans.shape == (2, 3)
+    ids = corpus.read(0, len(corpus))
+    assert decode(ids) == "A\n\nAbout A.\nB\n\nAbout B.\n"
+    assert (ids == SEP_ID).sum() == 2
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("missing.txt", "missing.txt: no such file or folder"), ("*.nomatch", "pattern matches no files")],
+)
+def test_missing_inputs(tmp_path, monkeypatch, spec, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PerceiverLMError, match=message):
+        load_files([spec])
+
+
+def test_empty_and_too_small_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(PerceiverLMError, match="corpus is empty"):
+        load_files([tmp_path / "empty.txt"])
+    (tmp_path / "small.txt").write_text("x" * 100)
+    with pytest.raises(PerceiverLMError, match="corpus has 101 bytes, fewer than two 128-byte windows"):
+        split_corpus(load_files([tmp_path / "small.txt"]), 128, 0.01)
+
+
+def test_non_utf8_file_trains_on_bytes_with_a_note(tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 100)
+    corpus = load_files([tmp_path / "latin1.txt"])
+    assert "latin1.txt is not valid UTF-8 (byte 3); training on its raw bytes anyway" in capsys.readouterr().err
+    assert corpus.read(3, 1).tolist() == [0xE9 + 6]
+
+
+def test_builtin_corpus_is_real_english():
+    corpus = builtin_corpus()
+    assert len(corpus) > 300_000
+    text = decode(corpus.read(0, 5000))
+    assert text.count(" the ") > 10
+
+
+def test_split_carves_validation_from_the_end():
+    corpus = corpus_from_texts(["x" * 10_000], "t")
+    train, val = split_corpus(corpus, 100, 0.05)
+    # 5 % of 10,001 bytes is below the 8-window minimum, so 800 bytes are held out.
+    assert (train.start, train.stop, val.start, val.stop) == (0, 9_201, 9_201, 10_001)
+
+
+def test_windows_are_deterministic_and_shift_between_epochs():
+    corpus = corpus_from_texts([" ".join(f"w{i}" for i in range(3000))], "t")
+    train, _ = split_corpus(corpus, 64, 0.01)
+    a = MaskedWindows(train, 64, MaskingOptions(), seed=3)
+    b = MaskedWindows(train, 64, MaskingOptions(), seed=3)
+    assert all((a[i]["input_ids"] == b[i]["input_ids"]).all() for i in range(5))
+    assert all((a[i]["positions"] == b[i]["positions"]).all() for i in range(5))
+    first = a[0]["input_ids"].copy()
+    a.set_epoch(1)
+    assert a.shift != 0 or not np.array_equal(a.order[:5], b.order[:5])
+    assert not np.array_equal(a[0]["input_ids"], first)
+    assert a[0]["input_ids"].shape == (64,)
+
+
+def test_hf_dataset_from_local_folder_and_streaming(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "part.txt").write_text("\n".join(f"line number {i} of a local text dataset" for i in range(200)))
+    texts = list(load_hf_texts(str(folder), None, "train", "text", streaming=False))
+    assert texts[3] == "line number 3 of a local text dataset"
+    stream = StreamingWindows(lambda: load_hf_texts(str(folder), None, "train", "text", True), 64, MaskingOptions(), 0)
+    windows = list(stream.windows())
+    assert len(windows) == sum(len(t.encode()) + 1 for t in texts) // 64
+    assert decode(windows[0]).startswith("line number 0 of a local text datasetline number 1")
+    skipped = StreamingWindows(stream.texts_factory, 64, MaskingOptions(), 0, skip_windows=2)
+    assert (next(iter(skipped))["input_ids"].shape == (64,))
+
+
+def test_hf_dataset_errors_are_one_line(tmp_path):
+    with pytest.raises(PerceiverLMError, match="--dataset nobody/no-such-dataset-xyz: cannot load split 'train'") as err:
+        load_hf_texts("nobody/no-such-dataset-xyz", None, "train", "text", False)
+    assert "\n" not in str(err.value)
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "part.txt").write_text("a\nb\n")
+    with pytest.raises(PerceiverLMError, match="no column 'body' \\(columns: text\\)"):
+        load_hf_texts(str(folder), None, "train", "body", False)

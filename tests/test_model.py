@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from perceiver_lm import PRESETS, PerceiverLM
+from perceiver_lm.tokenizer import encode_batch
+
+# Unequal qk/v head sizes like the public checkpoint (32 vs 160 there); no priors, as in `base`.
+PLAIN = PRESETS["tiny"].replace(qk_channels=32, v_channels=96, locality_bias=False, tie_decoder_queries=False)
+
+
+def _batch():
+    enc = encode_batch(["hello byte world", "a much longer second sentence to pad against", "x"])
+    return torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
+
+
+@pytest.mark.parametrize("config", [PLAIN, PRESETS["tiny"]], ids=["plain", "priors"])
+def test_explicit_attention_path_matches_fused(config):
+    model = PerceiverLM(config).eval()
+    ids, mask = _batch()
+    fused = model(ids, mask)
+    explicit = model(ids, mask, return_attentions=True)
+    assert fused.encoder_attention is None
+    torch.testing.assert_close(explicit.logits, fused.logits, atol=1e-5, rtol=1e-5)
+    b, length = ids.shape
+    enc = explicit.encoder_attention
+    assert enc.shape == (b, config.num_cross_heads, config.num_latents, length)
+    assert explicit.decoder_attention.shape == (b, config.decoder_heads, length, config.num_latents)
+    # Each latent's weights sum to 1 over the real bytes and are 0 on padding.
+    torch.testing.assert_close(enc.sum(-1), torch.ones_like(enc.sum(-1)))
+    assert (enc * (1 - mask[:, None, None, :].float())).abs().max() == 0
+
+
+def test_decodes_only_asked_positions_and_matches_full_decode():
+    model = PerceiverLM(PRESETS["tiny"]).eval()
+    ids, mask = _batch()
+    full = model(ids, mask).logits
+    assert full.shape == (3, ids.shape[1], 262)
+    positions = torch.tensor([[1, 5, 7], [0, 2, 30], [1, 1, 2]])
+    some = model(ids, mask, query_positions=positions).logits
+    assert some.shape == (3, 3, 262)
+    torch.testing.assert_close(some, torch.gather(full, 1, positions[..., None].expand(-1, -1, 262)), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_real_positions():
+    model = PerceiverLM(PLAIN).eval()
+    ids, mask = _batch()
+    alone = model(ids[2:, :3], mask[2:, :3]).logits  # "x" = [CLS] x [SEP], no padding
+    padded = model(ids, mask).logits[2:, :3]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_queries_share_the_input_position_table_and_output_is_tied():
+    model = PerceiverLM(PRESETS["tiny"])
+    names = set(model.state_dict())
+    assert not any(n.startswith("decoder.queries") for n in names)
+    untied = PerceiverLM(PLAIN)
+    assert "decoder.queries.embedding.weight" in untied.state_dict()
+    # Output logits use the token embedding: changing it changes logits.
+    ids, mask = _batch()
+    before = model.eval()(ids, mask).logits
+    with torch.no_grad():
+        model.encoder.token_embedding.weight[10] += 1.0
+    after = model(ids, mask).logits
+    assert not torch.allclose(before[..., 10], after[..., 10])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids, mask = _batch()
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = PerceiverLM(PRESETS["tiny"]).train()
+        model.gradient_checkpointing_enable(enabled)
+        model(ids, mask).logits.sum().backward()
+        grads.append(model.encoder.latents.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_too_long_input_is_refused():
+    model = PerceiverLM(PRESETS["tiny"])
+    with pytest.raises(ValueError, match="more than max_seq_len=128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_locality_bias_prefers_nearby_latents_at_init():
+    model = PerceiverLM(PRESETS["tiny"]).eval()
+    ids = torch.full((1, 128), 50)
+    maps = model(ids, return_attentions=True).encoder_attention[0, 0]  # head 0 (steepest slope) [N, L]
+    centres = maps.argmax(-1).float()
+    expected = (torch.arange(16) + 0.5) * 8
+    assert (centres - expected).abs().max() <= 8

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from perceiver_lm import tokenizer as tok
+
+
+def test_special_ids_and_byte_offset():
+    assert (tok.PAD_ID, tok.BOS_ID, tok.EOS_ID, tok.MASK_ID, tok.CLS_ID, tok.SEP_ID) == (0, 1, 2, 3, 4, 5)
+    assert tok.VOCAB_SIZE == 262
+    assert tok.encode("hi").tolist() == [4, ord("h") + 6, ord("i") + 6, 5]
+    assert tok.encode(b"\x00\xff", add_special_tokens=False).tolist() == [6, 261]
+
+
+@pytest.mark.parametrize("text", ["Grüße aus Köln", "東京は雨です", "emoji 🧠🔥 ok", "", "tab\tnew\nline"])
+def test_round_trip_multilingual(text):
+    ids = tok.encode(text)
+    assert len(ids) == len(text.encode("utf-8")) + 2
+    assert tok.decode(ids) == text
+
+
+def test_broken_utf8_decodes_with_replacement():
+    ids = tok.encode(b"ok \xe2\x82 end")  # truncated 3-byte sequence
+    assert tok.decode(ids) == "ok \ufffd end"
+    assert tok.decode_bytes(ids) == b"ok \xe2\x82 end"
+
+
+def test_pair_and_batch_with_padding_and_truncation():
+    pair = tok.encode_pair("ab", "c")
+    assert pair.tolist() == [4, 103, 104, 5, 105, 5]
+    batch = tok.encode_batch(["abc", "a"], max_length=4)
+    assert batch.input_ids.tolist() == [[4, 103, 104, 5], [4, 103, 5, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    pairs = tok.encode_batch(["a", "bb"], pairs=["x", "y"])
+    assert pairs.input_ids[1].tolist() == [4, 104, 104, 5, 127, 5]
+    assert pairs.attention_mask[0].tolist() == [1, 1, 1, 1, 1, 0]
+
+
+def test_batch_errors():
+    with pytest.raises(ValueError, match="2 texts but 1"):
+        tok.encode_batch(["a", "b"], pairs=["x"])
+    with pytest.raises(ValueError, match="at least 2"):
+        tok.pad_batch([np.array([1, 2, 3])], max_length=1)

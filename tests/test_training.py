@@ -1,0 +1,158 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from perceiver_lm import PRESETS, PerceiverLMError
+from perceiver_lm.optim import Lamb, warmup_cosine
+from perceiver_lm.training import TrainingOptions, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = PRESETS["tiny"]
+
+
+def _options(data: Path, out: Path, **overrides) -> TrainingOptions:
+    base = dict(
+        data=[str(data)], output_dir=str(out), batch_size=8, max_steps=20, eval_every=10, eval_windows=8,
+        save_every=10, warmup_steps=5, report_to="none", log_every=5,
+    )
+    return TrainingOptions(**{**base, **overrides})
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    latest = sorted(run_dir.glob("checkpoint-*"))[-1]
+    return load_file(str(latest / "model.safetensors"))
+
+
+def test_tiny_learns_context_far_below_uniform_and_unigram(letters_file, tmp_path):
+    # Masked words are uniformly random letters on their own: unigram = ln 26 = 3.26 nats, uniform
+    # over the 256 bytes = 5.55 nats. Only the surrounding words give them away.
+    result = pretrain(
+        _options(letters_file, tmp_path / "run", batch_size=16, max_steps=300, eval_every=300, save_every=300, eval_windows=64, lr=3e-3, warmup_steps=30),
+        TINY,
+    )
+    assert result.eval_metrics["loss"] < 1.2, result.eval_metrics
+    assert result.eval_metrics["accuracy"] > 0.6, result.eval_metrics
+    assert math.log(26) - result.eval_metrics["loss"] > 2.0
+
+
+def test_run_writes_checkpoints_metrics_and_resumes_exactly(letters_file, tmp_path):
+    full = pretrain(_options(letters_file, tmp_path / "full"), TINY)
+    assert full.step == 20 and full.checkpoint.name == "checkpoint-0000020"
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert all(r["eval_bits_per_byte"] == pytest.approx(r["eval_loss"] / math.log(2)) for r in evals)
+    assert all(r["bytes_per_s"] > 0 for r in records if "train_loss" in r)
+
+    # Stop after one step of the same 20-step schedule, then resume: identical to the uninterrupted run.
+    short = tmp_path / "short"
+    stopped = pretrain(_options(letters_file, short, max_minutes=0.0), TINY)
+    assert stopped.step == 1
+    resumed = pretrain(_options(letters_file, short, resume=True), TINY)
+    assert resumed.step == 20
+    a, b = _weights(tmp_path / "full"), _weights(short)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_matching_config(letters_file, tmp_path):
+    pretrain(_options(letters_file, tmp_path / "run", max_steps=10), TINY)
+    with pytest.raises(PerceiverLMError, match="already holds checkpoints; pass --resume"):
+        pretrain(_options(letters_file, tmp_path / "run", max_steps=10), TINY)
+    with pytest.raises(PerceiverLMError, match=r"different model config \(num_self_layers: checkpoint 2 vs now 3\)"):
+        pretrain(_options(letters_file, tmp_path / "run", max_steps=20, resume=True), TINY.replace(num_self_layers=3))
+
+
+def test_option_errors(letters_file, tmp_path):
+    with pytest.raises(PerceiverLMError, match="--batch-size must be positive"):
+        _options(letters_file, tmp_path, batch_size=0)
+    with pytest.raises(PerceiverLMError, match="--window 256 is longer than the model's max_seq_len \\(128\\)"):
+        pretrain(_options(letters_file, tmp_path / "r", window=256), TINY)
+
+
+def test_lamb_and_schedule():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(55, 10, 100, min_ratio=0.0) == pytest.approx(0.5)
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    target = torch.randn(8, 8)
+    optimizer = Lamb([w], lr=0.05)
+    start = (w - target).pow(2).mean().item()
+    for _ in range(200):
+        loss = (w - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.05 * start
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_matches_uninterrupted(letters_file, tmp_path):
+    common = ["pretrain", "--preset", "tiny", "--data", str(letters_file), "--batch-size", "8", "--max-steps", "60",
+              "--save-every", "5", "--eval-every", "1000", "--warmup-steps", "5", "--report-to", "none", "--keep-checkpoints", "100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(*common, "--output-dir", str(tmp_path / "full")), check=True, env=env, cwd=REPO, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*common, "--output-dir", str(killed)), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(killed.glob("checkpoint-00000[1-9]*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in killed.glob("checkpoint-*"))
+    assert done and "checkpoint-0000060" not in done  # killed part-way
+    # Whatever the kill interrupted is a hidden temporary directory, never a checkpoint-N that loads half-written.
+    assert all(p.name.startswith(("checkpoint-", ".checkpoint-", "metrics")) for p in killed.iterdir())
+    resumed = subprocess.run(_cli(*common, "--output-dir", str(killed), "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    a, b = _weights(tmp_path / "full"), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        "import sys, hashlib, json, torch\n"
+        "from accelerate import Accelerator\n"
+        "from perceiver_lm import PRESETS\n"
+        "from perceiver_lm.training import TrainingOptions, pretrain\n"
+        "import perceiver_lm.training as t\n"
+        "captured = {}\n"
+        "original = t._write_checkpoint\n"
+        "def spy(accelerator, model, *a, **k):\n"
+        "    captured['world'] = accelerator.num_processes\n"
+        "    captured['rank'] = accelerator.process_index\n"
+        "    captured['backend'] = str(torch.distributed.get_backend())\n"
+        "    captured['digest'] = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in accelerator.unwrap_model(model).parameters())).hexdigest()\n"
+        "    return original(accelerator, model, *a, **k)\n"
+        "t._write_checkpoint = spy\n"
+        f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
+        f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
+    )
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(script)]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["backend"] == "gloo"
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    # The saved checkpoint is the same model.
+    assert (tmp_path / "ddp" / "checkpoint-0000008" / "model.safetensors").is_file()
