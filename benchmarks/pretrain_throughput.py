@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 
-def measure(preset: str, window: int, batch_size: int, steps: int, warmup: int, device: str, precision: str, checkpointing: bool) -> dict:
+def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup: int, device: str, precision: str, checkpointing: bool) -> dict:
     import numpy as np
     import torch
 
@@ -31,6 +31,7 @@ def measure(preset: str, window: int, batch_size: int, steps: int, warmup: int, 
 
     torch.manual_seed(0)
     config = get_preset(preset)
+    window = window or config.max_seq_len
     model = PerceiverLM(config).to(device).train()
     model.gradient_checkpointing_enable(checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -88,7 +89,7 @@ def measure(preset: str, window: int, batch_size: int, steps: int, warmup: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="small", help="comma-separated preset names")
-    parser.add_argument("--window", type=int, default=2048)
+    parser.add_argument("--window", type=int, default=None, help="bytes per window (default: the preset's max_seq_len)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -104,7 +105,7 @@ def main() -> None:
         return
     rows = []
     for preset in args.presets.split(","):
-        cmd = [sys.executable, __file__, "--one", "--presets", preset, "--window", str(args.window), "--batch-size", str(args.batch_size),
+        cmd = [sys.executable, __file__, "--one", "--presets", preset, "--window", str(args.window or 0), "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--precision", args.precision]
         if args.gradient_checkpointing:
             cmd.append("--gradient-checkpointing")

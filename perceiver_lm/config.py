@@ -45,11 +45,17 @@ class PerceiverConfig:
     scaled_init: bool = True
     """Draw linear weights with std 1/sqrt(fan_in) rather than init_std: narrow models leave the
     unigram plateau much sooner (0.02 shrinks the signal through every layer of a 64-wide model)."""
+    zero_init_residual: bool = True
+    """Start the processor's residual branches (attention output, MLP output) at zero, so at step 0
+    the processor passes the encoder's latents through unchanged; deep stacks leave the plateau sooner."""
     locality_bias: bool = False
     """Add a learnable-slope locality prior to encoder and decoder cross-attention logits:
     -s_h * |p - c_j| / (max_seq_len / num_latents) between byte/query position p and the centre
     c_j of latent j's share of the window, slopes s_h = 2, 1, 0.5, ... per head. Off in ``base``
-    (it is not part of the public checkpoint); it removes the cold-start plateau of MLM."""
+    (it is not part of the public checkpoint); it shortens the cold-start plateau of MLM."""
+    locality_tiling: bool = False
+    """With locality_bias: half of the heads are sharp and offset, tiling each latent's stretch in
+    the encoder and reading neighbouring latents in the decoder (see model.LocalityBias)."""
     tie_decoder_queries: bool = False
     """Use the input position embeddings as MLM decoder queries instead of a separate table."""
 
@@ -75,6 +81,8 @@ class PerceiverConfig:
                 )
         if not 0.0 <= self.attention_dropout < 1.0:
             raise PerceiverLMError(f"model config: attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.locality_tiling and not self.locality_bias:
+            raise PerceiverLMError("model config: locality_tiling needs locality_bias")
         if self.locality_bias and self.max_seq_len < self.num_latents:
             raise PerceiverLMError("model config: locality_bias needs max_seq_len >= num_latents")
 
@@ -124,6 +132,7 @@ PRESETS: dict[str, PerceiverConfig] = {
         decoder_v_channels=64,
         attention_dropout=0.0,
         locality_bias=True,
+        locality_tiling=True,
         tie_decoder_queries=True,
     ),
     # CPU experiments: 2048-byte windows like `base`; 128 latents keep a training step affordable
@@ -145,6 +154,7 @@ PRESETS: dict[str, PerceiverConfig] = {
         decoder_v_channels=256,
         attention_dropout=0.0,
         locality_bias=True,
+        locality_tiling=True,
         tie_decoder_queries=True,
     ),
     # Exactly the public deepmind/language-perceiver shape (201M parameters).

@@ -260,8 +260,10 @@ class MaskedWindows(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch, 0])
-        self.shift = int(rng.integers(self.window)) if self.shuffle and len(self.part) >= 2 * self.window else 0
-        count = (len(self.part) - self.shift) // self.window
+        shifting = self.shuffle and len(self.part) >= 2 * self.window
+        self.shift = int(rng.integers(self.window)) if shifting else 0
+        # The same number of windows whatever the shift, so a step maps to the same (epoch, batch) on resume.
+        count = (len(self.part) - (self.window - 1 if shifting else 0)) // self.window
         self.order = rng.permutation(count) if self.shuffle else np.arange(count)
 
     def __len__(self) -> int:

@@ -134,24 +134,39 @@ class Block(nn.Module):
 
 
 class LocalityBias(nn.Module):
-    """Fixed-shape, learnable-slope prior on cross-attention logits between positions and latents.
+    """Learnable-slope locality prior on cross-attention logits between byte positions and latents.
 
-    Latent j "owns" the stretch of the window centred at c_j = (j + 1/2) * S with S =
-    max_seq_len / num_latents; the bias is -s_h * |p - c_j| / S. Slopes start at 2, 1, 0.5, ... so
-    some heads read locally and others widely; both the encoder and the decoder get one, which
-    gives a masked byte's neighbours a path to its decoder query from step 0.
+    Latent j "owns" the stretch of S = max_seq_len / num_latents bytes centred at
+    c_j = (j + 1/2) * S. Head h adds -s_h * |p - c_j - o_h| / S to the logits between position p
+    and latent j. Context heads (o_h = 0, slopes 2, 1, 0.5, ...) read near and far. With tiling,
+    the first half of the heads are sharp and offset instead: in the encoder they tile latent j's
+    own stretch (so a latent holds its bytes in order, like a patch embedding), in the decoder
+    they read the neighbouring latents one by one. Both together give a masked byte's neighbours a
+    position-aware path to its decoder query from step 0.
     """
 
-    def __init__(self, heads: int, num_latents: int, max_seq_len: int) -> None:
+    def __init__(self, heads: int, num_latents: int, max_seq_len: int, role: str, tiled: bool) -> None:
         super().__init__()
         self.stride = max_seq_len / num_latents
-        self.slopes = nn.Parameter(2.0 ** (1.0 - torch.arange(heads, dtype=torch.float32)))
+        tiles = heads // 2 if tiled else 0
+        index = torch.arange(heads, dtype=torch.float32)
+        slopes = 2.0 * 0.5 ** (index - tiles)  # context heads: 2, 1, 0.5, ...
+        offsets = torch.zeros(heads)
+        if tiles and role == "encoder":
+            offsets[:tiles] = (index[:tiles] + 0.5) / tiles - 0.5  # sub-cells of the latent's stretch
+            slopes[:tiles] = 2.0 * tiles
+        elif tiles:
+            offsets[:tiles] = index[:tiles] - (tiles - 1) / 2  # neighbouring latents
+            slopes[:tiles] = 2.0
+        self.slopes = nn.Parameter(slopes)
+        self.register_buffer("offsets", offsets * self.stride, persistent=False)
         self.register_buffer("centres", (torch.arange(num_latents) + 0.5) * self.stride, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Bias [..., H, P, N] for positions [..., P] against every latent."""
-        distance = (positions[..., :, None].float() - self.centres).abs() / self.stride  # [..., P, N]
-        return -self.slopes[:, None, None] * distance.unsqueeze(-3)  # [..., H, P, N]
+        shifted = positions[..., None, :, None].float() - self.offsets[:, None, None]  # [..., H, P, 1]
+        distance = (shifted - self.centres).abs() / self.stride  # [..., H, P, N]
+        return -self.slopes[:, None, None] * distance
 
 
 class PerceiverEncoder(nn.Module):
@@ -179,7 +194,7 @@ class PerceiverEncoder(nn.Module):
             )
             for _ in range(c.num_self_layers)
         )
-        self.locality = LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len) if c.locality_bias else None
+        self.locality = LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len, "encoder", c.locality_tiling) if c.locality_bias else None
         self.gradient_checkpointing = False
 
     def cross_mask(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -238,7 +253,7 @@ class MLMDecoder(nn.Module):
             c.attention_dropout, c.layer_norm_eps, cross=True,
         )
         self.cross = Block(attention, c.d_model, 1, c.layer_norm_eps, query_residual=False)
-        self.locality = LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len) if c.locality_bias else None
+        self.locality = LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len, "decoder", c.locality_tiling) if c.locality_bias else None
 
     def forward(self, latents: torch.Tensor, positions: torch.Tensor, return_weights: bool = False) -> AttentionOutput:
         """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]."""
@@ -257,6 +272,10 @@ class PerceiverLM(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.apply(self._init_weights)
         nn.init.normal_(self.encoder.latents, std=config.init_std)
+        if config.zero_init_residual:
+            for layer in self.encoder.layers:
+                nn.init.zeros_(layer.attention.out.weight)
+                nn.init.zeros_(layer.mlp.dense2.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std

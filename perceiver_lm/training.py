@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,7 @@ class TrainingOptions:
     max_steps: int = _opt(5000, "Optimizer steps to train (the cosine schedule spans them).")
     max_minutes: float | None = _opt(None, "Stop (and checkpoint) after this many minutes of training.")
     optimizer: Literal["adamw", "lamb"] = _opt("adamw", "Optimizer: adamw or lamb.")
-    lr: float = _opt(2e-3, "Peak learning rate.")
+    lr: float = _opt(5e-4, "Peak learning rate.")
     weight_decay: float = _opt(0.01, "Decoupled weight decay on weight matrices.")
     warmup_steps: int = _opt(100, "Linear warm-up steps.")
     min_lr_ratio: float = _opt(0.1, "Final learning rate as a fraction of --lr (cosine decay).")
@@ -85,6 +86,11 @@ class TrainingOptions:
     cpu: bool = _opt(False, "Train on the CPU even when a GPU is present.")
 
     def __post_init__(self) -> None:
+        for name, hint in typing.get_type_hints(TrainingOptions).items():
+            if typing.get_origin(hint) is Literal and getattr(self, name) not in typing.get_args(hint):
+                raise PerceiverLMError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(self, name)!r}"
+                )
         positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -274,6 +280,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     optimizer = (Lamb if options.optimizer == "lamb" else torch.optim.AdamW)(groups, lr=options.lr)
 
     step = 0
+    elapsed_before = 0.0  # training time of earlier invocations of a resumed run
     last_eval: dict[str, float] = {}
     if options.resume and existing:
         source = existing[-1]
@@ -283,13 +290,15 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         optimizer.load_state_dict(optimizer_state)
         step = int(trainer_state["step"])
         last_eval = trainer_state.get("eval", {})
+        elapsed_before = float(trainer_state.get("elapsed_s") or 0.0)
         say(f"resuming from {source} at step {step}")
     elif options.resume:
         say(f"note: no checkpoint in {output} yet; starting from scratch")
 
     is_streaming = isinstance(data.train, StreamingWindows)
     loader_args = dict(batch_size=options.batch_size, collate_fn=collate_masked, num_workers=options.num_workers)
-    train_loader = DataLoader(data.train, **loader_args)
+    # Full batches only: every step sees the same number of windows, in a resumed run too.
+    train_loader = DataLoader(data.train, drop_last=not is_streaming, **loader_args)
     val_loader = DataLoader(data.val, **loader_args)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
@@ -322,20 +331,32 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     started = time.monotonic()
     start_step = step
     checkpoint_path = None
-    running_loss, running_count = 0.0, 0
+    running_loss, running_count = torch.zeros((), device=accelerator.device), 0
     progress = None
     if main:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=options.max_steps, initial=step, desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+
+    def evaluate_and_save(elapsed: float, run_eval: bool, save: bool) -> None:
+        nonlocal last_eval, checkpoint_path
+        if run_eval:
+            last_eval = evaluate(model, val_loader, accelerator)
+            log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
+            say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
+        if save:
+            state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
+            checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
+
     model.train()
     set_lr(step)
     done = step >= options.max_steps
     while not done:
-        if not is_streaming:
-            data.train.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        exhausted = True
+        if not is_streaming:
+            # Accelerate's loaders call dataset.set_epoch(their own iteration count) when iterated;
+            # set theirs, so a resumed run's first full pass is epoch `epoch`, not 0.
+            loader.set_epoch(epoch)
         for batch in loader:
             torch.manual_seed(_step_seed(options.seed, micro_step, processes, accelerator.process_index))
             with accelerator.accumulate(model):
@@ -347,38 +368,35 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             micro_step += 1
-            running_loss += loss.detach().float().item()
+            running_loss += loss.detach().float()
             running_count += 1
             if not accelerator.sync_gradients:
                 continue
             step += 1
             set_lr(step)
-            elapsed = time.monotonic() - started
+            elapsed = elapsed_before + time.monotonic() - started
             if step % options.log_every == 0 or step == options.max_steps:
-                record = {"step": step, "train_loss": running_loss / running_count, "lr": options.lr * warmup_cosine(step - 1, options.warmup_steps, options.max_steps, options.min_lr_ratio), "bytes_per_s": (step - start_step) * bytes_per_step / max(elapsed, 1e-9), "elapsed_s": elapsed}
-                log(record)
+                rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)
+                train_loss = running_loss.item() / running_count
+                lr = options.lr * warmup_cosine(step - 1, options.warmup_steps, options.max_steps, options.min_lr_ratio)
+                log({"step": step, "train_loss": train_loss, "lr": lr, "bytes_per_s": rate, "elapsed_s": elapsed})
                 if progress is not None:
-                    progress.set_postfix(loss=f"{record['train_loss']:.3f}", bytes_s=f"{record['bytes_per_s']:,.0f}")
-                running_loss, running_count = 0.0, 0
+                    progress.set_postfix(loss=f"{train_loss:.3f}", bytes_s=f"{rate:,.0f}")
+                running_loss, running_count = torch.zeros_like(running_loss), 0
             if progress is not None:
                 progress.update(1)
-            out_of_time = options.max_minutes is not None and elapsed >= options.max_minutes * 60
+            out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
             if options.max_minutes is not None and processes > 1:
                 flag = accelerator.reduce(torch.tensor([float(out_of_time)], device=accelerator.device), "max")
                 out_of_time = bool(flag.item())
             done = step >= options.max_steps or out_of_time
-            if step % options.eval_every == 0 or done:
-                last_eval = evaluate(model, val_loader, accelerator)
-                log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
-                say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
-            if step % options.save_every == 0 or done:
-                state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
-                checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
+            evaluate_and_save(elapsed, step % options.eval_every == 0 or done, step % options.save_every == 0 or done)
             if done:
-                exhausted = False
                 break
-        if exhausted and is_streaming:
+        if not done and is_streaming:
             say("note: the stream ended before --max-steps")
+            if step > start_step:
+                evaluate_and_save(elapsed_before + time.monotonic() - started, True, True)
             break
         epoch, skip = epoch + 1, 0
     if progress is not None:

@@ -5,7 +5,7 @@ from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.tokenizer import encode_batch
 
 # Unequal qk/v head sizes like the public checkpoint (32 vs 160 there); no priors, as in `base`.
-PLAIN = PRESETS["tiny"].replace(qk_channels=32, v_channels=96, locality_bias=False, tie_decoder_queries=False)
+PLAIN = PRESETS["tiny"].replace(qk_channels=32, v_channels=96, locality_bias=False, locality_tiling=False, tie_decoder_queries=False)
 
 
 def _batch():
@@ -82,10 +82,17 @@ def test_too_long_input_is_refused():
         model(torch.zeros(1, 129, dtype=torch.long))
 
 
-def test_locality_bias_prefers_nearby_latents_at_init():
-    model = PerceiverLM(PRESETS["tiny"]).eval()
-    ids = torch.full((1, 128), 50)
-    maps = model(ids, return_attentions=True).encoder_attention[0, 0]  # head 0 (steepest slope) [N, L]
-    centres = maps.argmax(-1).float()
-    expected = (torch.arange(16) + 0.5) * 8
-    assert (centres - expected).abs().max() <= 8
+def test_locality_heads_read_their_latents_stretch_at_init():
+    config = PRESETS["tiny"]  # 4 heads: 2 tiled (sub-cells of each latent's 8 bytes), 2 context heads
+    model = PerceiverLM(config).eval()
+    with torch.no_grad():  # constant keys: the attention is the prior alone
+        model.encoder.cross.attention.key.weight.zero_()
+    maps = model(torch.full((1, 128), 50), return_attentions=True).encoder_attention[0]  # [H, N, L]
+    stride = config.max_seq_len / config.num_latents
+    centres = (torch.arange(config.num_latents) + 0.5) * stride
+    peaks = maps.argmax(-1).float()  # [H, N]
+    assert (peaks[0] - (centres - stride / 4)).abs().max() <= 1  # first 4-byte sub-cell
+    assert (peaks[1] - (centres + stride / 4)).abs().max() <= 1  # second sub-cell
+    assert (peaks[2] - centres).abs().max() <= 1  # context head centred on the latent
+    # Sharper heads concentrate more: the tiled head puts more weight on its peak than the widest head.
+    assert maps[0].max(-1).values.mean() > maps[3].max(-1).values.mean()

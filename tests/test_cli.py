@@ -1,0 +1,99 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from perceiver_lm import PerceiverLM
+from perceiver_lm.training import TrainingOptions
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _train(tmp_path, letters_file, *extra):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--preset", "tiny", "--data", str(letters_file), "--output-dir", str(out),
+                                 "--max-steps", "12", "--eval-every", "6", "--eval-windows", "4", "--save-every", "6",
+                                 "--report-to", "none", *extra])
+    return out, result
+
+
+def test_every_training_option_is_a_cli_option():
+    help_text = runner.invoke(app, ["pretrain", "--help"], terminal_width=200).output
+    import dataclasses
+
+    for field in dataclasses.fields(TrainingOptions):
+        assert f"--{field.name.replace('_', '-')}" in help_text, field.name
+
+
+def test_pretrain_fill_mask_info_round_trip(tmp_path, letters_file):
+    out, result = _train(tmp_path, letters_file)
+    assert result.exit_code == 0, result.output
+    assert "step 12: validation" in result.output
+    model = PerceiverLM.from_pretrained(out)
+    assert model.config.num_latents == 16
+    filled = runner.invoke(app, ["fill-mask", str(out), "aaa aa [MASK*3] a", "--top-k", "2"])
+    assert filled.exit_code == 0, filled.output
+    lines = filled.output.splitlines()
+    assert lines[0].startswith("aaa aa ") and lines[0].endswith(" a") and len(lines[0].encode()) == len("aaa aa xxx a")
+    assert len(lines) == 4 and lines[1].startswith("  byte 7:")
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0
+    assert "training step: 12" in info.output and "parameters: 178,638" in info.output
+
+
+def test_config_file_sets_options_and_model_overrides(tmp_path, letters_file):
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "tiny"\nmax_steps = 3\nbatch_size = 2\n[model]\nnum_self_layers = 1\n')
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--config", str(config), "--data", str(letters_file), "--output-dir", str(out),
+                                 "--eval-windows", "2", "--report-to", "none", "--max-steps", "4"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoint-0000004" / "config.json").read_text())
+    assert saved["num_self_layers"] == 1
+    state = json.loads((out / "checkpoint-0000004" / "trainer_state.json").read_text())
+    assert state["options"]["batch_size"] == 2 and state["step"] == 4  # file value kept, CLI value won
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pretrain", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, small, base"),
+        (["pretrain", "--preset", "tiny", "--data", "/no/such/corpus.txt"], "error: --data /no/such/corpus.txt: no such file or folder"),
+        (["pretrain", "--preset", "tiny", "--optimizer", "sgd"], "error: --optimizer must be one of adamw, lamb; got 'sgd'"),
+        (["fill-mask", "/no/such/ckpt", "a [MASK]"], "error: /no/such/ckpt: no such checkpoint or run directory"),
+        (["info", "/no/such/ckpt"], "error: /no/such/ckpt: no such checkpoint or run directory"),
+    ],
+)
+def test_errors_are_one_line(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip() == message
+
+
+def test_small_corpus_and_bad_config_file(tmp_path):
+    tiny_text = tmp_path / "t.txt"
+    tiny_text.write_text("too short")
+    result = runner.invoke(app, ["pretrain", "--preset", "tiny", "--data", str(tiny_text), "--output-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(f"error: {tiny_text}: corpus has 10 bytes, fewer than two 128-byte windows")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"max_step": 3}')
+    result = runner.invoke(app, ["pretrain", "--config", str(bad)])
+    assert result.output.strip() == f"error: --config {bad}: unknown training option(s): max_step"
+
+
+def test_fill_mask_without_marks(tmp_path, letters_file):
+    out, _ = _train(tmp_path, letters_file)
+    result = runner.invoke(app, ["fill-mask", str(out), "no marks here"])
+    assert result.exit_code == 2 and result.output.strip() == "error: text has no [MASK] or [MASK*N] marks to fill"
+
+
+def test_console_script_runs_as_module():
+    done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, cwd=REPO, env={**os.environ})
+    assert done.returncode == 0 and "pretrain" in done.stdout

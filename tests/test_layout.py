@@ -1,0 +1,38 @@
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_never_imports_cli_or_tasks():
+    for path in (REPO / "perceiver_lm").rglob("*.py"):
+        assert not _imports(path) & {"cli", "tasks"}, path
+
+
+def test_real_corpus_trains_when_shared_data_is_present(tmp_path):
+    data = shared_data()
+    if data is None or not (data / "corpus" / "tinyshakespeare" / "input.txt").is_file():
+        pytest.skip("public benchmark data not found (set PERCEIVER_LM_DATA=../shared/data)")
+    from perceiver_lm import PRESETS
+    from perceiver_lm.training import TrainingOptions, pretrain
+
+    result = pretrain(
+        TrainingOptions(data=[str(data / "corpus" / "tinyshakespeare")], output_dir=str(tmp_path / "run"), batch_size=16,
+                        max_steps=40, eval_every=40, save_every=40, eval_windows=32, report_to="none"),
+        PRESETS["tiny"],
+    )
+    assert result.step == 40 and 0 < result.eval_metrics["bits_per_byte"] < 8.1
