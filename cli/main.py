@@ -143,11 +143,14 @@ def info_command(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or 
 def plot_command(
     runs: Annotated[list[Path], typer.Argument(help="One or more pretraining run directories.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curve.png"),
+    label: Annotated[Optional[list[str]], typer.Option(help="Legend label per run (default: the folder names).")] = None,
 ) -> None:
     """Plot validation bits per masked byte and accuracy against training time."""
     from perceiver_lm.plotting import plot_curve
 
-    typer.echo(plot_curve(runs, out))
+    if label and len(label) != len(runs):
+        raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
+    typer.echo(plot_curve(runs, out, label))
 
 
 def main() -> None:
