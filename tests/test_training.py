@@ -156,3 +156,16 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tm
     assert ranks[0]["digest"] == ranks[1]["digest"]
     # The saved checkpoint is the same model.
     assert (tmp_path / "ddp" / "checkpoint-0000008" / "model.safetensors").is_file()
+
+
+def test_pretrain_from_a_streamed_dataset(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "part.txt").write_text("\n".join(f"streamed line {i} with a few words" for i in range(2000)))
+    result = pretrain(
+        TrainingOptions(dataset=str(folder), streaming=True, output_dir=str(tmp_path / "run"), batch_size=4, max_steps=6,
+                        eval_every=3, eval_windows=4, save_every=6, report_to="none"),
+        TINY,
+    )
+    assert result.step == 6 and result.checkpoint.name == "checkpoint-0000006"
+    assert 0 < result.eval_metrics["loss"] < 10
