@@ -30,6 +30,9 @@ def user_errors(func):
         except PerceiverLMError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted; completed checkpoints are kept (continue a run with --resume)", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
