@@ -40,3 +40,16 @@ def test_batch_errors():
         tok.encode_batch(["a", "b"], pairs=["x"])
     with pytest.raises(ValueError, match="at least 2"):
         tok.pad_batch([np.array([1, 2, 3])], max_length=1)
+
+
+PARITY_TEXTS = ["Hello, world!", "Grüße aus Köln", "東京は雨です", "emoji 🧠🔥 ok", "العربية", "  spaces\tand\nnewlines  "]
+
+
+def test_ids_equal_transformers_perceiver_tokenizer():
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install -e '.[test]')")
+    reference = transformers.PerceiverTokenizer()
+    for text in PARITY_TEXTS:
+        assert tok.encode(text).tolist() == reference(text)["input_ids"], text
+    pair = reference("first", "second")["input_ids"]
+    assert tok.encode_pair("first", "second").tolist() == pair
+    assert tok.decode(tok.encode(PARITY_TEXTS[2])) == reference.decode(reference(PARITY_TEXTS[2])["input_ids"], skip_special_tokens=True)

@@ -169,3 +169,13 @@ def test_pretrain_from_a_streamed_dataset(tmp_path):
     )
     assert result.step == 6 and result.checkpoint.name == "checkpoint-0000006"
     assert 0 < result.eval_metrics["loss"] < 10
+
+
+def test_gradient_accumulation_with_lamb_counts_optimizer_steps(letters_file, tmp_path):
+    result = pretrain(_options(letters_file, tmp_path / "run", batch_size=2, grad_accum=2, max_steps=4, optimizer="lamb", save_every=4, eval_every=4), TINY)
+    assert result.step == 4
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["options"]["grad_accum"] == 2
+    # LAMB keeps a step counter per parameter: 4 optimizer steps, not 8 micro-batches.
+    optimizer = load_file(str(result.checkpoint / "optimizer.safetensors"))
+    assert optimizer["0.step"].item() == 4
