@@ -87,7 +87,7 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
     explicit = {k: v for k, v in given.items() if v is not None and v != []}
     options = TrainingOptions.from_dict({**file_options, **explicit}, source)
     result = pretrain(options, model_config)
-    if result.eval_metrics:
+    if result.eval_metrics and result.main_process:
         m = result.eval_metrics
         typer.echo(
             f"step {result.step}: validation {m['bits_per_byte']:.3f} bits per masked byte, "

@@ -125,6 +125,7 @@ class PretrainResult:
     step: int
     checkpoint: Path | None
     eval_metrics: dict[str, float]
+    main_process: bool = True
 
 
 @dataclass
@@ -402,4 +403,4 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     if progress is not None:
         progress.close()
     accelerator.end_training()
-    return PretrainResult(output, step, checkpoint_path, last_eval)
+    return PretrainResult(output, step, checkpoint_path, last_eval, main)
