@@ -80,7 +80,7 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
 
     file_options = _read_config_file(config) if config else {}
     model_overrides = file_options.pop("model", {})
-    preset_name = preset or file_options.pop("preset", "small")
+    preset_name = preset or file_options.pop("preset", None) or "small"
     file_options.pop("preset", None)
     source = f"--config {config}"
     model_config = PerceiverConfig.from_dict({**get_preset(preset_name).to_dict(), **model_overrides}, source)
@@ -139,6 +139,25 @@ def info_command(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or 
     from perceiver_lm.checkpoint import describe
 
     typer.echo(describe(checkpoint))
+
+
+@app.command("convert")
+@user_errors
+def convert_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write.")],
+    from_transformers: Annotated[Optional[str], typer.Option(help="transformers PerceiverForMaskedLM folder or Hub id to import.")] = None,
+    to_transformers: Annotated[Optional[Path], typer.Option(help="perceiver-lm checkpoint or run directory to export.")] = None,
+) -> None:
+    """Import a transformers Perceiver MLM checkpoint, or export ours for PerceiverForMaskedLM."""
+    from perceiver_lm.interop import convert_from_transformers, export_to_transformers
+    from perceiver_lm.model import PerceiverLM
+
+    if (from_transformers is None) == (to_transformers is None):
+        raise PerceiverLMError("give exactly one of --from-transformers SOURCE or --to-transformers CHECKPOINT")
+    if from_transformers is not None:
+        typer.echo(f"wrote perceiver-lm checkpoint {convert_from_transformers(from_transformers, out)}")
+    else:
+        typer.echo(f"wrote transformers folder {export_to_transformers(PerceiverLM.from_pretrained(to_transformers), out)}")
 
 
 @app.command("plot")

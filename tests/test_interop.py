@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from perceiver_lm import PRESETS, PerceiverLM, PerceiverLMError
+from perceiver_lm.interop import convert_from_transformers, export_to_transformers, load_from_transformers
+from perceiver_lm.tokenizer import encode_batch
+
+transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install -e '.[test]')")
+
+# A small language-shaped config with unequal query/key and value heads, like the 201M checkpoint.
+HF_SMALL = dict(
+    num_latents=16, d_latents=96, d_model=64, num_blocks=1, num_self_attends_per_block=3, num_self_attention_heads=4,
+    num_cross_attention_heads=4, qk_channels=32, v_channels=96, cross_attention_widening_factor=1,
+    self_attention_widening_factor=2, max_position_embeddings=128, vocab_size=262,
+)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**HF_SMALL)).eval()
+    model.save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf", model
+
+
+def _inputs():
+    enc = encode_batch(["Perceiver IO reads bytes.", "Grüße 🧠", "x"])
+    return torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
+
+
+def test_converted_model_matches_transformers_logits_and_maps(hf_folder, tmp_path):
+    folder, reference = hf_folder
+    ids, mask = _inputs()
+    convert_from_transformers(folder, tmp_path / "ours")
+    ours = PerceiverLM.from_pretrained(tmp_path / "ours")
+    assert ours.config.qk_channels // ours.config.num_cross_heads == 8 and ours.config.v_channels // ours.config.num_cross_heads == 24
+    with torch.no_grad():
+        theirs = reference(inputs=ids, attention_mask=mask, output_attentions=True)
+        mine = ours(ids, mask, return_attentions=True)
+    real = mask.bool()
+    diff = (theirs.logits[:, : ids.shape[1]] - mine.logits)[real].abs().max().item()
+    assert diff <= 1e-4, diff
+    torch.testing.assert_close(mine.encoder_attention, theirs.cross_attentions[0], atol=1e-5, rtol=1e-4)
+
+
+def test_export_loads_in_transformers_and_round_trips_exactly(hf_folder, tmp_path):
+    folder, _ = hf_folder
+    ours = load_from_transformers(folder)
+    export_to_transformers(ours, tmp_path / "exported")
+    reloaded = transformers.PerceiverForMaskedLM.from_pretrained(tmp_path / "exported").eval()
+    ids, mask = _inputs()
+    with torch.no_grad():
+        diff = (reloaded(inputs=ids, attention_mask=mask).logits[:, : ids.shape[1]] - ours(ids, mask).logits)[mask.bool()].abs().max()
+    assert diff <= 1e-4
+    again = load_from_transformers(tmp_path / "exported")
+    assert again.config == ours.config
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+
+
+def test_unconvertible_configs_are_refused_by_field(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**HF_SMALL, "num_blocks": 2}))
+    with pytest.raises(PerceiverLMError, match="num_blocks=2, expected 1"):
+        load_from_transformers(bad)
+    with pytest.raises(PerceiverLMError, match="cannot export to transformers: locality_bias"):
+        export_to_transformers(PerceiverLM(PRESETS["tiny"]), tmp_path / "x")
+
+
+def test_cli_convert_both_ways(hf_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    folder, _ = hf_folder
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", str(tmp_path / "ours"), "--from-transformers", str(folder)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["convert", str(tmp_path / "back"), "--to-transformers", str(tmp_path / "ours")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "back" / "model.safetensors").is_file()
+    result = runner.invoke(app, ["convert", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "give exactly one of" in result.output
+
+
+def test_public_language_perceiver_config_maps_to_base():
+    from perceiver_lm.interop import config_from_transformers, config_to_transformers
+
+    # The fields of deepmind/language-perceiver's config.json that decide the shape.
+    public = dict(
+        d_latents=1280, d_model=768, num_latents=256, qk_channels=256, v_channels=1280, num_blocks=1,
+        num_self_attends_per_block=26, num_self_attention_heads=8, num_cross_attention_heads=8,
+        cross_attention_widening_factor=1, self_attention_widening_factor=1, max_position_embeddings=2048,
+        vocab_size=262, attention_probs_dropout_prob=0.1, hidden_act="gelu", use_query_residual=True,
+    )
+    assert config_from_transformers(public, "public") == PRESETS["base"]
+    exported = config_to_transformers(PRESETS["base"])
+    assert {k: exported[k] for k in public} == public
