@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -20,12 +19,10 @@ from pathlib import Path
 
 
 def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup: int, device: str, precision: str, checkpointing: bool) -> dict:
-    import numpy as np
     import torch
 
+    from common import peak_memory_bytes, synthetic_batch
     from perceiver_lm.config import get_preset
-    from perceiver_lm.data import collate_masked
-    from perceiver_lm.masking import mask_tokens
     from perceiver_lm.model import PerceiverLM
     from perceiver_lm.training import masked_lm_loss
 
@@ -35,15 +32,7 @@ def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup
     model = PerceiverLM(config).to(device).train()
     model.gradient_checkpointing_enable(checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rng = np.random.default_rng(0)
-    # English-like byte statistics are irrelevant for speed; words of random lengths set the mask count.
-    examples = []
-    for _ in range(batch_size):
-        words = rng.integers(97, 123, window)
-        words[rng.random(window) < 0.18] = 32
-        masked = mask_tokens(words.astype(np.int64) + 6, rng)
-        examples.append({"input_ids": masked.input_ids, "positions": masked.positions, "labels": masked.labels})
-    batch = {k: v.to(device) for k, v in collate_masked(examples).items()}
+    batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, window).items()}
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step() -> None:
@@ -69,7 +58,7 @@ def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup
         step()
     sync()
     seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_bytes(device)
     return {
         "preset": preset,
         "parameters": model.num_parameters(),
