@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from perceiver_lm.config import PerceiverConfig
@@ -208,8 +209,13 @@ def describe(path: str | Path) -> str:
     """A human-readable summary of a checkpoint: shape, parameter count, step, last evaluation."""
     directory = resolve_model_dir(path)
     config = PerceiverConfig.load(directory / CONFIG_FILE)
-    state = load_state_dict(directory)
-    lines = [f"checkpoint: {directory}", f"parameters: {sum(t.numel() for t in state.values()):,}", "model config:"]
+    # Count parameters from the safetensors header: no need to read every weight.
+    try:
+        with safe_open(str(directory / MODEL_FILE), framework="pt") as handle:
+            count = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except (SafetensorError, OSError) as err:
+        raise PerceiverLMError(f"{directory / MODEL_FILE}: unreadable safetensors file ({err})") from None
+    lines = [f"checkpoint: {directory}", f"parameters: {count:,}", "model config:"]
     lines += [f"  {k}: {v}" for k, v in config.to_dict().items()]
     state_file = directory / STATE_FILE
     if state_file.is_file():

@@ -184,7 +184,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[st
         logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
         labels = batch["labels"]
         valid = labels != -100
-        per_byte = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, Q]
+        per_byte = masked_lm_loss(logits, labels, reduction="none").view(labels.shape)  # [B, Q]
         stats = torch.stack(
             [per_byte.sum(1), ((logits.argmax(-1) == labels) & valid).sum(1).float(), valid.sum(1).float()], dim=1
         )  # [B, 3]
@@ -374,12 +374,12 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             set_lr(step)
             elapsed = elapsed_before + time.monotonic() - started
             if step % options.log_every == 0 or step == options.max_steps:
                 rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)
                 train_loss = running_loss.item() / running_count
-                lr = options.lr * warmup_cosine(step - 1, options.warmup_steps, options.max_steps, options.min_lr_ratio)
                 log({"step": step, "train_loss": train_loss, "lr": lr, "bytes_per_s": rate, "elapsed_s": elapsed})
                 if progress is not None:
                     progress.set_postfix(loss=f"{train_loss:.3f}", bytes_s=f"{rate:,.0f}")
