@@ -1,7 +1,8 @@
-"""Shared pieces of the benchmark scripts: a synthetic masked batch and peak-memory reading."""
+"""Shared pieces of the benchmark scripts: a synthetic masked batch and memory readings."""
 
 from __future__ import annotations
 
+import ctypes
 import resource
 
 import numpy as np
@@ -37,3 +38,33 @@ def peak_memory_bytes(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_now(device: str) -> int:
+    """Memory in use now: allocated GPU memory, or resident set size after returning freed heap to the OS."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _proc_status("VmRSS")
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+
+
+def peak_memory_since_reset(device: str) -> int:
+    """Peak memory since `reset_peak_memory`."""
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else _proc_status("VmHWM")

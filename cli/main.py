@@ -58,12 +58,11 @@ def _option_type(annotation: Any) -> Any:
     return Optional[annotation]
 
 
-def _training_parameters() -> list[inspect.Parameter]:
-    from perceiver_lm.training import TrainingOptions
-
-    hints = typing.get_type_hints(TrainingOptions)
+def _dataclass_parameters(options_class: type) -> list[inspect.Parameter]:
+    """One keyword-only CLI option per field of an options dataclass, with the field's help text."""
+    hints = typing.get_type_hints(options_class)
     params = []
-    for f in dataclasses.fields(TrainingOptions):
+    for f in dataclasses.fields(options_class):
         annotation = hints[f.name]
         help_text = f.metadata["help"]
         if typing.get_origin(annotation) is typing.Literal:
@@ -96,6 +95,8 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
 
 
 def _build_pretrain_command():
+    from perceiver_lm.training import TrainingOptions
+
     def command(**kwargs):
         return user_errors(_pretrain)(**kwargs)
 
@@ -103,7 +104,7 @@ def _build_pretrain_command():
         [
             inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(help="Model preset: tiny, small or base (default: small).")]),
             inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win.")]),
-            *_training_parameters(),
+            *_dataclass_parameters(TrainingOptions),
         ]
     )
     command.__doc__ = _pretrain.__doc__
@@ -173,6 +174,91 @@ def plot_command(
     if label and len(label) != len(runs):
         raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
     typer.echo(plot_curve(runs, out, label))
+
+
+glue_app = typer.Typer(no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder.")
+app.add_typer(glue_app, name="glue")
+
+
+def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, sweep_lrs: str, **given: Any) -> None:
+    """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
+    from tasks.glue.finetune import GlueOptions, finetune, results_table, sweep as run_sweep
+
+    file_options = _read_config_file(config) if config else {}
+    explicit = {k: v for k, v in given.items() if v is not None}
+    options = GlueOptions.from_dict({**file_options, **explicit}, f"--config {config}")
+    if sweep:
+        try:
+            batch_sizes = [int(b) for b in sweep_batch_sizes.split(",")]
+            lrs = [float(x) for x in sweep_lrs.split(",")]
+        except ValueError:
+            raise PerceiverLMError(f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / {sweep_lrs!r}") from None
+        summary = run_sweep(options, batch_sizes, lrs)
+        typer.echo(results_table(summary["best"]))
+        for name, entry in summary["best"].items():
+            typer.echo(f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} ({entry['output_dir']})")
+        typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
+        return
+    result = finetune(options)
+    typer.echo(results_table(result.best))
+    typer.echo(f"best model: {result.best_model}; dev metrics: {result.output_dir / 'dev_metrics.json'}")
+
+
+def _build_glue_train_command():
+    from tasks.glue.finetune import GlueOptions
+
+    def command(**kwargs):
+        return user_errors(_glue_train)(**kwargs)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    command.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")]),
+            inspect.Parameter("sweep", keyword, default=False, annotation=Annotated[bool, typer.Option(help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task.")]),
+            inspect.Parameter("sweep_batch_sizes", keyword, default="16,32,64", annotation=Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")]),
+            inspect.Parameter("sweep_lrs", keyword, default="1e-4,5e-5,2e-5,1e-5", annotation=Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")]),
+            *_dataclass_parameters(GlueOptions),
+        ]
+    )
+    command.__doc__ = _glue_train.__doc__
+    return command
+
+
+glue_app.command("train", help=_glue_train.__doc__)(_build_glue_train_command())
+
+
+@glue_app.command("eval")
+@user_errors
+def glue_eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")],
+    glue_dir: Annotated[Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Subset of the model's tasks to evaluate (default: all of them).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the dev metrics as JSON here.")] = None,
+    max_eval_examples: Annotated[Optional[int], typer.Option(help="Evaluate on at most this many examples per split.")] = None,
+) -> None:
+    """Score a fine-tuned model on the dev splits of its tasks."""
+    from tasks.glue.finetune import evaluate_checkpoint, results_table
+
+    scores = evaluate_checkpoint(checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples)
+    typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(scores, indent=2) + "\n")
+        typer.echo(f"wrote {out}")
+
+
+@glue_app.command("predict")
+@user_errors
+def glue_predict_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder).")],
+    out: Annotated[Path, typer.Option(help="Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")] = Path("glue_predictions"),
+    glue_dir: Annotated[Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")] = None,
+) -> None:
+    """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""
+    from tasks.glue.finetune import predict_test
+
+    for path in predict_test(checkpoint, glue_dir, out):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -23,11 +23,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from perceiver_lm.config import PerceiverConfig
+from perceiver_lm.config import MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TASKS_FILE = "tasks.json"  # present for task-decoder (fine-tuned) models
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -82,6 +83,9 @@ def _write_json(path: Path, data: Any) -> None:
 def write_model_files(model: torch.nn.Module, config: PerceiverConfig, directory: Path) -> None:
     """Write config.json and model.safetensors into an existing (temporary) directory."""
     config.save(directory / CONFIG_FILE)
+    tasks = getattr(model, "tasks", None)
+    if isinstance(tasks, MultiTaskConfig):
+        tasks.save(directory / TASKS_FILE)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / MODEL_FILE), metadata={"format": "pt", "library": "perceiver-lm"})
 
@@ -149,11 +153,32 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a ``PerceiverLM`` from a checkpoint directory or a run directory (latest checkpoint)."""
-    from perceiver_lm.model import PerceiverLM
-
     directory = resolve_model_dir(path)
+    if (directory / TASKS_FILE).is_file():
+        raise PerceiverLMError(f"{directory}: a fine-tuned task model, not a masked LM (load it with PerceiverClassifier)")
+    return _load(directory, None, map_location)
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a ``PerceiverClassifier`` (task-query decoder) from a checkpoint or run directory."""
+    directory = resolve_model_dir(path)
+    if not (directory / TASKS_FILE).is_file():
+        raise PerceiverLMError(f"{directory}: no {TASKS_FILE}; this is a masked LM, not a fine-tuned task model")
+    return _load(directory, MultiTaskConfig.load(directory / TASKS_FILE), map_location)
+
+
+def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load whichever model a checkpoint holds: a ``PerceiverLM`` or a ``PerceiverClassifier``."""
+    directory = resolve_model_dir(path)
+    tasks = MultiTaskConfig.load(directory / TASKS_FILE) if (directory / TASKS_FILE).is_file() else None
+    return _load(directory, tasks, map_location)
+
+
+def _load(directory: Path, tasks: MultiTaskConfig | None, map_location: str | torch.device) -> torch.nn.Module:
+    from perceiver_lm.model import PerceiverClassifier, PerceiverLM
+
     config = PerceiverConfig.load(directory / CONFIG_FILE)
-    model = PerceiverLM(config)
+    model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
     state = load_state_dict(directory, map_location)
     check_state_dict(model, state, str(directory / MODEL_FILE))
     model.load_state_dict(state)

@@ -168,3 +168,61 @@ def get_preset(name: str) -> PerceiverConfig:
         return PRESETS[name]
     except KeyError:
         raise PerceiverLMError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the multi-task query decoder: its name and output count (1 = regression)."""
+
+    name: str
+    num_outputs: int
+
+
+@dataclass(frozen=True)
+class MultiTaskConfig:
+    """The task-query decoder on top of an encoder: which tasks, and the width of their heads.
+
+    Saved beside the model config as ``tasks.json``.
+    """
+
+    tasks: tuple[TaskSpec, ...]
+    head_hidden: int = 768  # the Perceiver IO paper's head width
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise PerceiverLMError("task config: at least one task is needed")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise PerceiverLMError(f"task config: task names repeat ({', '.join(names)})")
+        for task in self.tasks:
+            if not task.name.isidentifier() or task.num_outputs < 1:
+                raise PerceiverLMError(f"task config: bad task {task} (names are identifiers, num_outputs >= 1)")
+        if self.head_hidden < 1:
+            raise PerceiverLMError(f"task config: head_hidden must be positive, got {self.head_hidden}")
+
+    def index(self, name: str) -> int:
+        for i, task in enumerate(self.tasks):
+            if task.name == name:
+                return i
+        raise PerceiverLMError(f"this model has no task {name!r}; it has: {', '.join(t.name for t in self.tasks)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": [dataclasses.asdict(t) for t in self.tasks], "head_hidden": self.head_hidden}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "task config") -> "MultiTaskConfig":
+        try:
+            return cls(tuple(TaskSpec(**t) for t in data["tasks"]), int(data.get("head_hidden", 768)))
+        except (KeyError, TypeError) as err:
+            raise PerceiverLMError(f"{source}: not a task config ({err})") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MultiTaskConfig":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as err:
+            raise PerceiverLMError(f"{path}: not valid JSON ({err})") from None

@@ -45,10 +45,22 @@ def encode(text: str | bytes, add_special_tokens: bool = True) -> np.ndarray:
     return np.concatenate(([CLS_ID], ids, [SEP_ID])).astype(np.int64)
 
 
-def encode_pair(first: str | bytes, second: str | bytes) -> np.ndarray:
-    """Encode a sentence pair as ``[CLS] a [SEP] b [SEP]``."""
+def encode_pair(first: str | bytes, second: str | bytes, max_length: int | None = None) -> np.ndarray:
+    """Encode a sentence pair as ``[CLS] a [SEP] b [SEP]``.
+
+    With ``max_length``, bytes are cut from the end of the longer text first (one byte at a time,
+    as BERT's "longest first"), so that both texts keep as much as they can.
+    """
     a = encode(first, add_special_tokens=False)
     b = encode(second, add_special_tokens=False)
+    if max_length is not None:
+        budget = max_length - 3
+        if budget < 0:
+            raise ValueError(f"max_length must be at least 3 for a pair, got {max_length}")
+        if len(a) + len(b) > budget:
+            short = min(len(a), len(b), budget // 2)
+            keep_a = short if len(a) <= len(b) else budget - short
+            a, b = a[:keep_a], b[: budget - keep_a]
     return np.concatenate(([CLS_ID], a, [SEP_ID], b, [SEP_ID])).astype(np.int64)
 
 

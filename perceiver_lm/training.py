@@ -40,7 +40,7 @@ from perceiver_lm.optim import Lamb, parameter_groups, warmup_cosine
 LN2 = math.log(2.0)
 
 
-def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+def option(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
@@ -50,40 +50,40 @@ def _opt(default: Any, help: str, **kwargs: Any) -> Any:
 class TrainingOptions:
     """Pretraining options; each field is one ``perceiver-lm pretrain`` option of the same name."""
 
-    data: list[str] = _opt([], "Text files, globs or folders to pretrain on (raw bytes, memory-mapped). Default: the built-in corpus.")
-    dataset: str | None = _opt(None, "Hugging Face dataset name to pretrain on instead of --data.")
-    dataset_config: str | None = _opt(None, "Configuration name of --dataset.")
-    dataset_split: str = _opt("train", "Split of --dataset.")
-    text_column: str = _opt("text", "Text column of --dataset.")
-    streaming: bool = _opt(False, "Stream --dataset instead of loading it (for corpora larger than memory or disk).")
-    val_data: list[str] = _opt([], "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.")
-    val_fraction: float = _opt(0.005, "Share of the corpus held out for validation (at least 8 windows).")
-    output_dir: str = _opt("runs/pretrain", "Run directory: checkpoints, metrics.jsonl, TensorBoard logs.")
-    window: int | None = _opt(None, "Bytes per training window; default: the model's max_seq_len.")
-    batch_size: int = _opt(4, "Windows per batch per process.")
-    grad_accum: int = _opt(1, "Gradient accumulation steps per optimizer step.")
-    max_steps: int = _opt(5000, "Optimizer steps to train (the cosine schedule spans them).")
-    max_minutes: float | None = _opt(None, "Stop (and checkpoint) after this many minutes of training.")
-    optimizer: Literal["adamw", "lamb"] = _opt("adamw", "Optimizer: adamw or lamb.")
-    lr: float = _opt(5e-4, "Peak learning rate.")
-    weight_decay: float = _opt(0.01, "Decoupled weight decay on weight matrices.")
-    warmup_steps: int = _opt(100, "Linear warm-up steps.")
-    min_lr_ratio: float = _opt(0.1, "Final learning rate as a fraction of --lr (cosine decay).")
-    clip_norm: float = _opt(1.0, "Clip the global gradient norm to this (0 disables).")
-    mask_rate: float = _opt(0.15, "Fraction of units (words or bytes) masked per window.")
-    mask_unit: Literal["word", "byte"] = _opt("word", "Masking unit: whitespace-delimited words or single bytes.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _opt("auto", "auto: bf16 on GPU, fp32 on CPU.")
-    eval_every: int = _opt(200, "Evaluate on the validation split every N steps (and at the end).")
-    eval_windows: int = _opt(64, "Validation windows per evaluation (spread over the split).")
-    save_every: int = _opt(500, "Write a checkpoint every N steps (and at the end).")
-    keep_checkpoints: int = _opt(2, "How many recent checkpoints to keep.")
-    log_every: int = _opt(10, "Log training loss every N steps.")
-    seed: int = _opt(0, "Seed for initialisation, data order, masking and dropout.")
-    resume: bool = _opt(False, "Continue from the latest checkpoint in --output-dir, same data order.")
-    num_workers: int = _opt(0, "DataLoader worker processes.")
-    gradient_checkpointing: bool = _opt(False, "Recompute processor activations in backward (saves memory).")
-    report_to: Literal["auto", "tensorboard", "none"] = _opt("auto", "Tracker: TensorBoard when installed (auto), or none.")
-    cpu: bool = _opt(False, "Train on the CPU even when a GPU is present.")
+    data: list[str] = option([], "Text files, globs or folders to pretrain on (raw bytes, memory-mapped). Default: the built-in corpus.")
+    dataset: str | None = option(None, "Hugging Face dataset name to pretrain on instead of --data.")
+    dataset_config: str | None = option(None, "Configuration name of --dataset.")
+    dataset_split: str = option("train", "Split of --dataset.")
+    text_column: str = option("text", "Text column of --dataset.")
+    streaming: bool = option(False, "Stream --dataset instead of loading it (for corpora larger than memory or disk).")
+    val_data: list[str] = option([], "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.")
+    val_fraction: float = option(0.005, "Share of the corpus held out for validation (at least 8 windows).")
+    output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics.jsonl, TensorBoard logs.")
+    window: int | None = option(None, "Bytes per training window; default: the model's max_seq_len.")
+    batch_size: int = option(4, "Windows per batch per process.")
+    grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.")
+    max_steps: int = option(5000, "Optimizer steps to train (the cosine schedule spans them).")
+    max_minutes: float | None = option(None, "Stop (and checkpoint) after this many minutes of training.")
+    optimizer: Literal["adamw", "lamb"] = option("adamw", "Optimizer: adamw or lamb.")
+    lr: float = option(5e-4, "Peak learning rate.")
+    weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices.")
+    warmup_steps: int = option(100, "Linear warm-up steps.")
+    min_lr_ratio: float = option(0.1, "Final learning rate as a fraction of --lr (cosine decay).")
+    clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
+    mask_rate: float = option(0.15, "Fraction of units (words or bytes) masked per window.")
+    mask_unit: Literal["word", "byte"] = option("word", "Masking unit: whitespace-delimited words or single bytes.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU.")
+    eval_every: int = option(200, "Evaluate on the validation split every N steps (and at the end).")
+    eval_windows: int = option(64, "Validation windows per evaluation (spread over the split).")
+    save_every: int = option(500, "Write a checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = option(2, "How many recent checkpoints to keep.")
+    log_every: int = option(10, "Log training loss every N steps.")
+    seed: int = option(0, "Seed for initialisation, data order, masking and dropout.")
+    resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    gradient_checkpointing: bool = option(False, "Recompute processor activations in backward (saves memory).")
+    report_to: Literal["auto", "tensorboard", "none"] = option("auto", "Tracker: TensorBoard when installed (auto), or none.")
+    cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(TrainingOptions).items():
@@ -223,10 +223,20 @@ def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source
         raise PerceiverLMError(f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config")
 
 
-def _resolve_precision(options: TrainingOptions) -> str:
-    if options.mixed_precision != "auto":
-        return options.mixed_precision
-    return "bf16" if torch.cuda.is_available() and not options.cpu else "no"
+def check_launch(accelerator) -> None:
+    """Fail when `accelerate launch` started several processes that do not train together."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world:
+        raise PerceiverLMError(
+            f"launched {world} processes but Accelerate sees {accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1"
+        )
+
+
+def resolve_precision(mixed_precision: str, cpu: bool) -> str:
+    """``auto``: bf16 on GPU, fp32 on CPU (where bf16 is slower)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if torch.cuda.is_available() and not cpu else "no"
 
 
 def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResult:
@@ -257,16 +267,12 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
             report = "none"
     accelerator = Accelerator(
         cpu=options.cpu,
-        mixed_precision=_resolve_precision(options),
+        mixed_precision=resolve_precision(options.mixed_precision, options.cpu),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=options.grad_accum, sync_with_dataloader=False),
         log_with=None if report == "none" else report,
         project_dir=str(output),
     )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != world:
-        raise PerceiverLMError(
-            f"launched {world} processes but Accelerate sees {accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1"
-        )
+    check_launch(accelerator)
     main = accelerator.is_main_process
 
     def say(message: str) -> None:

@@ -6,6 +6,8 @@ from perceiver_lm.tokenizer import encode_batch
 
 # Unequal qk/v head sizes like the public checkpoint (32 vs 160 there); no priors, as in `base`.
 PLAIN = PRESETS["tiny"].replace(qk_channels=32, v_channels=96, locality_bias=False, locality_tiling=False, tie_decoder_queries=False)
+# qk heads 2/3 of the value heads: the fused path zero-pads q/k heads on CPU (as in `small`).
+PADDED = PLAIN.replace(qk_channels=64)
 
 
 def _batch():
@@ -13,7 +15,7 @@ def _batch():
     return torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
 
 
-@pytest.mark.parametrize("config", [PLAIN, PRESETS["tiny"]], ids=["plain", "priors"])
+@pytest.mark.parametrize("config", [PLAIN, PADDED, PRESETS["tiny"]], ids=["plain", "padded-heads", "priors"])
 def test_explicit_attention_path_matches_fused(config):
     model = PerceiverLM(config).eval()
     ids, mask = _batch()

@@ -1,0 +1,234 @@
+"""GLUE examples as byte ids: from a local GLUE distribution directory or the Hugging Face Hub.
+
+Local files are the original distribution's unquoted TSVs: read with quoting off (many rows hold
+a literal ``"``) and ``utf-8-sig`` (MRPC starts with a byte-order mark). A row with the wrong
+number of columns, an unknown label or an unreadable score stops loading with ``file:line`` in the
+message, unless ``skip_bad_rows`` is set; then such rows are counted and reported, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
+from tasks.glue.tasks import Columns, GlueTask
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass
+class GlueSplit:
+    """One split of one task, encoded: ids per example, labels (class ids or scores), GLUE ids."""
+
+    task: GlueTask
+    name: str  # "train", "dev", "matched", "test_mismatched", ...
+    source: str  # file path or Hub id, for messages
+    ids: list[np.ndarray] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)  # empty for unlabeled test splits
+    index: list[str] = field(default_factory=list)  # GLUE example ids (test splits)
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labeled(self) -> bool:
+        return len(self.labels) == len(self.ids)
+
+
+def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
+    """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``, at most ``max_length`` ids."""
+    if b is None:
+        ids = encode(a)
+        return ids if len(ids) <= max_length else np.concatenate((ids[: max_length - 1], [SEP_ID]))
+    return encode_pair(a, b, max_length)
+
+
+def _label_value(task: GlueTask, raw: str) -> float:
+    if task.is_regression:
+        value = float(raw)  # ValueError is reported with the line by the caller
+        if not np.isfinite(value):
+            raise ValueError(f"score {raw!r} is not finite")
+        return value
+    if raw not in task.labels:
+        raise ValueError(f"label {raw!r} is not one of {', '.join(task.labels)}")
+    return float(task.labels.index(raw))
+
+
+def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int | None:
+    if spec is None or isinstance(spec, int):
+        return spec
+    if spec not in header:
+        raise PerceiverLMError(f"{path}: line 1: header has no column {spec!r} (found: {', '.join(header)})")
+    return header.index(spec)
+
+
+def read_tsv(task: GlueTask, path: Path, columns: Columns, name: str, max_length: int, skip_bad_rows: bool) -> GlueSplit:
+    """Read one GLUE TSV file of ``task`` laid out as ``columns``."""
+    split = GlueSplit(task, name, str(path))
+    first_error = None
+    try:
+        handle = open(path, encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise PerceiverLMError(f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})") from None
+    with handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = None
+        try:
+            if columns.header:
+                header = next(reader, None)
+                if header is None:
+                    raise PerceiverLMError(f"{path}: empty file")
+            width = len(header) if header else 4  # CoLA's headerless files have 4 columns
+            where = [_column(header, c, path) for c in (columns.text_a, columns.text_b, columns.label, columns.index)]
+            a_col, b_col, label_col, index_col = where
+            for row in reader:
+                if not row or row == [""]:
+                    continue
+                try:
+                    if len(row) != width:
+                        raise ValueError(f"expected {width} tab-separated columns, got {len(row)}")
+                    label = _label_value(task, row[label_col]) if label_col is not None else None
+                except ValueError as err:
+                    message = f"{path}: line {reader.line_num}: {err}"
+                    if not skip_bad_rows:
+                        raise PerceiverLMError(message + " (pass --skip-bad-rows to count and skip such rows)") from None
+                    split.skipped += 1
+                    first_error = first_error or message
+                    continue
+                ids = encode_example(row[a_col], row[b_col] if b_col is not None else None, max_length)
+                split.ids.append(ids)
+                if label is not None:
+                    split.labels.append(label)
+                if index_col is not None:
+                    split.index.append(row[index_col])
+        except UnicodeDecodeError as err:
+            raise PerceiverLMError(f"{path}: line {reader.line_num + 1}: not valid UTF-8 ({err.reason})") from None
+    if split.skipped:
+        print(f"note: skipped {split.skipped} malformed row(s) of {path}; first: {first_error}", file=sys.stderr)
+    if not split.ids:
+        raise PerceiverLMError(f"{path}: no examples")
+    return split
+
+
+def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
+    try:
+        import datasets
+
+        hub_name = {"train": "train", "dev": "validation", "test": "test"}.get(name, name.replace("dev_", "validation_"))
+        if task.name == "mnli" and name in ("matched", "mismatched"):
+            hub_name = f"validation_{name}"
+        rows = datasets.load_dataset(HUB_DATASET, task.hub_config, split=hub_name)
+    except Exception as err:  # datasets raises many types when offline or the split is unknown
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = "the Hub is unreachable (offline mode is on)" if offline else (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PerceiverLMError(
+            f"GLUE {task.name} {name}: no --glue-dir given and {HUB_DATASET} cannot be loaded: {hint}; "
+            "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
+        ) from None
+    split = GlueSplit(task, name, f"{HUB_DATASET}/{task.hub_config}:{hub_name}")
+    a_key, b_key = task.hub_text[0], (task.hub_text[1] if len(task.hub_text) > 1 else None)
+    for row in rows:
+        split.ids.append(encode_example(row[a_key], row[b_key] if b_key else None, max_length))
+        split.index.append(str(row["idx"]))
+        if row["label"] != -1:  # the Hub's test splits carry label -1
+            split.labels.append(float(row["label"]))
+    return split
+
+
+def load_split(task: GlueTask, name: str, glue_dir: str | Path | None, max_length: int, skip_bad_rows: bool = False) -> GlueSplit:
+    """Load split ``name`` of ``task``: "train", a dev split (see ``task.dev``) or a test file stem.
+
+    Args:
+        task: the task, from `tasks.glue.tasks.TASKS`.
+        name: "train", the split names in ``task.dev`` ("dev"; MNLI "matched"/"mismatched"), or
+            the test file stems in ``task.test_files`` ("test"; MNLI "test_matched", ...).
+        glue_dir: the GLUE distribution directory; None loads from the Hugging Face Hub.
+        max_length: truncate every example to this many ids (specials included).
+        skip_bad_rows: count and skip malformed rows instead of failing.
+    """
+    if max_length < 4:
+        raise PerceiverLMError(f"--max-length must be at least 4, got {max_length}")
+    dev = dict(task.dev)
+    tests = dict(task.test_files)
+    if name != "train" and name not in dev and name not in tests:
+        raise PerceiverLMError(f"GLUE {task.name} has no split {name!r} (train, {', '.join([*dev, *tests])})")
+    if glue_dir is None:
+        return _hub_split(task, name, max_length)
+    folder = Path(glue_dir) / task.directory
+    if not folder.is_dir():
+        raise PerceiverLMError(f"--glue-dir {glue_dir}: no {task.directory}/ folder for task {task.name}")
+    if name in tests:
+        return read_tsv(task, folder / f"{name}.tsv", task.test, name, max_length, skip_bad_rows)
+    stem = dev.get(name, "train")
+    return read_tsv(task, folder / f"{stem}.tsv", task.labeled, name, max_length, skip_bad_rows)
+
+
+class TaskExamples(torch.utils.data.Dataset):
+    """Examples of several tasks in one indexable dataset; item = (ids, label, task index, position)."""
+
+    def __init__(self, splits: list[GlueSplit], task_indices: list[int]) -> None:
+        self.items = []
+        self.offsets = []
+        for split, task_index in zip(splits, task_indices):
+            self.offsets.append(len(self.items))
+            labels = split.labels if split.labeled else [float("nan")] * len(split)
+            self.items += [(ids, label, task_index, i) for i, (ids, label) in enumerate(zip(split.ids, labels))]
+        self.sizes = [len(s) for s in splits]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+class ProportionalBatches(torch.utils.data.Sampler):
+    """Batches of one task each; every epoch shuffles each task and interleaves all batches at random.
+
+    Each task contributes ceil(size / batch_size) batches per epoch, so tasks are sampled in
+    proportion to their size and every example is seen once per epoch. The order is a function of
+    (seed, epoch): set the epoch before iterating.
+    """
+
+    def __init__(self, dataset: TaskExamples, batch_size: int, seed: int) -> None:
+        self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for offset, size in zip(self.dataset.offsets, self.dataset.sizes):
+            order = offset + rng.permutation(size)
+            batches += [order[i : i + self.batch_size].tolist() for i in range(0, size, self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(-(-size // self.batch_size) for size in self.dataset.sizes)
+
+
+def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
+    """Pad a batch of one task to its longest example."""
+    ids, labels, tasks, positions = zip(*items)
+    batch = pad_batch(list(ids))
+    return {
+        "input_ids": torch.from_numpy(batch.input_ids),
+        "attention_mask": torch.from_numpy(batch.attention_mask),
+        "labels": torch.tensor(labels, dtype=torch.float32),
+        "task": torch.tensor(tasks),
+        "position": torch.tensor(positions),
+    }

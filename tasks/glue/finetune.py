@@ -1,0 +1,362 @@
+"""GLUE fine-tuning, evaluation and test predictions with the multi-task query decoder, through Accelerate.
+
+One model holds one learned query and one head per chosen task on top of a pretrained encoder.
+Each batch comes from one task; batches of all tasks are interleaved at random every epoch, so a
+task is sampled in proportion to its size (see `ProportionalBatches`). One optimizer for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from perceiver_lm import checkpoint as ckpt
+from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.model import PerceiverClassifier, PerceiverLM
+from perceiver_lm.optim import parameter_groups, warmup_cosine
+from perceiver_lm.training import check_launch, option, resolve_precision
+from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, load_split
+from tasks.glue.metrics import compute_all
+from tasks.glue.tasks import GlueTask, parse_tasks
+
+METRICS_FILE = "dev_metrics.json"
+
+
+@dataclass(frozen=True)
+class GlueOptions:
+    """GLUE fine-tuning options; each field is one ``perceiver-lm glue train`` option of the same name."""
+
+    tasks: str = option("sst2", "Comma-separated GLUE tasks to fine-tune together (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or all.")
+    checkpoint: str | None = option(None, "Pretrained perceiver-lm MLM checkpoint or run directory; without it the model starts from random weights (--preset).")
+    preset: str = option("small", "Model shape when no --checkpoint is given (random-initialisation baseline).")
+    glue_dir: str | None = option(None, "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.")
+    output_dir: str = option("runs/glue", "Run directory: best model, checkpoints, dev metrics JSON.")
+    epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
+    batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).")
+    lr: float = option(5e-5, "Peak learning rate (paper grid: 1e-4, 5e-5, 2e-5, 1e-5).")
+    warmup_steps: int = option(200, "Linear warm-up steps (paper: 200).")
+    weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices (paper: 0.01).")
+    min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of --lr (cosine decay).")
+    clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
+    max_length: int | None = option(None, "Truncate examples to this many bytes (specials included); default: the model's window.")
+    max_train_examples: int | None = option(None, "Use at most this many training examples per task (a seeded random subset).")
+    max_eval_examples: int | None = option(None, "Evaluate on at most this many dev examples per split (the first ones).")
+    eval_every: int | None = option(None, "Evaluate every N steps; default: at the end of every epoch.")
+    eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
+    head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
+    skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU.")
+    seed: int = option(0, "Seed for the task heads, data order and dropout.")
+    cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
+
+    def __post_init__(self) -> None:
+        for name, hint in typing.get_type_hints(GlueOptions).items():
+            if typing.get_origin(hint) is Literal and getattr(self, name) not in typing.get_args(hint):
+                raise PerceiverLMError(f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(self, name)!r}")
+        for name in ("batch_size", "eval_batch_size", "head_hidden", "max_steps", "max_train_examples", "max_eval_examples", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise PerceiverLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise PerceiverLMError("--epochs and --lr must be positive")
+        parse_tasks(self.tasks)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> "GlueOptions":
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise PerceiverLMError(f"{source}: unknown GLUE option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` returns: where the run lives, its best dev scores and the best model."""
+
+    output_dir: Path
+    best: dict[str, dict[str, Any]]  # task -> {"step", "scores": {split: {metric: value}}}
+    best_model: Path
+    steps: int
+
+
+def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
+    """The number the sweep and model selection compare: the paper's metric, averaged over dev splits."""
+    return float(np.mean([split[task.metrics[0]] for split in scores.values()]))
+
+
+def _load_model(options: GlueOptions, tasks: list[GlueTask], say) -> PerceiverClassifier:
+    heads = MultiTaskConfig(tuple(TaskSpec(t.name, t.num_outputs) for t in tasks), options.head_hidden)
+    if options.checkpoint is None:
+        say(f"no --checkpoint: random initialisation, preset {options.preset}")
+        return PerceiverClassifier(get_preset(options.preset), heads)
+    directory = ckpt.resolve_model_dir(options.checkpoint)
+    if (directory / ckpt.TASKS_FILE).is_file():
+        raise PerceiverLMError(f"--checkpoint {directory}: already fine-tuned; start from a pretrained MLM checkpoint")
+    return PerceiverClassifier.from_lm(PerceiverLM.from_pretrained(directory), heads)
+
+
+def _subset(split: GlueSplit, limit: int | None, seed: int, first: bool = False) -> GlueSplit:
+    if limit is None or len(split) <= limit:
+        return split
+    keep = np.arange(limit) if first else np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False))
+    return dataclasses.replace(
+        split, ids=[split.ids[i] for i in keep], labels=[split.labels[i] for i in keep] if split.labels else [],
+        index=[split.index[i] for i in keep] if split.index else [],
+    )
+
+
+def task_loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification, mean squared error for regression (STS-B)."""
+    if task.is_regression:
+        return F.mse_loss(logits[:, 0].float(), labels)
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def predictions_of(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 0].float() if task.is_regression else logits.argmax(-1).float()
+
+
+@torch.no_grad()
+def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels of every example of one split, in file order, gathered over processes."""
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        logits = model(batch["input_ids"], batch["attention_mask"], task=task_index).logits
+        p, y = accelerator.gather_for_metrics((predictions_of(task, logits), batch["labels"]))
+        preds.append(p.cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+
+
+def _eval_loaders(splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int) -> dict[tuple[str, str], DataLoader]:
+    return {
+        key: DataLoader(TaskExamples([split], [task_index[key[0]]]), batch_size=batch_size, collate_fn=collate)
+        for key, split in splits.items()
+    }
+
+
+def _evaluate(model, loaders, tasks_by_name, task_index, accelerator) -> dict[str, dict[str, dict[str, float]]]:
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for (name, split), loader in loaders.items():
+        task = tasks_by_name[name]
+        preds, labels = predict_split(model, loader, task_index[name], task, accelerator)
+        scores.setdefault(name, {})[split] = compute_all(task.metrics, preds, labels)
+    return scores
+
+
+def finetune(options: GlueOptions) -> FinetuneResult:
+    """Fine-tune on one or several GLUE tasks at once; keeps the best dev score per task.
+
+    Args:
+        options: tasks, data source, model source and the optimisation grid point.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    tasks = parse_tasks(options.tasks)
+    accelerator = Accelerator(
+        cpu=options.cpu,
+        mixed_precision=resolve_precision(options.mixed_precision, options.cpu),
+        # A batch holds one task, so the other tasks' queries and heads get no gradient on that rank.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks) > 1)],
+    )
+    check_launch(accelerator)
+    main = accelerator.is_main_process
+
+    def say(message: str) -> None:
+        if main:
+            print(message, file=sys.stderr, flush=True)
+
+    set_seed(options.seed)
+    model = _load_model(options, tasks, say)
+    max_length = options.max_length or model.config.max_seq_len
+    if max_length > model.config.max_seq_len:
+        raise PerceiverLMError(f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})")
+    task_index = {t.name: i for i, t in enumerate(tasks)}
+    tasks_by_name = {t.name: t for t in tasks}
+    train_splits = [_subset(load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows), options.max_train_examples, options.seed) for t in tasks]
+    dev_splits = {
+        (t.name, split): _subset(load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows), options.max_eval_examples, 0, first=True)
+        for t in tasks for split, _ in t.dev
+    }
+    for split in [*train_splits, *dev_splits.values()]:
+        cut = sum(len(ids) == max_length for ids in split.ids)
+        say(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}" + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""))
+
+    train_data = TaskExamples(train_splits, [task_index[t.name] for t in tasks])
+    sampler = ProportionalBatches(train_data, options.batch_size, options.seed)
+    train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
+    eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size)
+    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr)
+    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader, *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, prepared))
+
+    per_epoch = len(train_loader)
+    total = options.max_steps or max(1, math.ceil(options.epochs * per_epoch))
+    eval_every = options.eval_every or per_epoch
+    output = Path(options.output_dir)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+    say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
+        f"{accelerator.device}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)")
+
+    def set_lr(at_step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * warmup_cosine(at_step, options.warmup_steps, total, options.min_lr_ratio)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, dict[str, Any]] = {}
+    best_mean = -math.inf
+    best_dir = output / "best"
+    step, epoch, started = 0, 0, time.monotonic()
+    running = {t.name: [0.0, 0] for t in tasks}
+    model.train()
+    set_lr(0)
+    while step < total:
+        sampler.set_epoch(epoch)
+        for batch in train_loader:
+            task = tasks[int(batch["task"][0])]
+            torch.manual_seed(options.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
+            with accelerator.accumulate(model):
+                logits = model(batch["input_ids"], batch["attention_mask"], task=task_index[task.name]).logits
+                loss = task_loss(task, logits, batch["labels"])
+                accelerator.backward(loss)
+                if options.clip_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running[task.name][0] += loss.item()
+            running[task.name][1] += 1
+            step += 1
+            set_lr(step)
+            if step % eval_every == 0 or step == total:
+                scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
+                losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
+                running = {t.name: [0.0, 0] for t in tasks}
+                history.append({"step": step, "epoch": step / per_epoch, "elapsed_s": time.monotonic() - started, "train_loss": losses, "scores": scores})
+                for name, task_scores in scores.items():
+                    if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(tasks_by_name[name], best[name]["scores"]):
+                        best[name] = {"step": step, "scores": task_scores}
+                mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
+                say(f"step {step}/{total} ({time.monotonic() - started:.0f} s): " + "; ".join(
+                    f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items()) for n, s in scores.items()))
+                if mean > best_mean:
+                    best_mean = mean
+                    if main:
+                        accelerator.unwrap_model(model).save_pretrained(best_dir)
+                    accelerator.wait_for_everyone()
+                if main:
+                    _write_json(output / METRICS_FILE, {"options": dataclasses.asdict(options), "best": best, "history": history,
+                                                         "num_processes": accelerator.num_processes})
+            if step >= total:
+                break
+        epoch += 1
+    return FinetuneResult(output, best, best_dir, step)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names: str | None = None, batch_size: int = 64,
+                        max_eval_examples: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    model = PerceiverClassifier.from_pretrained(checkpoint)
+    names = [t.name for t in model.tasks.tasks]
+    tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
+    for t in tasks:
+        model.tasks.index(t.name)  # refuses tasks the model has no head for
+    task_index = {t.name: model.tasks.index(t.name) for t in tasks}
+    splits = {(t.name, s): _subset(load_split(t, s, glue_dir, model.config.max_seq_len), max_eval_examples, 0, first=True) for t in tasks for s, _ in t.dev}
+    loaders = _eval_loaders(splits, task_index, batch_size)
+    model, *prepared = accelerator.prepare(model, *loaders.values())
+    return _evaluate(model, dict(zip(loaders, prepared)), {t.name: t for t in tasks}, task_index, accelerator)
+
+
+def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64) -> list[Path]:
+    """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
+    model = accelerator.prepare(unwrapped)
+    out = Path(out_dir)
+    written = []
+    for task in parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks)):
+        files = ((task.test_files[0][0], task.submission),) if task.submission else task.test_files
+        for stem, submission in files:
+            split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
+            index = unwrapped.tasks.index(task.name)
+            loader = accelerator.prepare(DataLoader(TaskExamples([split], [index]), batch_size=batch_size, collate_fn=collate))
+            preds, _ = predict_split(model, loader, index, task, accelerator)
+            if not accelerator.is_main_process:
+                continue
+            # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
+            values = [f"{float(np.clip(p, 0.0, 5.0)):.3f}" if task.is_regression else task.labels[int(p)] for p in preds]
+            ids = split.index or [str(i) for i in range(len(split))]
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{submission}.tsv"
+            path.write_text("index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values)))
+            written.append(path)
+    return written
+
+
+def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dict[str, Any]:
+    """Fine-tune once per (batch size, lr) grid point; keep the best dev score per task.
+
+    Each grid point runs into ``output_dir/bs{B}_lr{LR}``; the summary goes to ``output_dir/sweep.json``.
+    """
+    tasks = parse_tasks(options.tasks)
+    runs, best = [], {}
+    for batch_size, lr in itertools.product(batch_sizes, lrs):
+        point = dataclasses.replace(options, batch_size=batch_size, lr=lr, output_dir=str(Path(options.output_dir) / f"bs{batch_size}_lr{lr:g}"))
+        result = finetune(point)
+        runs.append({"batch_size": batch_size, "lr": lr, "best": result.best, "output_dir": str(result.output_dir)})
+        for task in tasks:
+            entry = result.best[task.name]
+            if task.name not in best or primary_score(task, entry["scores"]) > primary_score(task, best[task.name]["scores"]):
+                best[task.name] = {**entry, "batch_size": batch_size, "lr": lr, "output_dir": str(result.output_dir)}
+    summary = {"options": dataclasses.asdict(options), "grid": {"batch_size": batch_sizes, "lr": lrs}, "best": best, "runs": runs}
+    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    _write_json(Path(options.output_dir) / "sweep.json", summary)
+    return summary
+
+
+def results_table(best: dict[str, dict[str, Any]]) -> str:
+    """Dev scores per task beside the Perceiver IO paper's (single-task and multi-task queries)."""
+    from tasks.glue.tasks import TASKS
+
+    lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}",
+             "-" * 70]
+    for name, entry in best.items():
+        task = TASKS[name]
+        for split, scores in entry["scores"].items():
+            label = task.name if split == "dev" else f"{task.name}-{split[:2]}"
+            shown = " / ".join(f"{v:.2f}" for v in scores.values())
+            paper = f"{task.paper:.2f}" if task.paper is not None else "-"
+            multi = f"{task.paper_multitask:.2f}" if task.paper_multitask is not None else "-"
+            lines.append(f"{label:<6} {'/'.join(scores):<22} {shown:>14} {paper:>7} {multi:>17}")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.tokenizer import CLS_ID, SEP_ID, encode, encode_pair
+from tasks.glue.data import ProportionalBatches, TaskExamples, encode_example, load_split
+from tasks.glue.tasks import TASKS, parse_tasks
+
+from glue_files import LAYOUTS, write_file, write_task
+from conftest import shared_data
+
+TEXT_A = 'He said "yes" — café, naïve 🙂'  # literal quotes and multi-byte UTF-8
+TEXT_B = "second ' text"
+
+
+def _labeled_rows(task):
+    values = task.labels or ("0.000", "2.500", "5.000")
+    return [(f"{TEXT_A} {i}", TEXT_B if task.hub_text[1:] else "", values[i % len(values)]) for i in range(3)]
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_loads_from_its_original_layout(tmp_path, name):
+    task = TASKS[name]
+    rows = _labeled_rows(task)
+    write_task(tmp_path, task.directory, {stem: rows for _, stem in task.dev} | {"train": rows},
+               {stem: [(a, b) for a, b, _ in rows] for stem, _ in task.test_files})
+    pair = len(task.hub_text) == 2
+    for split_name in ["train", *[s for s, _ in task.dev]]:
+        split = load_split(task, split_name, tmp_path, 2048)
+        assert len(split) == 3 and split.labeled
+        for ids, (a, b, label) in zip(split.ids, rows):
+            np.testing.assert_array_equal(ids, encode_pair(a, b) if pair else encode(a))
+        expected = [float(y) for _, _, y in rows] if task.is_regression else [float(task.labels.index(y)) for _, _, y in rows]
+        assert split.labels == expected
+    for stem, _ in task.test_files:
+        test = load_split(task, stem, tmp_path, 2048)
+        assert not test.labeled and test.index == ["0", "1", "2"]
+
+
+def test_mrpc_byte_order_mark_and_cola_without_header_or_final_newline(tmp_path):
+    write_task(tmp_path, "MRPC", {"train": [("a", "b", "1")]}, {})
+    assert (tmp_path / "MRPC" / "train.tsv").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_split(TASKS["mrpc"], "train", tmp_path, 64).labels == [1.0]
+    write_task(tmp_path, "CoLA", {"dev": [("x y.", "", "0"), ("z.", "", "1")]}, {})
+    assert not (tmp_path / "CoLA" / "dev.tsv").read_text().endswith("\n")
+    split = load_split(TASKS["cola"], "dev", tmp_path, 64)
+    assert split.labels == [0.0, 1.0] and split.ids[1].tolist() == encode("z.").tolist()
+
+
+def test_malformed_rows_name_file_and_line_or_are_counted(tmp_path, capsys):
+    header, row, _, _ = LAYOUTS["RTE"]
+    rows = [row("a", "b", "entailment", "0"), ["1", "only two"], row("c", "d", "maybe", "2"), row("e", "f", "not_entailment", "3")]
+    write_file(tmp_path / "RTE" / "train.tsv", header, rows)
+    with pytest.raises(PerceiverLMError, match=r"RTE/train.tsv: line 3: expected 4 tab-separated columns, got 2"):
+        load_split(TASKS["rte"], "train", tmp_path, 64)
+    split = load_split(TASKS["rte"], "train", tmp_path, 64, skip_bad_rows=True)
+    assert split.labels == [0.0, 1.0] and split.skipped == 2
+    assert "skipped 2 malformed row(s)" in capsys.readouterr().err
+    header, row, _, _ = LAYOUTS["STS-B"]
+    write_file(tmp_path / "STS-B" / "dev.tsv", header, [row("a", "b", "2.5", "0"), row("a", "b", "high", "1")])
+    with pytest.raises(PerceiverLMError, match=r"STS-B/dev.tsv: line 3: could not convert string to float: 'high'"):
+        load_split(TASKS["stsb"], "dev", tmp_path, 64)
+    write_file(tmp_path / "SST-2" / "train.tsv", header=["text", "label"], rows=[["a", "1"]])
+    with pytest.raises(PerceiverLMError, match=r"SST-2/train.tsv: line 1: header has no column 'sentence'"):
+        load_split(TASKS["sst2"], "train", tmp_path, 64)
+    with pytest.raises(PerceiverLMError, match=r"no QQP/ folder"):
+        load_split(TASKS["qqp"], "train", tmp_path, 64)
+
+
+def test_truncation_keeps_both_texts_and_the_final_sep():
+    single = encode_example("x" * 100, None, 10)
+    assert len(single) == 10 and single[0] == CLS_ID and single[-1] == SEP_ID
+    pair = encode_example("a" * 100, "b" * 3, 16)
+    assert len(pair) == 16 and list(pair).count(SEP_ID) == 2 and pair[-1] == SEP_ID
+    assert (pair == ord("b") + 6).sum() == 3 and (pair == ord("a") + 6).sum() == 10  # the long text gives way
+    assert encode_example("ab", "cd", 64).tolist() == encode_pair("ab", "cd").tolist()
+
+
+def test_hub_offline_and_bad_task_names_are_one_line_errors(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PerceiverLMError, match="no --glue-dir given and nyu-mll/glue cannot be loaded"):
+        load_split(TASKS["sst2"], "train", None, 64)
+    with pytest.raises(PerceiverLMError, match="unknown GLUE task"):
+        parse_tasks("sst2,squad")
+    assert [t.name for t in parse_tasks("SST-2, sts-b")] == ["sst2", "stsb"] and len(parse_tasks("all")) == 9
+
+
+def test_proportional_batches_hold_one_task_and_cover_every_example(tmp_path):
+    write_task(tmp_path, "SST-2", {"train": [(f"s{i}", "", "1") for i in range(30)]}, {})
+    write_task(tmp_path, "RTE", {"train": [(f"r{i}", "x", "entailment") for i in range(90)]}, {})
+    splits = [load_split(TASKS["sst2"], "train", tmp_path, 64), load_split(TASKS["rte"], "train", tmp_path, 64)]
+    data = TaskExamples(splits, [0, 1])
+    sampler = ProportionalBatches(data, batch_size=8, seed=3)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 4 + 12
+        assert all(len({data[i][2] for i in b}) == 1 for b in batches)  # one task per batch
+        assert sorted(i for b in batches for i in b) == list(range(120))  # every example once
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]
+    sampler.set_epoch(0)
+    assert list(sampler) == epochs[0]
+
+
+@pytest.mark.data
+def test_real_glue_files_load_with_official_row_counts():
+    root = shared_data()
+    if root is None or not (root / "glue").is_dir():
+        pytest.skip("no ../shared/data/glue (set PERCEIVER_LM_DATA)")
+    counts = {"sst2": (67349, 872), "cola": (8551, 1043), "mrpc": (3668, 408), "stsb": (5749, 1500)}
+    for name, (train, dev) in counts.items():
+        assert len(load_split(TASKS[name], "train", root / "glue", 2048)) == train
+        split = load_split(TASKS[name], "dev", root / "glue", 2048)
+        assert len(split) == dev and split.labeled
