@@ -176,6 +176,63 @@ def plot_command(
     typer.echo(plot_curve(runs, out, label))
 
 
+@app.command("attention")
+@user_errors
+def attention_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory (masked LM or GLUE-fine-tuned).")],
+    text: Annotated[Optional[str], typer.Argument(help="Text to read (or use --file).")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="Read the text from this UTF-8 file instead.")] = None,
+    head: Annotated[Optional[int], typer.Option(help="Summarise one head (default: every head; -1: the mean of the heads).")] = None,
+    top: Annotated[int, typer.Option(help="Latents to print per kind.")] = 3,
+    query: Annotated[Optional[str], typer.Option(help="Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model).")] = None,
+    png: Annotated[Optional[Path], typer.Option(help="Write a heatmap + example latents PNG here.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained interactive HTML page here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the per-latent summaries as JSON here.")] = None,
+) -> None:
+    """Show which input bytes each latent reads: kinds of latents, their bytes, pictures."""
+    import dataclasses as dc
+    from collections import Counter
+
+    from perceiver_lm.attention_maps import KINDS, attention_maps, describe_summary, summarize
+    from perceiver_lm.attention_render import examples_by_kind, render_html, render_png
+    from perceiver_lm.checkpoint import load_any
+
+    if (text is None) == (file is None):
+        raise PerceiverLMError("give the text as an argument or with --file, not both")
+    if file is not None:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except OSError as err:
+            raise PerceiverLMError(f"--file {file}: cannot read ({err.strerror or err})") from None
+        except UnicodeDecodeError as err:
+            raise PerceiverLMError(f"--file {file}: not valid UTF-8 at byte {err.start}") from None
+    model = load_any(checkpoint)
+    chosen = int(query) if query is not None and query.lstrip("-").isdigit() else query
+    maps = attention_maps(model, [text], query=chosen)[0]
+    summaries = summarize(maps, head)
+    counts = Counter(s.kind for s in summaries)
+    rows = "mean of heads" if head == -1 else ("every head" if head is None else f"head {head}")
+    typer.echo(f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
+               + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS))
+    labels = maps.labels()
+    for kind, group in examples_by_kind(summaries, top).items():
+        if group:
+            typer.echo(f"\n{kind}:")
+            for summary in group:
+                typer.echo("  " + describe_summary(summary, labels))
+    if maps.decoder is not None:
+        order = maps.decoder.mean(0).argsort()[::-1][:8]
+        typer.echo(f"\ndecoder query {maps.query} reads latents: " + ", ".join(f"{n}:{maps.decoder.mean(0)[n]:.2f}" for n in order))
+    if png:
+        typer.echo(f"wrote {render_png(maps, png, -1 if head is None else head)}")
+    if html:
+        typer.echo(f"wrote {render_html(maps, html, title=f'Latent attention: {checkpoint}')}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"text": text, "summaries": [dc.asdict(s) for s in summaries]}, indent=1) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
 glue_app = typer.Typer(no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder.")
 app.add_typer(glue_app, name="glue")
 
