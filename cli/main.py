@@ -94,21 +94,28 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
         )
 
 
+def _options_command(func, options_class: type, extra: list[tuple[str, Any, Any]]):
+    """A typer command calling ``func`` with ``extra`` (name, default, annotation) options and one option per field."""
+
+    def command(**kwargs):
+        return user_errors(func)(**kwargs)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    command.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, keyword, default=default, annotation=annotation) for name, default, annotation in extra]
+        + _dataclass_parameters(options_class)
+    )
+    command.__doc__ = func.__doc__
+    return command
+
+
 def _build_pretrain_command():
     from perceiver_lm.training import TrainingOptions
 
-    def command(**kwargs):
-        return user_errors(_pretrain)(**kwargs)
-
-    command.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(help="Model preset: tiny, small or base (default: small).")]),
-            inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win.")]),
-            *_dataclass_parameters(TrainingOptions),
-        ]
-    )
-    command.__doc__ = _pretrain.__doc__
-    return command
+    return _options_command(_pretrain, TrainingOptions, [
+        ("preset", None, Annotated[Optional[str], typer.Option(help="Model preset: tiny, small or base (default: small).")]),
+        ("config", None, Annotated[Optional[Path], typer.Option(help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win.")]),
+    ])
 
 
 app.command("pretrain", help=_pretrain.__doc__)(_build_pretrain_command())
@@ -186,6 +193,7 @@ def attention_command(
     top: Annotated[int, typer.Option(help="Latents to print per kind.")] = 3,
     query: Annotated[Optional[str], typer.Option(help="Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model).")] = None,
     png: Annotated[Optional[Path], typer.Option(help="Write a heatmap + example latents PNG here.")] = None,
+    span: Annotated[Optional[str], typer.Option(help="Bytes FIRST:END the PNG heatmap zooms to (default: all of a short text, else 0:192).")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Write a self-contained interactive HTML page here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the per-latent summaries as JSON here.")] = None,
 ) -> None:
@@ -212,8 +220,10 @@ def attention_command(
     summaries = summarize(maps, head)
     counts = Counter(s.kind for s in summaries)
     rows = "mean of heads" if head == -1 else ("every head" if head is None else f"head {head}")
+    prefer = Counter(s.prefers for s in summaries if s.prefers)
     typer.echo(f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
-               + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS))
+               + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS)
+               + ("; preferring a byte class: " + ", ".join(f"{n} {c}" for c, n in prefer.most_common()) if prefer else ""))
     labels = maps.labels()
     for kind, group in examples_by_kind(summaries, top).items():
         if group:
@@ -224,7 +234,13 @@ def attention_command(
         order = maps.decoder.mean(0).argsort()[::-1][:8]
         typer.echo(f"\ndecoder query {maps.query} reads latents: " + ", ".join(f"{n}:{maps.decoder.mean(0)[n]:.2f}" for n in order))
     if png:
-        typer.echo(f"wrote {render_png(maps, png, -1 if head is None else head)}")
+        try:
+            zoom = tuple(int(x) for x in span.split(":")) if span else None
+        except ValueError:
+            raise PerceiverLMError(f"--span {span!r}: expected FIRST:END byte positions, e.g. 0:160") from None
+        if zoom is not None and len(zoom) != 2:
+            raise PerceiverLMError(f"--span {span!r}: expected FIRST:END byte positions, e.g. 0:160")
+        typer.echo(f"wrote {render_png(maps, png, -1 if head is None else head, span=zoom)}")
     if html:
         typer.echo(f"wrote {render_html(maps, html, title=f'Latent attention: {checkpoint}')}")
     if json_out:
@@ -264,21 +280,12 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
 def _build_glue_train_command():
     from tasks.glue.finetune import GlueOptions
 
-    def command(**kwargs):
-        return user_errors(_glue_train)(**kwargs)
-
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    command.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter("config", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")]),
-            inspect.Parameter("sweep", keyword, default=False, annotation=Annotated[bool, typer.Option(help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task.")]),
-            inspect.Parameter("sweep_batch_sizes", keyword, default="16,32,64", annotation=Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")]),
-            inspect.Parameter("sweep_lrs", keyword, default="1e-4,5e-5,2e-5,1e-5", annotation=Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")]),
-            *_dataclass_parameters(GlueOptions),
-        ]
-    )
-    command.__doc__ = _glue_train.__doc__
-    return command
+    return _options_command(_glue_train, GlueOptions, [
+        ("config", None, Annotated[Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")]),
+        ("sweep", False, Annotated[bool, typer.Option(help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task.")]),
+        ("sweep_batch_sizes", "16,32,64", Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")]),
+        ("sweep_lrs", "1e-4,5e-5,2e-5,1e-5", Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")]),
+    ])
 
 
 glue_app.command("train", help=_glue_train.__doc__)(_build_glue_train_command())

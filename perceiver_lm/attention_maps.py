@@ -175,6 +175,7 @@ class LatentSummary:
     class_mass: dict[str, float]  # weight on each byte class
     class_lift: dict[str, float]  # class_mass / the class's share of the bytes, globally or near the centre (nan if absent)
     top: list[tuple[int, float]]  # the most-attended positions and their weights
+    prefers: str | None = None  # a byte class it over-reads (the class-selective rule), whatever its kind
 
 
 def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int = 0, latent: int = 0, top_k: int = 8) -> LatentSummary:
@@ -212,6 +213,8 @@ def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int
     kind = "mixed"
     counts = {name: int(m.sum()) for name, m in classes.items()}
     selective = [n for n in classes if share[n] > 0 and counts[n] >= 3 and mass[n] >= CLASS_MASS and lift[n] >= CLASS_LIFT]
+    # A local latent can still prefer a class within its stretch (e.g. the "." and newline there).
+    preferring = [n for n in classes if share[n] > 0 and mass[n] >= CLASS_MASS and lift[n] >= CLASS_LIFT]
     if spread <= max(LOCAL_MIN_BYTES, LOCAL_FRACTION * length):
         kind = "local"
     elif selective:
@@ -221,7 +224,8 @@ def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int
     elif normalized >= DIFFUSE_ENTROPY:
         kind = "diffuse"
     order = np.argsort(-w)[:top_k]
-    return LatentSummary(head, latent, kind, centre, spread, entropy, float(normalized), period, period_power, mass, lift, [(int(p), float(w[p])) for p in order])
+    return LatentSummary(head, latent, kind, centre, spread, entropy, float(normalized), period, period_power, mass, lift,
+                         [(int(p), float(w[p])) for p in order], max(preferring, key=lambda n: lift[n]) if preferring else None)
 
 
 def summarize(maps: AttentionMaps, head: int | None = None) -> list[LatentSummary]:
@@ -236,21 +240,15 @@ def summarize(maps: AttentionMaps, head: int | None = None) -> list[LatentSummar
     return [summarize_row(encoder[h, n], classes, h, n) for h in heads for n in range(encoder.shape[1])]
 
 
-def preferred_class(summary: LatentSummary) -> str | None:
-    """The byte class a class-selective latent prefers (largest lift among qualifying classes)."""
-    candidates = [(lift, name) for name, lift in summary.class_lift.items() if np.isfinite(lift) and summary.class_mass[name] >= CLASS_MASS]
-    return max(candidates)[1] if candidates else None
-
-
 def describe_summary(summary: LatentSummary, labels: list[str]) -> str:
     """One line: which latent, its kind and numbers, and the bytes it reads most."""
     head = "mean" if summary.head == -1 else str(summary.head)
     extra = ""
     if summary.kind == "periodic":
         extra = f", period {summary.period:.1f} bytes ({summary.period_power:.0%} of power)"
-    elif summary.kind == "class-selective":
-        name = preferred_class(summary)
-        extra = f", {summary.class_mass[name]:.0%} on {name} ({summary.class_lift[name]:.1f}x their share)"
+    if summary.prefers:
+        name = summary.prefers
+        extra += f", {summary.class_mass[name]:.0%} on {name} ({summary.class_lift[name]:.1f}x their share)"
     reads = " ".join(f"{labels[p]!s}@{p}:{w:.2f}" for p, w in summary.top[:6])
     return (f"head {head:>4} latent {summary.latent:>4}  {summary.kind:<15} centre {summary.centre:7.1f}  spread {summary.spread:6.1f}  "
             f"entropy {summary.normalized_entropy:.2f}{extra}\n      reads: {reads}")

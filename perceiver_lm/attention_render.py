@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.attention_maps import KINDS, AttentionMaps, LatentSummary, describe_summary, summarize
 
+SPAN_MASS = 0.3
 KIND_COLOURS = {"local": "#1f77b4", "class-selective": "#d62728", "periodic": "#2ca02c", "diffuse": "#7f7f7f", "mixed": "#9467bd"}
 
 
@@ -37,9 +39,13 @@ def examples_by_kind(summaries: list[LatentSummary], per_kind: int) -> dict[str,
     return {kind: sorted((s for s in summaries if s.kind == kind), key=keys[kind])[:per_kind] for kind in KINDS}
 
 
-def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: int = 2) -> Path:
+def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: int = 2, span: tuple[int, int] | None = None) -> Path:
     """Heatmap of latents x bytes for one head (-1: mean over heads), with the text along the axis,
-    above a panel of example latents of each kind."""
+    above a panel of example latents of each kind.
+
+    ``span`` (first, end) zooms the heatmap to those bytes and the latents that put at least
+    SPAN_MASS of their weight there; by default texts longer than 256 bytes show their first 192.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,30 +53,49 @@ def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: 
 
     summaries = summarize(maps, head)
     labels = maps.labels()
-    grid = _head_map(maps, head)  # [N, L]
+    full = _head_map(maps, head)  # [N, L]
     examples = [s for group in examples_by_kind(summaries, per_kind).values() for s in group]
-    length = grid.shape[1]
-    width = min(28.0, max(10.0, length * 0.12))
+    length = full.shape[1]
+    first, end = span if span is not None else ((0, length) if length <= 256 else (0, 192))
+    if not 0 <= first < end <= length:
+        raise PerceiverLMError(f"--span {first}:{end}: outside the text's 0:{length} bytes")
+    rows = np.flatnonzero(full[:, first:end].sum(1) >= SPAN_MASS) if (first, end) != (0, length) else np.arange(full.shape[0])
+    if len(rows) == 0:
+        rows = np.argsort(-full[:, first:end].sum(1))[:8]
+    grid = full[rows, first:end]
+    all_labels, labels = labels, labels[first:end]
+    width_bytes = end - first
+    width = min(28.0, max(10.0, width_bytes * 0.12))
     fig = plt.figure(figsize=(width, 6 + 1.1 * len(examples)))
     grid_spec = fig.add_gridspec(1 + len(examples), 1, height_ratios=[6] + [1.1] * len(examples), hspace=0.5)
     ax = fig.add_subplot(grid_spec[0])
     shown = ax.imshow(grid / np.maximum(grid.max(1, keepdims=True), 1e-12), aspect="auto", cmap="magma", interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01, label="weight / row max")
-    step = max(1, int(np.ceil(length / 160)))
-    ax.set_xticks(range(0, length, step))
+    step = max(1, int(np.ceil(width_bytes / 200)))
+    ax.set_xticks(range(0, width_bytes, step))
     ax.set_xticklabels(labels[::step], fontsize=7, family="monospace", rotation=0 if step == 1 else 90)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([str(r) for r in rows], fontsize=6 if len(rows) > 40 else 8)
     ax.set_ylabel("latent")
+    ax.set_xlabel(f"bytes {first}..{end - 1}" + ("" if (first, end) == (0, length) else f" of {length} (latents with >= {SPAN_MASS:.0%} of their weight here)"), fontsize=8)
     counts = Counter(s.kind for s in summaries)
     head_name = "mean over heads" if head == -1 else f"head {head}"
     ax.set_title(f"Encoder cross-attention, {head_name}: latents (rows) over input bytes (columns)\n"
                  + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS), fontsize=10)
     for row, summary in enumerate(examples, start=1):
-        axis = fig.add_subplot(grid_spec[row], sharex=ax)
-        weights = grid[summary.latent]
-        axis.bar(range(length), weights, width=1.0, color=KIND_COLOURS[summary.kind])
-        axis.set_xlim(-0.5, length - 0.5)
-        axis.tick_params(labelbottom=False, labelsize=7)
+        axis = fig.add_subplot(grid_spec[row])
+        weights = full[summary.latent]
+        # Local latents are drawn over their own neighbourhood, with the text; the others over all of it.
+        reach = int(max(24, 3 * summary.spread))
+        lo, hi = (max(0, int(summary.centre) - reach), min(length, int(summary.centre) + reach + 1)) if summary.kind == "local" else (0, length)
+        axis.bar(range(lo, hi), weights[lo:hi], width=1.0, color=KIND_COLOURS[summary.kind])
+        axis.set_xlim(lo - 0.5, hi - 0.5)
+        axis.tick_params(labelsize=7)
+        if hi - lo <= 120:
+            axis.set_xticks(range(lo, hi))
+            axis.set_xticklabels(all_labels[lo:hi], fontsize=7, family="monospace")
         note = f" period {summary.period:.1f}" if summary.kind == "periodic" else ""
+        note += f", prefers {summary.prefers}" if summary.prefers else ""
         axis.set_title(f"latent {summary.latent}: {summary.kind}{note} (centre {summary.centre:.0f}, spread {summary.spread:.1f})",
                        fontsize=8, loc="left", color=KIND_COLOURS[summary.kind])
     path = Path(path)

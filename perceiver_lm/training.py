@@ -46,6 +46,21 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+def check_choices(options: Any) -> None:
+    """Refuse an options dataclass whose Literal-typed field holds a value outside its choices."""
+    for name, hint in typing.get_type_hints(type(options)).items():
+        if typing.get_origin(hint) is Literal and getattr(options, name) not in typing.get_args(hint):
+            raise PerceiverLMError(f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(options, name)!r}")
+
+
+def options_from_dict(cls: type, data: dict[str, Any], source: str, kind: str) -> Any:
+    """Build an options dataclass from a dict (a config file), naming unknown keys."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise PerceiverLMError(f"{source}: unknown {kind} option(s): {', '.join(unknown)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class TrainingOptions:
     """Pretraining options; each field is one ``perceiver-lm pretrain`` option of the same name."""
@@ -86,11 +101,7 @@ class TrainingOptions:
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
 
     def __post_init__(self) -> None:
-        for name, hint in typing.get_type_hints(TrainingOptions).items():
-            if typing.get_origin(hint) is Literal and getattr(self, name) not in typing.get_args(hint):
-                raise PerceiverLMError(
-                    f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(self, name)!r}"
-                )
+        check_choices(self)
         positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -110,11 +121,7 @@ class TrainingOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> "TrainingOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PerceiverLMError(f"{source}: unknown training option(s): {', '.join(unknown)}")
-        return cls(**data)
+        return options_from_dict(cls, data, source, "training")
 
 
 @dataclass

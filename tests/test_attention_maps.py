@@ -85,7 +85,16 @@ def test_a_latent_reading_a_run_of_digits_is_local_not_digit_selective():
     w = np.zeros(len(text))
     w[start : start + 12] = 1.0
     summary = summarize_row(w / w.sum(), _text_classes(text))
-    assert summary.kind == "local"
+    assert summary.kind == "local" and summary.prefers is None
+
+
+def test_a_local_latent_can_prefer_a_class_within_its_stretch():
+    text = "abcdefgh" * 4 + "end." + "ijklmnop" * 4
+    w = np.full(len(text), 0.002)
+    w[30:40] = 0.02
+    w[text.index(".")] = 0.8
+    summary = summarize_row(w / w.sum(), _text_classes(text))
+    assert summary.kind == "local" and summary.prefers == "punctuation"
 
 
 def test_png_and_html_escape_hostile_text(tmp_path):
@@ -100,6 +109,9 @@ def test_png_and_html_escape_hostile_text(tmp_path):
     assert "".join(s["t"] for s in parsed["segments"]) == HOSTILE
     png = render_png(maps, tmp_path / "a.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert render_png(maps, tmp_path / "zoom.png", head=1, span=(10, 40)).stat().st_size > 10_000
+    with pytest.raises(PerceiverLMError, match="--span 40:400: outside the text"):
+        render_png(maps, tmp_path / "bad.png", span=(40, 400))
 
 
 def test_cli_attention_prints_kinds_and_writes_pictures(tmp_path):

@@ -13,7 +13,6 @@ import json
 import math
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +27,7 @@ from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import parameter_groups, warmup_cosine
-from perceiver_lm.training import check_launch, option, resolve_precision
+from perceiver_lm.training import check_choices, check_launch, option, options_from_dict, resolve_precision
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, load_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.tasks import GlueTask, parse_tasks
@@ -65,9 +64,7 @@ class GlueOptions:
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
 
     def __post_init__(self) -> None:
-        for name, hint in typing.get_type_hints(GlueOptions).items():
-            if typing.get_origin(hint) is Literal and getattr(self, name) not in typing.get_args(hint):
-                raise PerceiverLMError(f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(self, name)!r}")
+        check_choices(self)
         for name in ("batch_size", "eval_batch_size", "head_hidden", "max_steps", "max_train_examples", "max_eval_examples", "eval_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -78,10 +75,7 @@ class GlueOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> "GlueOptions":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise PerceiverLMError(f"{source}: unknown GLUE option(s): {', '.join(unknown)}")
-        return cls(**data)
+        return options_from_dict(cls, data, source, "GLUE")
 
 
 @dataclass
@@ -228,6 +222,11 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     best_dir = output / "best"
     step, epoch, started = 0, 0, time.monotonic()
     running = {t.name: [0.0, 0] for t in tasks}
+    progress = None
+    if main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, desc="glue " + options.tasks, dynamic_ncols=True, file=sys.stderr)
     model.train()
     set_lr(0)
     while step < total:
@@ -247,6 +246,9 @@ def finetune(options: GlueOptions) -> FinetuneResult:
             running[task.name][1] += 1
             step += 1
             set_lr(step)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix({name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count})
             if step % eval_every == 0 or step == total:
                 scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
                 losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
@@ -256,7 +258,7 @@ def finetune(options: GlueOptions) -> FinetuneResult:
                     if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(tasks_by_name[name], best[name]["scores"]):
                         best[name] = {"step": step, "scores": task_scores}
                 mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
-                say(f"step {step}/{total} ({time.monotonic() - started:.0f} s): " + "; ".join(
+                say(f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): " + "; ".join(
                     f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items()) for n, s in scores.items()))
                 if mean > best_mean:
                     best_mean = mean
@@ -269,6 +271,8 @@ def finetune(options: GlueOptions) -> FinetuneResult:
             if step >= total:
                 break
         epoch += 1
+    if progress is not None:
+        progress.close()
     return FinetuneResult(output, best, best_dir, step)
 
 

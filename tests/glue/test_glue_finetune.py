@@ -104,3 +104,20 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     done = _cli("glue", "train", "--preset", "tiny", "--output-dir", str(tmp_path / "r"), *args, cwd=tmp_path)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and last.startswith("error: ") and message in last and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
+    # Batches of different tasks on the two ranks leave some heads without gradient on each rank.
+    import os
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", "-m", "cli", "glue", "train",
+           "--tasks", "mrpc,stsb", "--preset", "tiny", "--glue-dir", str(synthetic_glue), "--output-dir", str(tmp_path / "run"),
+           "--max-steps", "8", "--batch-size", "4", "--head-hidden", "16", "--max-eval-examples", "30"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and set(metrics["best"]) == {"mrpc", "stsb"}
+    assert PerceiverClassifier.from_pretrained(tmp_path / "run" / "best").tasks.tasks[1].name == "stsb"
