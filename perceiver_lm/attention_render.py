@@ -130,7 +130,7 @@ def render_html(maps: AttentionMaps, path: str | Path, title: str = "Perceiver l
         views.append({
             "name": "mean of heads" if head == -1 else f"head {head}",
             "levels": levels, "tops": tops,
-            "latents": [{"kind": s.kind, "centre": round(s.centre, 1), "spread": round(s.spread, 1),
+            "latents": [{"kind": s.kind, "prefers": s.prefers, "centre": round(s.centre, 1), "spread": round(s.spread, 1),
                          "entropy": round(s.normalized_entropy, 3), "period": None if s.period is None else round(s.period, 1),
                          "line": describe_summary(s, labels)} for s in summaries],
         })
@@ -155,7 +155,7 @@ h1 { font-size: 18px; margin: 0 0 8px; }
 #controls { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 8px; }
 #main { display: grid; grid-template-columns: minmax(260px, 330px) 1fr; gap: 18px; }
 #latents { max-height: 74vh; overflow-y: auto; border: 1px solid #ddd; padding: 6px; }
-.latent { display: inline-block; min-width: 34px; margin: 2px; padding: 2px 4px; border-radius: 4px; border: 2px solid transparent;
+.latent { display: inline-block; min-width: 40px; margin: 2px; padding: 2px 4px; border-radius: 4px; border: 2px solid transparent;
   font: 12px monospace; cursor: pointer; color: #fff; text-align: center; }
 .latent.selected { border-color: #000; box-shadow: 0 0 0 2px #ffd400; }
 #text { font: 16px/2.0 ui-monospace, monospace; white-space: pre-wrap; word-break: break-all; border: 1px solid #ddd; padding: 10px; }
@@ -190,6 +190,9 @@ const levels = data.views.map(v => Uint8Array.from(atob(v.levels), c => c.charCo
 const headSelect = document.getElementById("head"), filter = document.getElementById("filter");
 data.views.forEach((v, i) => headSelect.add(new Option(v.name, String(i))));
 data.kinds.forEach(k => filter.add(new Option(k, k)));
+const classes = ["whitespace", "punctuation", "capitals", "digits", "non-ascii"];
+const marks = { "whitespace": "␣", "punctuation": ".", "capitals": "A", "digits": "9", "non-ascii": "é" };
+classes.forEach(c => filter.add(new Option("prefers " + c, "prefers:" + c)));
 const legend = document.getElementById("legend");
 data.kinds.forEach(k => { const s = document.createElement("span"); s.textContent = k; s.style.background = data.colours[k]; legend.appendChild(s); });
 if (data.query) document.getElementById("query").textContent = "decoder query: " + data.query;
@@ -214,12 +217,12 @@ function renderLatents() {
   const box = document.getElementById("latents");
   box.textContent = "";
   data.views[state.view].latents.forEach((info, n) => {
-    if (filter.value && info.kind !== filter.value) return;
+    if (filter.value.startsWith("prefers:") ? info.prefers !== filter.value.slice(8) : (filter.value && info.kind !== filter.value)) return;
     const b = document.createElement("span");
     b.className = "latent" + (state.latent === n ? " selected" : "");
-    b.textContent = String(n);
+    b.textContent = String(n) + (info.prefers ? " " + marks[info.prefers] : "");
     b.dataset.latent = n;
-    b.title = info.kind;
+    b.title = info.kind + (info.prefers ? ", prefers " + info.prefers : "");
     b.style.background = data.colours[info.kind];
     b.addEventListener("mouseenter", () => { if (state.pinned === null) select(n, false); });
     b.addEventListener("click", () => select(n, true));
