@@ -40,8 +40,9 @@ def test_pretrain_fill_mask_info_round_trip(tmp_path, letters_file):
     filled = runner.invoke(app, ["fill-mask", str(out), "aaa aa [MASK*3] a", "--top-k", "2"])
     assert filled.exit_code == 0, filled.output
     lines = filled.output.splitlines()
-    assert lines[0].startswith("aaa aa ") and lines[0].endswith(" a") and len(lines[0].encode()) == len("aaa aa xxx a")
-    assert len(lines) == 4 and lines[1].startswith("  byte 7:")
+    # 12 steps teach little: the three filled bytes need not be valid UTF-8 on their own.
+    assert lines[0].startswith("aaa aa ") and lines[0].endswith(" a")
+    assert len(lines) == 4 and [line.split(":")[0] for line in lines[1:]] == ["  byte 7", "  byte 8", "  byte 9"]
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0
     assert "training step: 12" in info.output and "parameters: 178,638" in info.output
