@@ -17,12 +17,16 @@ HF_SMALL = dict(
 )
 
 
-@pytest.fixture
-def hf_folder(tmp_path):
+def _hf_model(tmp_path, **changes):
     torch.manual_seed(0)
-    model = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**HF_SMALL)).eval()
+    model = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**{**HF_SMALL, **changes})).eval()
     model.save_pretrained(tmp_path / "hf")
     return tmp_path / "hf", model
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    return _hf_model(tmp_path)
 
 
 def _inputs():
@@ -30,18 +34,21 @@ def _inputs():
     return torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
 
 
-def test_converted_model_matches_transformers_logits_and_maps(hf_folder, tmp_path):
-    folder, reference = hf_folder
+# 8 vs 24 channels per head (math path), and 16 vs 24 (q/k zero-padded to 24 for the fused CPU kernel).
+@pytest.mark.parametrize("qk_channels", [32, 64], ids=["unequal-heads", "padded-heads"])
+def test_converted_model_matches_transformers_logits_and_maps(tmp_path, qk_channels):
+    folder, reference = _hf_model(tmp_path, qk_channels=qk_channels)
     ids, mask = _inputs()
     convert_from_transformers(folder, tmp_path / "ours")
     ours = PerceiverLM.from_pretrained(tmp_path / "ours")
-    assert ours.config.qk_channels // ours.config.num_cross_heads == 8 and ours.config.v_channels // ours.config.num_cross_heads == 24
+    assert ours.config.qk_channels // ours.config.num_cross_heads == qk_channels // 4 and ours.config.v_channels // ours.config.num_cross_heads == 24
+    real = mask.bool()
     with torch.no_grad():
         theirs = reference(inputs=ids, attention_mask=mask, output_attentions=True)
-        mine = ours(ids, mask, return_attentions=True)
-    real = mask.bool()
-    diff = (theirs.logits[:, : ids.shape[1]] - mine.logits)[real].abs().max().item()
-    assert diff <= 1e-4, diff
+        for explicit in (False, True):
+            mine = ours(ids, mask, return_attentions=explicit)
+            diff = (theirs.logits[:, : ids.shape[1]] - mine.logits)[real].abs().max().item()
+            assert diff <= 1e-4, (explicit, diff)
     torch.testing.assert_close(mine.encoder_attention, theirs.cross_attentions[0], atol=1e-5, rtol=1e-4)
 
 
