@@ -126,8 +126,6 @@ def measure(impl: str, mode: str, length: int, batch_size: int, steps: int, devi
 
 def bert_shape(match_length: int) -> tuple[dict, int]:
     """The byte-BERT matching ours in forward FLOPs at ``match_length`` bytes (batch of 1)."""
-    import torch
-
     from byte_bert import forward_flops, matched_shape
     from common import synthetic_batch
     from perceiver_lm import PerceiverConfig, PerceiverLM
@@ -135,7 +133,6 @@ def bert_shape(match_length: int) -> tuple[dict, int]:
     batch = synthetic_batch(1, match_length)
     ours = PerceiverLM(PerceiverConfig(max_seq_len=match_length, **SHAPE)).eval()
     target = forward_flops(ours, batch["input_ids"], query_positions=batch["query_positions"], return_attentions=True)
-    del torch
     return matched_shape(target, match_length, batch["query_positions"]), target
 
 

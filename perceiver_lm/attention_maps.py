@@ -126,13 +126,12 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
             result = model(ids, mask, task=task_index, return_attentions=True)
             decoder = result.decoder_attention[:, :, 0]  # [B, H, N]
         else:
-            positions = None
-            if query is not None:
-                for seq in chunk:
-                    if not 0 <= query < len(seq):
-                        raise PerceiverLMError(f"--query {query}: position outside the text (0..{len(seq) - 1})")
-                positions = torch.full((len(chunk), 1), int(query), device=device)
-            result = model(ids, mask, query_positions=positions if positions is not None else torch.zeros((len(chunk), 1), dtype=torch.long, device=device), return_attentions=True)
+            for seq in chunk if query is not None else []:
+                if not 0 <= query < len(seq):
+                    raise PerceiverLMError(f"--query {query}: position outside the text (0..{len(seq) - 1})")
+            # Decode one position only (the asked-for one, else 0): the encoder maps are what matter.
+            positions = torch.full((len(chunk), 1), int(query or 0), device=device)
+            result = model(ids, mask, query_positions=positions, return_attentions=True)
             decoder = result.decoder_attention[:, :, 0] if query is not None else None
         for row, seq in enumerate(chunk):
             length = len(seq)

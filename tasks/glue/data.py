@@ -124,9 +124,8 @@ def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
     try:
         import datasets
 
-        hub_name = {"train": "train", "dev": "validation", "test": "test"}.get(name, name.replace("dev_", "validation_"))
-        if task.name == "mnli" and name in ("matched", "mismatched"):
-            hub_name = f"validation_{name}"
+        # Hub split names; test splits ("test", "test_matched", ...) are named alike.
+        hub_name = {"train": "train", "dev": "validation", "matched": "validation_matched", "mismatched": "validation_mismatched"}.get(name, name)
         rows = datasets.load_dataset(HUB_DATASET, task.hub_config, split=hub_name)
     except Exception as err:  # datasets raises many types when offline or the split is unknown
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"

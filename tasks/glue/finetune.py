@@ -291,9 +291,7 @@ def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names
     model = PerceiverClassifier.from_pretrained(checkpoint)
     names = [t.name for t in model.tasks.tasks]
     tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
-    for t in tasks:
-        model.tasks.index(t.name)  # refuses tasks the model has no head for
-    task_index = {t.name: model.tasks.index(t.name) for t in tasks}
+    task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
     splits = {(t.name, s): _subset(load_split(t, s, glue_dir, model.config.max_seq_len), max_eval_examples, 0, first=True) for t in tasks for s, _ in t.dev}
     loaders = _eval_loaders(splits, task_index, batch_size)
     model, *prepared = accelerator.prepare(model, *loaders.values())
