@@ -135,8 +135,9 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
             decoder = result.decoder_attention[:, :, 0] if query is not None else None
         for row, seq in enumerate(chunk):
             length = len(seq)
-            maps = AttentionMaps(texts[start + row], seq, result.encoder_attention[row, :, :, :length].float().cpu().numpy(),
-                                 None if decoder is None else decoder[row].float().cpu().numpy(), None)
+            latents = model.encoder.active_latents(length)  # with trim_latents, a short text has fewer
+            maps = AttentionMaps(texts[start + row], seq, result.encoder_attention[row, :, :latents, :length].float().cpu().numpy(),
+                                 None if decoder is None else decoder[row, :, :latents].float().cpu().numpy(), None)
             if is_task_model:
                 maps.query = f"task {task_name}"
             elif query is not None:

@@ -109,6 +109,8 @@ def config_to_transformers(config: PerceiverConfig) -> dict[str, Any]:
     problems = []
     if config.locality_bias or config.tie_decoder_queries:
         problems.append("locality_bias/tie_decoder_queries must be off")
+    if config.byte_encoder != "none":
+        problems.append(f"byte_encoder must be none (transformers has no {config.byte_encoder!r} byte encoder)")
     if (config.decoder_heads, config.decoder_qk_channels, config.decoder_v_channels) != (HF_DECODER_HEADS, HF_DECODER_QK_CHANNELS, config.d_model):
         problems.append(f"decoder must have {HF_DECODER_HEADS} heads, {HF_DECODER_QK_CHANNELS} qk channels and d_model value channels")
     if config.vocab_size != VOCAB_SIZE:

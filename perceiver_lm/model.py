@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver_lm.config import MultiTaskConfig, PerceiverConfig
+from perceiver_lm.config import NGRAM_SIZES, MultiTaskConfig, PerceiverConfig
 
 
 @dataclass
@@ -149,6 +149,60 @@ class Block(nn.Module):
         return AttentionOutput(h + self.mlp(self.mlp_norm(h)), attended.weights)
 
 
+class ConvByteEncoder(nn.Module):
+    """Residual 1-D convolutions over the byte embeddings, so each byte carries its neighbourhood in order.
+
+    Without it a latent is a softmax-weighted sum of per-byte values from token + position: close to
+    a bag of its bytes, and the processor must rebuild which byte was where. Padding is zeroed before
+    every convolution, so a real byte never sees padding (outputs are padding-invariant).
+    """
+
+    def __init__(self, dim: int, layers: int, kernel: int, eps: float) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=eps) for _ in range(layers))
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel, padding=kernel // 2) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Contextualise embeddings [B, L, D]; ``keep`` [B, L] is True on real bytes (None: no padding)."""
+        for norm, conv in zip(self.norms, self.convs):
+            h = norm(x)
+            if keep is not None:
+                h = h * keep[..., None].to(h.dtype)
+            h = conv(h.transpose(1, 2)).transpose(1, 2)  # [B, L, D] -> [B, D, L] -> [B, L, D]
+            x = x + F.gelu(h)
+        return x
+
+
+class HashedNgrams(nn.Module):
+    """Hashed n-gram embeddings (BLT-style): the n-gram ending at each byte, for each n, looked up and added.
+
+    One shared table; the bucket of an n-gram hashes its ids and n. N-grams reach back only, so they never
+    read padding on the right; before the start of the input they read ``[PAD]``.
+    """
+
+    MODULUS = 2_147_483_647  # 2**31 - 1: the rolling hash stays far from int64 overflow
+
+    def __init__(self, dim: int, sizes: tuple[int, ...], buckets: int) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.buckets = buckets
+        self.table = nn.Embedding(buckets, dim)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Sum of the n-gram embeddings [B, L, D] for ids [B, L]."""
+        h = torch.zeros_like(input_ids)
+        total = None
+        for k in range(max(self.sizes)):
+            back = F.pad(input_ids, (k, 0))[:, : input_ids.shape[1]]  # [B, L]: the id k bytes back
+            h = (h * 263 + back + 1) % self.MODULUS
+            n = k + 1
+            if n in self.sizes:
+                bucket = (h * 2_654_435_761 + n * 97_003) % self.MODULUS % self.buckets
+                e = self.table(bucket)
+                total = e if total is None else total + e
+        return total / math.sqrt(len(self.sizes))
+
+
 class LocalityBias(nn.Module):
     """Learnable-slope locality prior on cross-attention logits between byte positions and latents.
 
@@ -185,8 +239,15 @@ class LocalityBias(nn.Module):
         return -self.slopes[:, None, None] * distance
 
 
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # [B, N, D] latents after the processor
+    weights: torch.Tensor | None  # [B, H, N, L] encoder cross-attention weights, when asked for
+    latent_mask: torch.Tensor | None  # [B, N] True where a latent holds the example's text (trimmed latents)
+
+
 class PerceiverEncoder(nn.Module):
-    """Bytes -> latents: embeddings, encoder cross-attention, latent self-attention processor."""
+    """Bytes -> latents: embeddings, byte encoder, encoder cross-attention, latent self-attention processor."""
 
     def __init__(self, config: PerceiverConfig) -> None:
         super().__init__()
@@ -194,6 +255,11 @@ class PerceiverEncoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
         self.position_embedding = nn.Embedding(c.max_seq_len, c.d_model)
+        self.ngrams = HashedNgrams(c.d_model, NGRAM_SIZES, c.ngram_buckets) if c.byte_encoder in ("ngram", "ngram_conv") else None
+        self.convs = (
+            ConvByteEncoder(c.d_model, c.byte_encoder_layers, c.byte_encoder_kernel, c.layer_norm_eps)
+            if c.byte_encoder in ("conv", "ngram_conv") else None
+        )
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.d_latents))
         cross = Attention(
             c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.num_cross_heads, c.d_latents,
@@ -213,33 +279,56 @@ class PerceiverEncoder(nn.Module):
         self.locality = LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len, "encoder", c.locality_tiling) if c.locality_bias else None
         self.gradient_checkpointing = False
 
-    def cross_mask(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-        """Mask for latents attending to bytes: padding keys off, plus the locality prior."""
+    def active_latents(self, length: int) -> int:
+        """How many latents an input of ``length`` ids uses: all, or with trim_latents those starting inside it."""
+        c = self.config
+        if not c.trim_latents:
+            return c.num_latents
+        return max(1, min(c.num_latents, math.ceil(length * c.num_latents / c.max_seq_len)))
+
+    def cross_mask(self, attention_mask: torch.Tensor | None, length: int, latents: int) -> torch.Tensor | None:
+        """Mask for the first ``latents`` latents attending to bytes: padding keys off, plus the locality prior."""
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
         if self.locality is None:
             return keep
         positions = torch.arange(length, device=self.latents.device)
-        bias = self.locality(positions).transpose(-1, -2).unsqueeze(0)  # [H, L, N] -> [1, H, N, L]
+        bias = self.locality(positions)[..., :latents].transpose(-1, -2).unsqueeze(0)  # [H, L, N] -> [1, H, N, L]
         return bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Byte ids [B, L] -> byte features [B, L, D] that the latents read."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions)  # [B, L, D]
+        if self.ngrams is not None:
+            x = x + self.ngrams(input_ids)
+        if self.convs is not None:
+            x = self.convs(x, None if attention_mask is None else attention_mask.bool())
+        return x
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_weights: bool = False
-    ) -> AttentionOutput:
+    ) -> EncoderOutput:
         """Encode ids [B, L] into latents [B, N, D]; ``weights`` are the encoder maps [B, H, N, L]."""
         b, length = input_ids.shape
         if length > self.config.max_seq_len:
             raise ValueError(f"input has {length} ids, more than max_seq_len={self.config.max_seq_len}")
-        positions = torch.arange(length, device=input_ids.device)
-        x = self.token_embedding(input_ids) + self.position_embedding(positions)  # [B, L, D]
-        latents = self.latents.expand(b, -1, -1)  # [B, N, D]
-        encoded = self.cross(latents, x, self.cross_mask(attention_mask, length), return_weights)
+        n = self.active_latents(length)
+        latent_mask = None
+        if self.config.trim_latents and attention_mask is not None:
+            # A latent belongs to an example when its stretch starts inside the example's text.
+            starts = torch.arange(n, device=input_ids.device) * (self.config.max_seq_len / self.config.num_latents)
+            latent_mask = starts[None, :] < attention_mask.sum(1, keepdim=True)  # [B, N]
+        x = self.embed(input_ids, attention_mask)
+        latents = self.latents[:n].expand(b, -1, -1)  # [B, N, D]
+        encoded = self.cross(latents, x, self.cross_mask(attention_mask, length, n), return_weights)
         h = encoded.hidden
+        self_mask = None if latent_mask is None else latent_mask[:, None, None, :]  # [B, 1, 1, N]
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                h = checkpoint(lambda t, layer=layer: layer(t).hidden, h, use_reentrant=False)
+                h = checkpoint(lambda t, layer=layer: layer(t, None, self_mask).hidden, h, use_reentrant=False)
             else:
-                h = layer(h).hidden
-        return AttentionOutput(h, encoded.weights)
+                h = layer(h, None, self_mask).hidden
+        return EncoderOutput(h, encoded.weights, latent_mask)
 
 
 def _init_weights(model: nn.Module, config: PerceiverConfig) -> None:
@@ -248,6 +337,10 @@ def _init_weights(model: nn.Module, config: PerceiverConfig) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=module.in_features**-0.5 if config.scaled_init else config.init_std)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            fan_in = module.in_channels * module.kernel_size[0]
+            nn.init.normal_(module.weight, std=fan_in**-0.5 if config.scaled_init else config.init_std)
+            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=config.init_std)
         elif isinstance(module, nn.LayerNorm):
@@ -255,6 +348,9 @@ def _init_weights(model: nn.Module, config: PerceiverConfig) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, PerceiverEncoder):
             nn.init.normal_(module.latents, std=config.init_std)
+    if config.zero_init_positions:
+        for encoder in (m for m in model.modules() if isinstance(m, PerceiverEncoder)):
+            nn.init.zeros_(encoder.position_embedding.weight)
     if config.zero_init_residual:
         for encoder in (m for m in model.modules() if isinstance(m, PerceiverEncoder)):
             for layer in encoder.layers:
@@ -291,9 +387,14 @@ class MLMDecoder(nn.Module):
         self.cross = Block(attention, c.d_model, 1, c.layer_norm_eps, query_residual=False)
         self.locality = LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len, "decoder", c.locality_tiling) if c.locality_bias else None
 
-    def forward(self, latents: torch.Tensor, positions: torch.Tensor, return_weights: bool = False) -> AttentionOutput:
-        """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]."""
-        bias = None if self.locality is None else self.locality(positions)  # [B, H, Q, N]
+    def forward(
+        self, latents: torch.Tensor, positions: torch.Tensor, latent_mask: torch.Tensor | None = None, return_weights: bool = False
+    ) -> AttentionOutput:
+        """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]; ``latent_mask`` [B, N] hides latents."""
+        n = latents.shape[1]
+        bias = None if self.locality is None else self.locality(positions)[..., :n]  # [B, H, Q, N]
+        if latent_mask is not None:
+            bias = bias.masked_fill(~latent_mask[:, None, None, :], float("-inf"))
         return self.cross(self.queries(positions), latents, bias, return_weights)
 
 
@@ -335,7 +436,7 @@ class PerceiverLM(nn.Module):
         if query_positions is None:
             query_positions = torch.arange(length, device=input_ids.device).expand(b, -1)
         encoded = self.encoder(input_ids, attention_mask, return_attentions)
-        decoded = self.decoder(encoded.hidden, query_positions, return_attentions)
+        decoded = self.decoder(encoded.hidden, query_positions, encoded.latent_mask, return_attentions)
         logits = decoded.hidden @ self.encoder.token_embedding.weight.T + self.output_bias  # [B, Q, vocab]
         return PerceiverLMOutput(logits, encoded.weights, decoded.weights)
 
@@ -395,9 +496,12 @@ class TaskDecoder(nn.Module):
             for t in tasks.tasks
         )
 
-    def forward(self, latents: torch.Tensor, task_index: int, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, C] of task ``task_index`` from latents [B, N, D], and the query's weights."""
-        attended = self.cross(self.queries(task_index, latents.shape[0]), latents, None, return_weights)  # [B, 1, D]
+    def forward(
+        self, latents: torch.Tensor, task_index: int, latent_mask: torch.Tensor | None = None, return_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, C] of task ``task_index`` from latents [B, N, D] (``latent_mask`` [B, N] hides some), and the query's weights."""
+        mask = None if latent_mask is None else latent_mask[:, None, None, :]  # [B, 1, 1, N]
+        attended = self.cross(self.queries(task_index, latents.shape[0]), latents, mask, return_weights)  # [B, 1, D]
         return self.heads[task_index](attended.hidden[:, 0]), attended.weights
 
 
@@ -439,7 +543,7 @@ class PerceiverClassifier(nn.Module):
             return_attentions: also return encoder and decoder attention maps (explicit path).
         """
         encoded = self.encoder(input_ids, attention_mask, return_attentions)
-        logits, weights = self.decoder(encoded.hidden, task, return_attentions)
+        logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
         return ClassifierOutput(logits, encoded.weights, weights)
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -10,7 +10,7 @@ from perceiver_lm.checkpoint import load_any, load_model
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
-from tasks.glue.finetune import GlueOptions, finetune
+from tasks.glue.finetune import FINETUNE_DEFAULTS, GlueOptions, finetune, finetune_defaults, with_defaults
 
 from glue_files import same_letter_pairs, share_scores, write_task
 from conftest import REPO
@@ -62,6 +62,18 @@ def test_from_lm_keeps_the_pretrained_encoder_and_checkpoints_know_their_kind(tm
         finetune(GlueOptions(tasks="rte", checkpoint=str(tmp_path / "ft"), glue_dir=str(tmp_path)))
 
 
+def test_finetune_defaults_follow_the_model_shape():
+    assert finetune_defaults(PRESETS["small"]) == ("small", FINETUNE_DEFAULTS["small"])
+    assert finetune_defaults(PRESETS["base"]) == ("base", {"lr": 5e-5, "warmup_steps": 200})  # the paper's
+    assert finetune_defaults(PRESETS["tiny"].replace(num_self_layers=3))[0] == "base"  # any other shape
+    options, note = with_defaults(GlueOptions(), PRESETS["small"])
+    assert (options.lr, options.warmup_steps) == (3e-4, 60) and "small shape: lr 0.0003, warmup-steps 60" in note
+    options, note = with_defaults(GlueOptions(lr=1e-5), PRESETS["small"])  # what the user gives wins
+    assert (options.lr, options.warmup_steps) == (1e-5, 60) and "lr" not in note.split(":")[1]
+    options, note = with_defaults(GlueOptions(lr=1e-5, warmup_steps=0), PRESETS["small"])
+    assert (options.lr, options.warmup_steps, note) == (1e-5, 0, "")
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd,
                           env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
@@ -74,7 +86,11 @@ def test_cli_train_eval_predict(synthetic_glue, tmp_path):
                 "--output-dir", str(run), "--max-steps", "12", "--batch-size", "8", "--head-hidden", "16", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "paper multi-task" in done.stdout and "87.24" in done.stdout  # the paper's MRPC score beside ours
-    best = json.loads((run / "dev_metrics.json").read_text())["best"]
+    saved = json.loads((run / "dev_metrics.json").read_text())
+    best = saved["best"]
+    # No --lr/--warmup-steps given: the tiny shape's fine-tuning defaults were used, and said so.
+    assert (saved["options"]["lr"], saved["options"]["warmup_steps"]) == (5e-4, 60)
+    assert "fine-tuning defaults of the tiny shape" in done.stderr
     done = _cli("glue", "eval", str(run / "best"), "--glue-dir", str(synthetic_glue), "--out", str(tmp_path / "eval.json"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "eval.json").read_text())

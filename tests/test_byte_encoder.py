@@ -1,0 +1,124 @@
+"""Byte encoders (what gives each byte its neighbourhood) and trimmed latents for short inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceiver_lm import PRESETS, PerceiverLM
+from perceiver_lm.config import BYTE_ENCODERS, MultiTaskConfig, TaskSpec
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.tokenizer import encode_batch
+
+TINY = PRESETS["tiny"]
+TEXTS = ["hello byte world", "a much longer second sentence to pad against, with enough text to span latents", "x"]
+
+
+def _batch(texts=TEXTS):
+    enc = encode_batch(texts)
+    return torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
+
+
+@pytest.mark.parametrize("trim", [False, True], ids=["all-latents", "trimmed"])
+@pytest.mark.parametrize("encoder", BYTE_ENCODERS)
+def test_every_variant_is_padding_invariant_and_matches_the_explicit_path(encoder, trim):
+    torch.manual_seed(0)
+    config = TINY.replace(byte_encoder=encoder, trim_latents=trim)
+    model = PerceiverLM(config).eval()
+    ids, mask = _batch()
+    padded = model(ids, mask)
+    explicit = model(ids, mask, return_attentions=True)
+    torch.testing.assert_close(explicit.logits, padded.logits, atol=1e-5, rtol=1e-5)
+    b, length = ids.shape
+    latents = math.ceil(length * config.num_latents / config.max_seq_len) if trim else config.num_latents
+    assert padded.logits.shape == (b, length, 262)
+    assert explicit.encoder_attention.shape == (b, config.num_cross_heads, latents, length)
+    for row in range(b):
+        n = int(mask[row].sum())
+        alone = model(ids[row : row + 1, :n], mask[row : row + 1, :n]).logits
+        torch.testing.assert_close(padded.logits[row : row + 1, :n], alone, atol=2e-5, rtol=2e-5)
+    classifier = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("t", 2),))).eval()
+    together = classifier(ids, mask).logits
+    for row in range(b):
+        n = int(mask[row].sum())
+        torch.testing.assert_close(together[row : row + 1], classifier(ids[row : row + 1, :n], mask[row : row + 1, :n]).logits,
+                                   atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("encoder", BYTE_ENCODERS)
+def test_every_parameter_gets_a_gradient(encoder):
+    torch.manual_seed(0)
+    model = PerceiverLM(TINY.replace(byte_encoder=encoder, trim_latents=True, zero_init_residual=False))
+    ids, mask = _batch()
+    model(ids, mask).logits.logsumexp(-1).mean().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_trimmed_latents_follow_the_input_length():
+    model = PerceiverLM(TINY.replace(trim_latents=True))
+    stride = TINY.max_seq_len // TINY.num_latents  # 8 bytes per latent
+    assert [model.encoder.active_latents(n) for n in (1, stride, stride + 1, TINY.max_seq_len)] == [1, 1, 2, TINY.num_latents]
+    full = PerceiverLM(TINY)
+    assert full.encoder.active_latents(3) == TINY.num_latents
+
+
+def test_ngram_features_depend_only_on_the_last_eight_bytes():
+    torch.manual_seed(0)
+    model = PerceiverLM(TINY.replace(byte_encoder="ngram"))
+    a = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
+    b = torch.tensor([[90, 91, 92, 13, 14, 15, 16, 17, 18, 19, 20]])  # same 8 bytes ending at position 10
+    fa, fb = model.encoder.ngrams(a), model.encoder.ngrams(b)
+    torch.testing.assert_close(fa[0, 10], fb[0, 10])
+    assert not torch.allclose(fa[0, 9], fb[0, 9])  # the 8-gram ending at 9 reaches position 2
+
+
+def test_config_refuses_bad_byte_encoder_settings():
+    with pytest.raises(PerceiverLMError, match="byte_encoder must be one of"):
+        TINY.replace(byte_encoder="cnn")
+    with pytest.raises(PerceiverLMError, match="byte_encoder_kernel must be odd"):
+        TINY.replace(byte_encoder="conv", byte_encoder_kernel=4)
+    with pytest.raises(PerceiverLMError, match="trim_latents needs locality_bias"):
+        TINY.replace(trim_latents=True, locality_bias=False, locality_tiling=False)
+
+
+def _order_task(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray]:
+    """Random letters with "ab" or "ba" inside; the label says which. Both hold the same bytes."""
+    letters = np.array(list("cdefghijklmnopqrstuvwxyz"))
+    texts, labels = [], rng.integers(0, 2, n)
+    for label in labels:
+        filler = "".join(rng.choice(letters, 22))
+        cut = rng.integers(0, 23)
+        texts.append(filler[:cut] + ("ab" if label else "ba") + filler[cut:])
+    return texts, labels
+
+
+def _order_accuracy(encoder: str, steps: int = 300) -> float:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = TINY.replace(byte_encoder=encoder, trim_latents=True, zero_init_positions=True)
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("order", 2),), head_hidden=64))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        texts, labels = _order_task(rng, 32)
+        ids, mask = _batch(texts)
+        loss = F.cross_entropy(model(ids, mask).logits, torch.from_numpy(labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    texts, labels = _order_task(np.random.default_rng(1), 512)
+    ids, mask = _batch(texts)
+    with torch.no_grad():
+        predicted = model.eval()(ids, mask).logits.argmax(-1).numpy()
+    return float((predicted == labels).mean())
+
+
+@pytest.mark.slow
+def test_byte_order_inside_a_latent_is_learned_with_convolutions_not_with_plain_embeddings():
+    # Measured: conv 1.00, plain 0.51 (chance) after 300 steps of 32.
+    conv, plain = _order_accuracy("conv"), _order_accuracy("none")
+    assert conv > 0.95, conv
+    assert plain < 0.75, plain
