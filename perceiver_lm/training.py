@@ -38,6 +38,9 @@ from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, parameter_groups, warmup_cosine
 
 LN2 = math.log(2.0)
+# Instruction sets that run bf16 matmuls natively (oneDNN); without them bf16 is emulated and slower than fp32.
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+PRECISION_HELP = "auto: bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere; or no, bf16."
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -87,7 +90,7 @@ class TrainingOptions:
     clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
     mask_rate: float = option(0.15, "Fraction of units (words or bytes) masked per window.")
     mask_unit: Literal["word", "byte"] = option("word", "Masking unit: whitespace-delimited words or single bytes.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
     eval_every: int = option(200, "Evaluate on the validation split every N steps (and at the end).")
     eval_windows: int = option(64, "Validation windows per evaluation (spread over the split).")
     save_every: int = option(500, "Write a checkpoint every N steps (and at the end).")
@@ -239,11 +242,53 @@ def check_launch(accelerator) -> None:
         )
 
 
-def resolve_precision(mixed_precision: str, cpu: bool) -> str:
-    """``auto``: bf16 on GPU, fp32 on CPU (where bf16 is slower)."""
-    if mixed_precision != "auto":
-        return mixed_precision
-    return "bf16" if torch.cuda.is_available() and not cpu else "no"
+@dataclass(frozen=True)
+class Precision:
+    """The autocast mode a run uses and why; the why is printed in the run's first lines."""
+
+    mode: str  # Accelerate's mixed_precision: "no", "bf16" or "fp16"
+    reason: str
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo; empty where there is none (macOS, Windows)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def resolve_precision(mixed_precision: str, cpu: bool, flags: frozenset[str] | None = None, gpu: bool | None = None) -> Precision:
+    """Pick the autocast mode for ``--mixed-precision`` (``auto`` decides by the hardware).
+
+    Args:
+        mixed_precision: "auto", "no", "bf16" or "fp16".
+        cpu: the run is forced onto the CPU (``--cpu`` or ``ACCELERATE_USE_CPU``).
+        flags: CPU feature flags; default: this machine's (tests inject them).
+        gpu: whether a CUDA GPU is there; default: ask torch.
+    """
+    cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    on_gpu = (torch.cuda.is_available() if gpu is None else gpu) and not cpu
+    if not on_gpu and mixed_precision == "fp16":
+        raise PerceiverLMError("--mixed-precision fp16: CPU autocast has no fp16 path (it would silently run fp32); use bf16, no or auto")
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
+    if mixed_precision == "no":
+        return Precision("no", "fp32 (--mixed-precision no)")
+    if mixed_precision in ("bf16", "fp16"):
+        slow = "" if on_gpu or native else "; this CPU has no native bf16, so expect it slower than fp32"
+        return Precision(mixed_precision, f"{mixed_precision} autocast (--mixed-precision {mixed_precision}{slow})")
+    if on_gpu:
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "bf16 autocast (auto: a GPU with bf16)")
+        return Precision("no", "fp32 (auto: this GPU has no bf16)")
+    if native:
+        return Precision("bf16", f"bf16 autocast (auto: this CPU has native bf16, {native[0]})")
+    return Precision("no", "fp32 (auto: this CPU has no native bf16, AVX512-BF16 or AMX, so bf16 would be emulated and slower)")
 
 
 def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResult:
@@ -272,9 +317,10 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
             report = "tensorboard"
         except ImportError:
             report = "none"
+    precision = resolve_precision(options.mixed_precision, options.cpu)
     accelerator = Accelerator(
         cpu=options.cpu,
-        mixed_precision=resolve_precision(options.mixed_precision, options.cpu),
+        mixed_precision=precision.mode,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=options.grad_accum, sync_with_dataloader=False),
         log_with=None if report == "none" else report,
         project_dir=str(output),
@@ -323,7 +369,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     processes = accelerator.num_processes
     say(
         f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}; "
+        f"{processes} process(es) on {accelerator.device}, {precision.reason}; "
         f"batch {options.batch_size}x{processes}x{options.grad_accum} windows of {window} bytes"
     )
 

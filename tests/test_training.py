@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from perceiver_lm import PRESETS, PerceiverLMError
 from perceiver_lm.optim import Lamb, warmup_cosine
-from perceiver_lm.training import TrainingOptions, pretrain
+from perceiver_lm.training import TrainingOptions, pretrain, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PRESETS["tiny"]
@@ -76,6 +76,35 @@ def test_option_errors(letters_file, tmp_path):
         _options(letters_file, tmp_path, batch_size=0)
     with pytest.raises(PerceiverLMError, match="--window 256 is longer than the model's max_seq_len \\(128\\)"):
         pretrain(_options(letters_file, tmp_path / "r", window=256), TINY)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, letters_file, tmp_path, capsys):
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    zen4 = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
+    sapphire = frozenset({"avx512f", "amx_tile", "amx_bf16"})
+    zen3 = frozenset({"avx2", "fma"})
+    avx512_only = frozenset({"avx512f", "avx512bw"})  # bf16 is emulated there
+    assert resolve_precision("auto", cpu=True, flags=zen4).mode == "bf16"
+    assert "avx512_bf16" in resolve_precision("auto", cpu=True, flags=zen4).reason
+    assert resolve_precision("auto", cpu=True, flags=sapphire).mode == "bf16"
+    assert "amx_bf16" in resolve_precision("auto", cpu=True, flags=sapphire).reason
+    for flags in (zen3, avx512_only, frozenset()):
+        choice = resolve_precision("auto", cpu=False, flags=flags, gpu=False)
+        assert choice.mode == "no" and "no native bf16" in choice.reason
+    # asked for explicitly: obeyed, with a warning where it is emulated
+    assert resolve_precision("no", cpu=True, flags=zen4).mode == "no"
+    assert resolve_precision("bf16", cpu=True, flags=zen3).mode == "bf16"
+    assert "slower than fp32" in resolve_precision("bf16", cpu=True, flags=zen3).reason
+    assert "slower" not in resolve_precision("bf16", cpu=True, flags=zen4).reason
+    with pytest.raises(PerceiverLMError, match="--mixed-precision fp16: CPU autocast has no fp16 path"):
+        resolve_precision("fp16", cpu=True, flags=zen4)
+    # ACCELERATE_USE_CPU puts a GPU machine's run on the CPU: the CPU decides
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert resolve_precision("auto", cpu=False, flags=zen3, gpu=True).mode == "no"
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    # the run says which precision it picked and why, in its first lines
+    pretrain(_options(letters_file, tmp_path / "run", max_steps=2, eval_every=2, save_every=2, mixed_precision="no"), TINY)
+    assert "fp32 (--mixed-precision no)" in capsys.readouterr().err
 
 
 def test_lamb_and_schedule():

@@ -183,6 +183,7 @@ class TaskExamples(torch.utils.data.Dataset):
             labels = split.labels if split.labeled else [float("nan")] * len(split)
             self.items += [(ids, label, task_index, i) for i, (ids, label) in enumerate(zip(split.ids, labels))]
         self.sizes = [len(s) for s in splits]
+        self.lengths = np.array([len(item[0]) for item in self.items])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -195,12 +196,17 @@ class ProportionalBatches(torch.utils.data.Sampler):
     """Batches of one task each; every epoch shuffles each task and interleaves all batches at random.
 
     Each task contributes ceil(size / batch_size) batches per epoch, so tasks are sampled in
-    proportion to their size and every example is seen once per epoch. The order is a function of
-    (seed, epoch): set the epoch before iterating.
+    proportion to their size and every example is seen once per epoch. With ``by_length``, each
+    task's shuffled examples are sorted by length within pools of `POOL_BATCHES` batches before they
+    are cut into batches: a batch holds examples of similar length, so padding (and, with trimmed
+    latents, the latents run) follows its own examples, while pools and batches stay in random
+    order. The order is a function of (seed, epoch): set the epoch before iterating.
     """
 
-    def __init__(self, dataset: TaskExamples, batch_size: int, seed: int) -> None:
-        self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, 0
+    POOL_BATCHES = 64
+
+    def __init__(self, dataset: TaskExamples, batch_size: int, seed: int, by_length: bool = True) -> None:
+        self.dataset, self.batch_size, self.seed, self.by_length, self.epoch = dataset, batch_size, seed, by_length, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -208,8 +214,12 @@ class ProportionalBatches(torch.utils.data.Sampler):
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = []
+        pool = self.batch_size * self.POOL_BATCHES
         for offset, size in zip(self.dataset.offsets, self.dataset.sizes):
             order = offset + rng.permutation(size)
+            if self.by_length:
+                pools = [order[i : i + pool] for i in range(0, size, pool)]
+                order = np.concatenate([p[np.argsort(self.dataset.lengths[p], kind="stable")] for p in pools])
             batches += [order[i : i + self.batch_size].tolist() for i in range(0, size, self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -218,6 +228,12 @@ class ProportionalBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return sum(-(-size // self.batch_size) for size in self.dataset.sizes)
+
+
+def eval_loader(split: GlueSplit, task_index: int, batch_size: int) -> torch.utils.data.DataLoader:
+    """Batches of one split in order of length (short padding); the ``position`` field restores file order."""
+    data = TaskExamples([split], [task_index])
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=np.argsort(data.lengths, kind="stable").tolist(), collate_fn=collate)
 
 
 def collate(items: list[tuple]) -> dict[str, torch.Tensor]:

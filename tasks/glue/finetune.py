@@ -27,8 +27,8 @@ from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import parameter_groups, warmup_cosine
-from perceiver_lm.training import check_choices, check_launch, option, options_from_dict, resolve_precision
-from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, load_split
+from perceiver_lm.training import PRECISION_HELP, check_choices, check_launch, option, options_from_dict, resolve_precision
+from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.tasks import GlueTask, parse_tasks
 
@@ -58,8 +58,9 @@ class GlueOptions:
     eval_every: int | None = option(None, "Evaluate every N steps; default: at the end of every epoch.")
     eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
+    length_buckets: bool = option(True, "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches shuffled).")
     skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
     seed: int = option(0, "Seed for the task heads, data order and dropout.")
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
 
@@ -159,21 +160,20 @@ def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, ac
     """Predictions and labels of every example of one split, in file order, gathered over processes."""
     was_training = model.training
     model.eval()
-    preds, labels = [], []
+    preds, labels, positions = [], [], []
     for batch in loader:
         logits = model(batch["input_ids"], batch["attention_mask"], task=task_index).logits
-        p, y = accelerator.gather_for_metrics((predictions_of(task, logits), batch["labels"]))
+        p, y, at = accelerator.gather_for_metrics((predictions_of(task, logits), batch["labels"], batch["position"]))
         preds.append(p.cpu())
         labels.append(y.cpu())
+        positions.append(at.cpu())
     model.train(was_training)
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    order = torch.cat(positions).argsort()  # loaders may batch by length
+    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
 
 
 def _eval_loaders(splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int) -> dict[tuple[str, str], DataLoader]:
-    return {
-        key: DataLoader(TaskExamples([split], [task_index[key[0]]]), batch_size=batch_size, collate_fn=collate)
-        for key, split in splits.items()
-    }
+    return {key: eval_loader(split, task_index[key[0]], batch_size) for key, split in splits.items()}
 
 
 def _evaluate(model, loaders, tasks_by_name, task_index, accelerator) -> dict[str, dict[str, dict[str, float]]]:
@@ -195,9 +195,10 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     tasks = parse_tasks(options.tasks)
+    precision = resolve_precision(options.mixed_precision, options.cpu)
     accelerator = Accelerator(
         cpu=options.cpu,
-        mixed_precision=resolve_precision(options.mixed_precision, options.cpu),
+        mixed_precision=precision.mode,
         # A batch holds one task, so the other tasks' queries and heads get no gradient on that rank.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks) > 1)],
     )
@@ -228,7 +229,7 @@ def finetune(options: GlueOptions) -> FinetuneResult:
         say(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}" + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""))
 
     train_data = TaskExamples(train_splits, [task_index[t.name] for t in tasks])
-    sampler = ProportionalBatches(train_data, options.batch_size, options.seed)
+    sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
     train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
     eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr)
@@ -242,7 +243,7 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     if main:
         output.mkdir(parents=True, exist_ok=True)
     say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
-        f"{accelerator.device}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)")
+        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)")
 
     def set_lr(at_step: int) -> None:
         for group in optimizer.param_groups:
@@ -344,7 +345,7 @@ def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Pa
         for stem, submission in files:
             split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
             index = unwrapped.tasks.index(task.name)
-            loader = accelerator.prepare(DataLoader(TaskExamples([split], [index]), batch_size=batch_size, collate_fn=collate))
+            loader = accelerator.prepare(eval_loader(split, index, batch_size))
             preds, _ = predict_split(model, loader, index, task, accelerator)
             if not accelerator.is_main_process:
                 continue

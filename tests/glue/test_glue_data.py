@@ -3,7 +3,7 @@ import pytest
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import CLS_ID, SEP_ID, encode, encode_pair
-from tasks.glue.data import ProportionalBatches, TaskExamples, encode_example, load_split
+from tasks.glue.data import ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
 from tasks.glue.tasks import TASKS, parse_tasks
 
 from glue_files import LAYOUTS, write_file, write_task
@@ -102,6 +102,36 @@ def test_proportional_batches_hold_one_task_and_cover_every_example(tmp_path):
     assert epochs[0] != epochs[1]
     sampler.set_epoch(0)
     assert list(sampler) == epochs[0]
+
+
+def test_length_buckets_keep_similar_lengths_together_and_every_example_once(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = ["x" * int(n) for n in rng.integers(1, 200, 3000)]
+    write_task(tmp_path, "SST-2", {"train": [(t, "", "1") for t in texts]}, {})
+    data = TaskExamples([load_split(TASKS["sst2"], "train", tmp_path, 256)], [0])
+    spread = {}
+    for by_length in (True, False):
+        sampler = ProportionalBatches(data, batch_size=16, seed=1, by_length=by_length)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 188
+        assert sorted(i for b in batches for i in b) == list(range(3000))
+        # padding a batch to its longest example: wasted ids per batch, on average
+        spread[by_length] = np.mean([data.lengths[b].max() - data.lengths[b].mean() for b in batches])
+        sampler.set_epoch(1)
+        assert list(sampler) != batches  # reshuffled every epoch, buckets too
+    assert spread[True] < 0.1 * spread[False], spread
+    # the batches themselves come in random order, not shortest first
+    sampler = ProportionalBatches(data, batch_size=16, seed=1)
+    maxima = [data.lengths[b].max() for b in sampler]
+    assert not all(a <= b for a, b in zip(maxima, maxima[1:]))
+
+
+def test_eval_loader_batches_by_length_and_positions_restore_file_order(tmp_path):
+    write_task(tmp_path, "SST-2", {"dev": [("y" * n, "", "1") for n in (40, 3, 90, 7, 60, 1)]}, {})
+    split = load_split(TASKS["sst2"], "dev", tmp_path, 128)
+    batches = list(eval_loader(split, 0, batch_size=2))
+    assert [b["position"].tolist() for b in batches] == [[5, 1], [3, 0], [4, 2]]
+    assert [b["input_ids"].shape[1] for b in batches] == [5, 42, 92]  # [CLS] text [SEP]
 
 
 @pytest.mark.data

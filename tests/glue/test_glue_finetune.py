@@ -10,7 +10,9 @@ from perceiver_lm.checkpoint import load_any, load_model
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
-from tasks.glue.finetune import FINETUNE_DEFAULTS, GlueOptions, finetune, finetune_defaults, with_defaults
+from tasks.glue.data import eval_loader, load_split
+from tasks.glue.finetune import FINETUNE_DEFAULTS, GlueOptions, finetune, finetune_defaults, predict_split, with_defaults
+from tasks.glue.tasks import TASKS
 
 from glue_files import same_letter_pairs, share_scores, write_task
 from conftest import REPO
@@ -60,6 +62,24 @@ def test_from_lm_keeps_the_pretrained_encoder_and_checkpoints_know_their_kind(tm
         load_model(tmp_path / "ft")
     with pytest.raises(PerceiverLMError, match="already fine-tuned"):
         finetune(GlueOptions(tasks="rte", checkpoint=str(tmp_path / "ft"), glue_dir=str(tmp_path)))
+
+
+def test_predictions_through_length_sorted_batches_come_back_in_file_order(tmp_path):
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    texts = [("word " * n).strip() for n in (9, 1, 30, 4, 17, 2, 25)]
+    write_task(tmp_path, "STS-B", {"dev": [(t, "other", f"{i * 0.5:.1f}") for i, t in enumerate(texts)]}, {})
+    split = load_split(TASKS["stsb"], "dev", tmp_path, 256)
+    config = PRESETS["tiny"].replace(max_seq_len=256, trim_latents=True, locality_bias=True)
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("stsb", 1),), head_hidden=16)).eval()
+    accelerator = Accelerator(cpu=True)
+    preds, labels = predict_split(model, accelerator.prepare(eval_loader(split, 0, batch_size=3)), 0, TASKS["stsb"], accelerator)
+    with torch.no_grad():
+        one_by_one = torch.tensor([model(torch.from_numpy(ids)[None], task=0).logits[0, 0].item() for ids in split.ids])
+    assert labels.tolist() == [i * 0.5 for i in range(7)]
+    assert one_by_one.std() > 1e-3  # distinct scores, so a wrong order would show
+    torch.testing.assert_close(torch.from_numpy(preds), one_by_one, atol=1e-4, rtol=1e-4)
 
 
 def test_finetune_defaults_follow_the_model_shape():
