@@ -1,17 +1,21 @@
 """Ours vs transformers' PerceiverForMaskedLM vs a FLOPs-matched byte-level BERT, over input length.
 
 For each input length, one training step (forward + backward + AdamW) and one inference forward are
-timed for each implementation, each in a fresh subprocess. The two Perceivers hold the same weights
-(ours exported into transformers); transformers always decodes every position and takes dense
-labels, ours and the byte-BERT decode only the masked ones. The byte-BERT's width and depth are
-chosen so that its forward at --match-length bytes costs the same FLOPs as ours (the Perceiver IO
-paper's comparison). Memory: peak during the timed steps minus the resident model before the
-first step (activations, gradients, optimizer state), and the same above the optimizer state
-("activation" memory: activations, gradients, temporaries); on GPU, allocated memory. FLOPs are counted
-by torch's FlopCounterMode on exact (unpadded, unfused) attention. Prints a table, writes JSON and a
-PNG of time vs length.
+timed for each implementation at each precision asked for (``impl@precision``: fp32, bf16 autocast,
+or auto, the toolkit's default for this machine), each in a fresh subprocess. Measurements are
+interleaved (every repeat runs every configuration once, in a rotated order) and repeated, and the
+table reports medians with their min-max spread: single runs on a shared machine swing by up to 2x.
+The two Perceivers hold the same weights (ours exported into transformers); transformers always
+decodes every position and takes dense labels, ours and the byte-BERT decode only the masked ones.
+The byte-BERT's width and depth are chosen so that its forward at --match-length bytes costs the
+same FLOPs as ours (the Perceiver IO paper's comparison). Memory: peak during the timed steps minus
+the resident model before the first step (activations, gradients, optimizer state); on GPU,
+allocated memory. FLOPs are counted by torch's FlopCounterMode on exact (unpadded, unfused)
+attention, and set against this machine's measured matmul peak at each precision. Prints a table,
+writes JSON and a PNG of time vs length.
 
-    python benchmarks/head_to_head.py --lengths 512,1024,2048,4096,8192,16384 --batch-size 4
+    python benchmarks/head_to_head.py --lengths 2048,16384 --repeats 3
+    python benchmarks/head_to_head.py --lengths 512,2048,8192,16384 --configs ours@auto,transformers@fp32
 """
 
 from __future__ import annotations
@@ -30,6 +34,34 @@ SHAPE = dict(  # `small`'s shape without its priors, with the decoder transforme
     attention_dropout=0.0,
 )
 IMPLS = ("ours", "transformers", "byte-bert")
+CONFIGS = "ours@auto,ours@fp32,transformers@fp32,transformers@bf16,byte-bert@auto"
+
+
+def precision_of(name: str, device: str) -> str:
+    """"fp32" or "bf16" for a config's precision; "auto" is what the toolkit picks on this machine."""
+    from perceiver_lm.training import resolve_precision
+
+    if name == "auto":
+        name = resolve_precision("auto", cpu=device == "cpu").mode
+    return {"no": "fp32", "fp32": "fp32", "bf16": "bf16"}[name]
+
+
+def matmul_peak(device: str, size: int = 2048, reps: int = 10) -> dict[str, float]:
+    """GFLOP/s of a square matmul (the best of ``reps``) in fp32 and bf16: the ceiling for everything else."""
+    import torch
+
+    peak = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+        best = float("inf")
+        for _ in range(reps + 2):
+            start = time.perf_counter()
+            a @ b
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        peak[name] = 2 * size**3 / best / 1e9
+    return peak
 
 
 def build(impl: str, length: int, bert: dict):
@@ -77,12 +109,22 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def measure(impl: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict) -> dict:
+def measure(impl: str, precision: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict) -> dict:
     import torch
 
     from common import dense_labels, memory_now, peak_memory_since_reset, reset_peak_memory, synthetic_batch
 
-    model, loss_fn, infer_fn = build(impl, length, bert)
+    model, plain_loss, plain_infer = build(impl, length, bert)
+    autocast = lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def loss_fn(b, labels):
+        with autocast():
+            return plain_loss(b, labels)
+
+    def infer_fn(b):
+        with autocast():
+            return plain_infer(b)
+
     model = model.to(device).train(mode == "train")
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, length).items()}
     labels = dense_labels(batch, length).to(device)
@@ -117,7 +159,7 @@ def measure(impl: str, mode: str, length: int, batch_size: int, steps: int, devi
     row = {k: v[:1] for k, v in batch.items()}
     flops = batch_size * count_flops(lambda: loss_fn(row, labels[:1]).backward() if mode == "train" else infer_fn(row))
     optimizer.zero_grad(set_to_none=True)
-    return {"impl": impl, "mode": mode, "length": length, "batch_size": batch_size, "seconds": seconds,
+    return {"impl": impl, "precision": precision, "mode": mode, "length": length, "batch_size": batch_size, "seconds": seconds,
             "bytes_per_s": batch_size * length / seconds, "step_memory_mib": (peak - resident) / 2**20,
             "activation_memory_mib": (peak - with_state) / 2**20,
             "peak_memory_mib": peak / 2**20, "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / seconds,
@@ -136,6 +178,25 @@ def bert_shape(match_length: int) -> tuple[dict, int]:
     return matched_shape(target, match_length, batch["query_positions"]), target
 
 
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (impl, precision, mode, length): medians over repeats, with min and max of the time."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["impl"], r["precision"], r["mode"], r["length"]), []).append(r)
+    rows = []
+    for (impl, precision, mode, length), rs in groups.items():
+        seconds = [r["seconds"] for r in rs]
+        med = statistics.median(seconds)
+        rows.append({**rs[0], "seconds": med, "seconds_min": min(seconds), "seconds_max": max(seconds), "repeats": len(rs),
+                     "bytes_per_s": rs[0]["batch_size"] * length / med, "gflop_per_s": rs[0]["gflop"] / med,
+                     "step_memory_mib": statistics.median(r["step_memory_mib"] for r in rs),
+                     "activation_memory_mib": statistics.median(r["activation_memory_mib"] for r in rs),
+                     "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs)})
+    return rows
+
+
 def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -143,15 +204,19 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
     for ax, mode in zip(axes, ("train", "infer")):
-        for impl, colour in zip(IMPLS, ("C0", "C1", "C2")):
-            pts = sorted((r["length"], r["seconds"]) for r in rows if r["impl"] == impl and r["mode"] == mode)
+        for i, (impl, precision) in enumerate(configs):
+            pts = sorted((r["length"], r["seconds"], r["seconds_min"], r["seconds_max"]) for r in rows
+                         if (r["impl"], r["precision"], r["mode"]) == (impl, precision, mode))
             if pts:
-                ax.plot(*zip(*pts), "-o", color=colour, label=impl)
-        ax.set(xscale="log", yscale="log", xlabel="input bytes", ylabel="seconds per batch",
+                x, y, lo, hi = map(list, zip(*pts))
+                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], fmt="-o" if precision == "bf16" else "--s",
+                            color=f"C{IMPLS.index(impl)}", capsize=3, label=f"{impl} {precision}")
+        ax.set(xscale="log", yscale="log", xlabel="input bytes", ylabel="seconds per batch (median, min-max)",
                title=f"{'training step' if mode == 'train' else 'inference forward'}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle("Byte-level MLM, batch of %d: time vs input length" % rows[0]["batch_size"])
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -159,68 +224,105 @@ def plot(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="512,1024,2048,4096")
+    parser.add_argument("--lengths", default="2048,16384")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up step)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process measurements per configuration, interleaved")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--configs", default=CONFIGS, help="comma-separated impl@precision (precision: fp32, bf16, auto)")
+    parser.add_argument("--modes", default="train,infer")
     parser.add_argument("--match-length", type=int, default=2048, help="input length at which the byte-BERT's FLOPs match ours")
     parser.add_argument("--out", default="runs/bench/head_to_head.json")
-    parser.add_argument("--one", nargs=4, metavar=("IMPL", "MODE", "LENGTH", "BERT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=5, metavar=("IMPL", "PRECISION", "MODE", "LENGTH", "BERT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        impl, mode, length, bert = args.one
-        print(json.dumps(measure(impl, mode, int(length), args.batch_size, args.steps, args.device, json.loads(bert))))
+        impl, precision, mode, length, bert = args.one
+        print(json.dumps(measure(impl, precision, mode, int(length), args.batch_size, args.steps, args.device, json.loads(bert))))
         return
+    if args.peak:
+        print(json.dumps(matmul_peak(args.device)))
+        return
+    configs = []
+    for item in args.configs.split(","):
+        impl, _, precision = item.partition("@")
+        if impl not in IMPLS or precision not in ("fp32", "bf16", "auto"):
+            parser.error(f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} and precision fp32, bf16 or auto")
+        configs.append((impl, precision_of(precision, args.device), precision == "auto"))
+    defaults = {"transformers": "fp32", **{impl: prec for impl, prec, auto in configs if auto}}  # transformers trains in fp32 unless told
     bert, target = bert_shape(args.match_length)
+    peak = json.loads(subprocess.run([sys.executable, __file__, "--peak", "--device", args.device], capture_output=True, text=True, check=True).stdout)
+    print(f"matmul peak on this machine (2048^3, {args.device}): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     print(f"byte-BERT matched to ours at {args.match_length} bytes ({target / 1e9:.2f} GFLOP forward per sequence): {bert}")
-    rows = []
     lengths = list(map(int, args.lengths.split(",")))
-    for length in lengths:
-        for mode in ("train", "infer"):
-            for impl in args.impls.split(","):
-                cmd = [sys.executable, __file__, "--one", impl, mode, str(length), json.dumps(bert),
-                       "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
-                    print(f"{impl} {mode} {length}: failed ({(done.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
-                    continue
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  {impl:>12} {mode:>5} {length:>6}: {r['seconds']:.3f} s, {r['gflop_per_s']:.0f} GFLOP/s, "
-                      f"{r['step_memory_mib']:,.0f} MiB", flush=True)
-    table(rows, lengths)
+    modes = args.modes.split(",")
+    runs = []
+    for repeat in range(args.repeats):
+        order = configs[repeat % len(configs):] + configs[: repeat % len(configs)]  # rotate: no config always runs first
+        for length in lengths:
+            for mode in modes:
+                for impl, precision, _ in order:
+                    cmd = [sys.executable, __file__, "--one", impl, precision, mode, str(length), json.dumps(bert),
+                           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device]
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                    if done.returncode:
+                        print(f"{impl} {precision} {mode} {length}: failed ({(done.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
+                        continue
+                    runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    r = runs[-1]
+                    print(f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: {r['seconds']:.3f} s, "
+                          f"{r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB", flush=True)
+    rows = summarise(runs)
+    table(rows, lengths, modes, peak, defaults)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "device": args.device, "shape": SHAPE,
-                               "byte_bert": bert, "match_length": args.match_length, "results": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(), "device": args.device,
+                               "matmul_peak_gflop_per_s": peak, "defaults": defaults, "shape": SHAPE, "byte_bert": bert,
+                               "match_length": args.match_length, "repeats": args.repeats, "results": rows, "runs": runs}, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def table(rows: list[dict], lengths: list[int]) -> None:
-    def get(impl, mode, length):
-        return next((r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)), None)
+def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, defaults: dict) -> None:
+    def get(impl, precision, mode, length):
+        return next((r for r in rows if (r["impl"], r["precision"], r["mode"], r["length"]) == (impl, precision, mode, length)), None)
 
-    print(f"\n{'length':>6} {'mode':>5} | {'ours B/s':>9} {'hf B/s':>9} {'bert B/s':>9} | {'ours/hf':>7} {'ours/bert':>9} | "
-          f"{'ours MiB':>8} {'hf MiB':>8} {'mem o/hf':>8} {'act o/hf':>8} | {'GFLOP o/hf/bert':>17}")
+    configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
+    print(f"\n{'length':>6} {'mode':>5} {'impl':>12} {'prec':>4} | {'median s':>8} {'min-max s':>13} | {'bytes/s':>8} | "
+          f"{'GFLOP':>6} {'GFLOP/s':>7} {'% peak':>6} | {'MiB':>6}")
     for length in lengths:
-        for mode in ("train", "infer"):
-            o, h, b = (get(i, mode, length) for i in IMPLS)
-            bps = lambda r: f"{r['bytes_per_s']:>9,.0f}" if r else f"{'-':>9}"
-            ratio = lambda x, y, key, width: f"{x[key] / y[key]:>{width - 1}.2f}x" if x and y else f"{'-':>{width}}"
-            mem = lambda r: f"{r['step_memory_mib']:>8,.0f}" if r else f"{'-':>8}"
-            fl = "/".join(f"{r['gflop']:.0f}" if r else "-" for r in (o, h, b))
-            print(f"{length:>6} {mode:>5} | {bps(o)} {bps(h)} {bps(b)} | {ratio(o, h, 'bytes_per_s', 7)} {ratio(o, b, 'bytes_per_s', 9)} | "
-                  f"{mem(o)} {mem(h)} {ratio(o, h, 'step_memory_mib', 8)} {ratio(o, h, 'activation_memory_mib', 8)} | {fl:>17}")
-    if 2048 in lengths and len(lengths) > 1:
-        top = max(lengths)
-        print(f"\ntime ratio {top} / 2048 bytes (training step):", end="")
-        for impl in IMPLS:
-            a, z = get(impl, "train", 2048), get(impl, "train", top)
-            if a and z:
-                print(f"  {impl} {z['seconds'] / a['seconds']:.2f}", end="")
-        print(f"   (length ratio {top / 2048:.0f})")
+        for mode in modes:
+            for impl, precision in configs:
+                r = get(impl, precision, mode, length)
+                if r:
+                    print(f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} {r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
+                          f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} {100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
+                          f"{r['step_memory_mib']:>6,.0f}")
+
+    def ratio(a, b):
+        """Median ratio of speeds, and the worst and best case from the spreads."""
+        return f"{b['seconds'] / a['seconds']:.2f}x ({b['seconds_min'] / a['seconds_max']:.2f}-{b['seconds_max'] / a['seconds_min']:.2f})"
+
+    print("\nspeed ratios, ours ÷ transformers (median; worst-best from the spreads):")
+    for length in lengths:
+        for mode in modes:
+            parts = []
+            if "ours" in defaults and "transformers" in defaults:
+                o, h = get("ours", defaults["ours"], mode, length), get("transformers", defaults["transformers"], mode, length)
+                if o and h:
+                    parts.append(f"defaults ({defaults['ours']} vs {defaults['transformers']}) {ratio(o, h)}")
+            o, h = get("ours", "fp32", mode, length), get("transformers", "fp32", mode, length)
+            if o and h:
+                parts.append(f"fp32 vs fp32 {ratio(o, h)}")
+            o, h = get("ours", "bf16", mode, length), get("transformers", "bf16", mode, length)
+            if o and h:
+                parts.append(f"bf16 vs bf16 {ratio(o, h)}")
+            best = lambda impl: min((r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)), key=lambda r: r["seconds"], default=None)
+            o, h = best("ours"), best("transformers")
+            if o and h:
+                parts.append(f"best vs best ({o['precision']} vs {h['precision']}) {ratio(o, h)}")
+            if parts:
+                print(f"  {length:>6} {mode:>5}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

@@ -174,13 +174,14 @@ def plot_command(
     runs: Annotated[list[Path], typer.Argument(help="One or more pretraining run directories.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curve.png"),
     label: Annotated[Optional[list[str]], typer.Option(help="Legend label per run (default: the folder names).")] = None,
+    x: Annotated[str, typer.Option(help="x axis: minutes (speed) or steps (learning per step).")] = "minutes",
 ) -> None:
-    """Plot validation bits per masked byte and accuracy against training time."""
+    """Plot validation bits per masked byte and accuracy against training time or steps."""
     from perceiver_lm.plotting import plot_curve
 
     if label and len(label) != len(runs):
         raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
-    typer.echo(plot_curve(runs, out, label))
+    typer.echo(plot_curve(runs, out, label, x))
 
 
 @app.command("attention")

@@ -22,8 +22,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> Path:
-    """Plot validation bits per masked byte (and accuracy) against training minutes for runs."""
+def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None, x: str = "minutes") -> Path:
+    """Plot validation bits per masked byte (and accuracy) against training minutes or steps for runs.
+
+    Args:
+        run_dirs: pretraining run directories (each with a ``metrics.jsonl``).
+        out: PNG file to write.
+        labels: legend label per run (default: the folder names).
+        x: "minutes" (compare speed) or "steps" (compare learning per step, e.g. fp32 vs bf16).
+    """
+    if x not in ("minutes", "steps"):
+        raise PerceiverLMError(f"--x {x!r}: expected minutes or steps")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,13 +43,14 @@ def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | 
         evals = [r for r in read_metrics(run) if "eval_bits_per_byte" in r]
         if not evals:
             raise PerceiverLMError(f"{run}: no evaluations recorded yet")
-        minutes = [r["elapsed_s"] / 60 for r in evals]
+        xs = [r["elapsed_s"] / 60 if x == "minutes" else r["step"] for r in evals]
         label = labels[index] if labels else Path(run).name
-        ax_bits.plot(minutes, [r["eval_bits_per_byte"] for r in evals], marker="o", ms=3, label=label)
-        ax_acc.plot(minutes, [r["eval_accuracy"] for r in evals], marker="o", ms=3, label=label)
+        ax_bits.plot(xs, [r["eval_bits_per_byte"] for r in evals], marker="o", ms=3, label=label)
+        ax_acc.plot(xs, [r["eval_accuracy"] for r in evals], marker="o", ms=3, label=label)
     ax_bits.axhline(4.85, color="grey", ls="--", lw=1, label="unigram plateau (word masking)")
-    ax_bits.set(xlabel="training minutes", ylabel="validation bits per masked byte", title="Masked-byte loss")
-    ax_acc.set(xlabel="training minutes", ylabel="masked-byte accuracy", title="Masked-byte accuracy")
+    xlabel = "training minutes" if x == "minutes" else "optimizer steps"
+    ax_bits.set(xlabel=xlabel, ylabel="validation bits per masked byte", title="Masked-byte loss")
+    ax_acc.set(xlabel=xlabel, ylabel="masked-byte accuracy", title="Masked-byte accuracy")
     for ax in (ax_bits, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -1,0 +1,108 @@
+"""GLUE fine-tuning throughput (training examples/s) with and without each short-input speed-up.
+
+Trains `small` on a GLUE task's real training set with the library's sampler, collate and loss, as
+`perceiver-lm glue train` does, under several settings: precision (fp32 / bf16 autocast), trimmed
+latents (only the latents whose stretch the batch's longest input reaches) and length buckets (a
+batch holds examples of similar length). Settings are interleaved and repeated; the table reports
+the median with its min-max spread and the speed-up over the first setting. Prints a table, writes JSON.
+
+    python benchmarks/finetune_throughput.py --glue-dir ../shared/data/glue --task sst2 --steps 20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
+from perceiver_lm.model import PerceiverClassifier
+from tasks.glue.data import ProportionalBatches, TaskExamples, collate, load_split
+from tasks.glue.finetune import task_loss
+from tasks.glue.tasks import TASKS
+
+# name -> (model-config changes on top of the preset, precision, length buckets)
+SETTINGS = {
+    "before: plain embeddings, all latents, fp32, random batches": (dict(byte_encoder="none", zero_init_positions=False, trim_latents=False), "fp32", False),
+    "small, all latents, fp32, random batches": (dict(trim_latents=False), "fp32", False),
+    "small, all latents, bf16, random batches": (dict(trim_latents=False), "bf16", False),
+    "small, trimmed latents, bf16, random batches": (dict(), "bf16", False),
+    "small (defaults): trimmed latents, bf16, length buckets": (dict(), "bf16", True),
+}
+
+
+def measure(name: str, preset: str, data: TaskExamples, task_name: str, batch_size: int, steps: int, warmup: int) -> dict:
+    changes, precision, buckets = SETTINGS[name]
+    torch.manual_seed(0)
+    task = TASKS[task_name]
+    config = get_preset(preset).replace(**changes)
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_labels),))).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step() -> int:
+        batch = collate([data[i] for i in next(batches)])
+        with autocast:
+            loss = task_loss(task, model(batch["input_ids"], batch["attention_mask"], task=0).logits, batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return int(batch["input_ids"].shape[1])
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    widths = [step() for _ in range(steps)]
+    seconds = time.perf_counter() - start
+    return {"setting": name, "examples_per_s": steps * batch_size / seconds, "step_s": seconds / steps,
+            "mean_padded_length": sum(widths) / len(widths)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--glue-dir", default=os.path.join(os.environ.get("PERCEIVER_LM_DATA", "../shared/data"), "glue"))
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="runs/bench/finetune_throughput.json")
+    args = parser.parse_args()
+    split = load_split(TASKS[args.task], "train", args.glue_dir, get_preset(args.preset).max_seq_len)
+    data = TaskExamples([split], [0])
+    print(f"{args.task} train: {len(split):,} examples, mean {data.lengths.mean():.0f} ids; batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    runs = []
+    for repeat in range(args.repeats):
+        for name in SETTINGS:
+            runs.append(measure(name, args.preset, data, args.task, args.batch_size, args.steps, args.warmup))
+            print(f"  [{repeat + 1}/{args.repeats}] {runs[-1]['examples_per_s']:7.1f} examples/s  {name}", flush=True)
+    rows = []
+    for name in SETTINGS:
+        speeds = [r["examples_per_s"] for r in runs if r["setting"] == name]
+        rows.append({"setting": name, "examples_per_s": statistics.median(speeds), "min": min(speeds), "max": max(speeds),
+                     "mean_padded_length": runs[list(SETTINGS).index(name)]["mean_padded_length"]})
+    base = rows[0]["examples_per_s"]
+    print(f"\n{'setting':<58} | {'examples/s':>10} {'min-max':>13} | {'speed-up':>8} | {'padded ids':>10}")
+    for r in rows:
+        print(f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | {r['examples_per_s'] / base:>7.2f}x | "
+              f"{r['mean_padded_length']:>10.0f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.platform(), "threads": torch.get_num_threads(), "task": args.task, "preset": args.preset,
+                               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+                               "results": rows, "runs": runs}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
