@@ -190,16 +190,18 @@ class HashedNgrams(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Sum of the n-gram embeddings [B, L, D] for ids [B, L]."""
+        b, length = input_ids.shape
         h = torch.zeros_like(input_ids)
-        total = None
+        buckets = []
         for k in range(max(self.sizes)):
-            back = F.pad(input_ids, (k, 0))[:, : input_ids.shape[1]]  # [B, L]: the id k bytes back
+            back = F.pad(input_ids, (k, 0))[:, :length]  # [B, L]: the id k bytes back
             h = (h * 263 + back + 1) % self.MODULUS
             n = k + 1
             if n in self.sizes:
-                bucket = (h * 2_654_435_761 + n * 97_003) % self.MODULUS % self.buckets
-                e = self.table(bucket)
-                total = e if total is None else total + e
+                buckets.append((h * 2_654_435_761 + n * 97_003) % self.MODULUS % self.buckets)
+        # One bag lookup instead of one per n: a single dense table gradient in backward, not |sizes| of them.
+        bags = torch.stack(buckets, dim=-1).view(b * length, len(buckets))  # [B*L, |sizes|]
+        total = F.embedding_bag(bags, self.table.weight, mode="sum").view(b, length, -1)  # [B*L, D] -> [B, L, D]
         return total / math.sqrt(len(self.sizes))
 
 
