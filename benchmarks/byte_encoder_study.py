@@ -56,7 +56,7 @@ def run_glue(args) -> dict:
                 tasks=args.task, checkpoint=str(args.checkpoint or init_dir), glue_dir=args.glue_dir,
                 output_dir=str(out / f"{name}_s{seed}"), max_steps=args.steps, eval_every=args.eval_every,
                 batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=seed,
-                mixed_precision=args.mixed_precision, max_length=args.max_length,
+                mixed_precision=args.mixed_precision, max_length=args.max_length, length_buckets=not args.no_length_buckets,
             ))
             history = json.loads((result.output_dir / "dev_metrics.json").read_text())["history"]
             curve = {h["step"]: h["scores"][args.task]["dev"] for h in history}
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the shape's fine-tuning default")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--no-length-buckets", action="store_true", help="random batches instead of batches of similar length")
     parser.add_argument("--plot-from", default=None, help="only plot: comma-separated results.json files -> --out PNG")
     args = parser.parse_args()
     if args.plot_from:

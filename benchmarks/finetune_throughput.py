@@ -42,7 +42,7 @@ def measure(name: str, preset: str, data: TaskExamples, task_name: str, batch_si
     torch.manual_seed(0)
     task = TASKS[task_name]
     config = get_preset(preset).replace(**changes)
-    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_labels),))).train()
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),))).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -233,6 +233,24 @@ def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source
         raise PerceiverLMError(f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config")
 
 
+def make_accelerator(**kwargs):
+    """An Accelerator for one run, checked against the launch (see `check_launch`).
+
+    Accelerate keeps its state process-wide and refuses a second Accelerator with another precision
+    or device; a single-process run therefore starts from fresh state, so that runs one after another
+    in one Python process (a notebook, a sweep, the test suite) may differ in precision.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not torch.distributed.is_initialized():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    accelerator = Accelerator(**kwargs)
+    check_launch(accelerator)
+    return accelerator
+
+
 def check_launch(accelerator) -> None:
     """Fail when `accelerate launch` started several processes that do not train together."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -298,7 +316,6 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         options: training options (data, schedule, evaluation, checkpoints).
         config: model shape, usually a preset.
     """
-    from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, set_seed
 
     window = options.window or config.max_seq_len
@@ -318,14 +335,13 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         except ImportError:
             report = "none"
     precision = resolve_precision(options.mixed_precision, options.cpu)
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         cpu=options.cpu,
         mixed_precision=precision.mode,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=options.grad_accum, sync_with_dataloader=False),
         log_with=None if report == "none" else report,
         project_dir=str(output),
     )
-    check_launch(accelerator)
     main = accelerator.is_main_process
 
     def say(message: str) -> None:

@@ -105,6 +105,9 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, letters_f
     # the run says which precision it picked and why, in its first lines
     pretrain(_options(letters_file, tmp_path / "run", max_steps=2, eval_every=2, save_every=2, mixed_precision="no"), TINY)
     assert "fp32 (--mixed-precision no)" in capsys.readouterr().err
+    # a second run in the same process may pick another precision (Accelerate's state is per process)
+    pretrain(_options(letters_file, tmp_path / "run_bf16", max_steps=2, eval_every=2, save_every=2, mixed_precision="bf16"), TINY)
+    assert "bf16" in capsys.readouterr().err
 
 
 def test_lamb_and_schedule():

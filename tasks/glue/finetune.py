@@ -27,7 +27,7 @@ from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import parameter_groups, warmup_cosine
-from perceiver_lm.training import PRECISION_HELP, check_choices, check_launch, option, options_from_dict, resolve_precision
+from perceiver_lm.training import PRECISION_HELP, check_choices, make_accelerator, option, options_from_dict, resolve_precision
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.tasks import GlueTask, parse_tasks
@@ -191,18 +191,16 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     Args:
         options: tasks, data source, model source and the optimisation grid point.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     tasks = parse_tasks(options.tasks)
     precision = resolve_precision(options.mixed_precision, options.cpu)
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         cpu=options.cpu,
         mixed_precision=precision.mode,
         # A batch holds one task, so the other tasks' queries and heads get no gradient on that rank.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks) > 1)],
     )
-    check_launch(accelerator)
     main = accelerator.is_main_process
 
     def say(message: str) -> None:
@@ -318,9 +316,7 @@ def _write_json(path: Path, data: Any) -> None:
 def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names: str | None = None, batch_size: int = 64,
                         max_eval_examples: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
     names = [t.name for t in model.tasks.tasks]
     tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
@@ -333,9 +329,7 @@ def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names
 
 def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64) -> list[Path]:
     """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``)."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
     model = accelerator.prepare(unwrapped)
     out = Path(out_dir)
