@@ -23,6 +23,7 @@ import torch
 
 from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
 from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.optim import adamw
 from tasks.glue.data import ProportionalBatches, TaskExamples, collate, load_split
 from tasks.glue.finetune import task_loss
 from tasks.glue.tasks import TASKS
@@ -43,7 +44,7 @@ def measure(name: str, preset: str, data: TaskExamples, task_name: str, batch_si
     task = TASKS[task_name]
     config = get_preset(preset).replace(**changes)
     model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),))).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4)
     batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 

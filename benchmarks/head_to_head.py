@@ -113,6 +113,7 @@ def measure(impl: str, precision: str, mode: str, length: int, batch_size: int, 
     import torch
 
     from common import dense_labels, memory_now, peak_memory_since_reset, reset_peak_memory, synthetic_batch
+    from perceiver_lm.optim import adamw
 
     model, plain_loss, plain_infer = build(impl, length, bert)
     autocast = lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -128,7 +129,7 @@ def measure(impl: str, precision: str, mode: str, length: int, batch_size: int, 
     model = model.to(device).train(mode == "train")
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, length).items()}
     labels = dense_labels(batch, length).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4)  # the same fused AdamW for every implementation
 
     def run() -> None:
         if mode == "train":

@@ -29,6 +29,7 @@ def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup
     from common import peak_memory_bytes, synthetic_batch
     from perceiver_lm.config import get_preset
     from perceiver_lm.model import PerceiverLM
+    from perceiver_lm.optim import adamw
     from perceiver_lm.training import masked_lm_loss
 
     torch.manual_seed(0)
@@ -36,7 +37,7 @@ def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup
     window = window or config.max_seq_len
     model = PerceiverLM(config).to(device).train()
     model.gradient_checkpointing_enable(checkpointing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4)
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, window).items()}
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 

@@ -35,7 +35,7 @@ from perceiver_lm.data import (
 )
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
-from perceiver_lm.optim import Lamb, parameter_groups, warmup_cosine
+from perceiver_lm.optim import Lamb, adamw, parameter_groups, warmup_cosine
 
 LN2 = math.log(2.0)
 # Instruction sets that run bf16 matmuls natively (oneDNN); without them bf16 is emulated and slower than fp32.
@@ -353,7 +353,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     model = PerceiverLM(config)
     model.gradient_checkpointing_enable(options.gradient_checkpointing)
     groups = parameter_groups(model, options.weight_decay)
-    optimizer = (Lamb if options.optimizer == "lamb" else torch.optim.AdamW)(groups, lr=options.lr)
+    optimizer = (Lamb if options.optimizer == "lamb" else adamw)(groups, lr=options.lr)
 
     step = 0
     elapsed_before = 0.0  # training time of earlier invocations of a resumed run

@@ -32,6 +32,31 @@ def test_explicit_attention_path_matches_fused(config):
     assert (enc * (1 - mask[:, None, None, :].float())).abs().max() == 0
 
 
+def test_bf16_training_with_learned_bias_matches_sdpa(monkeypatch):
+    """Under bf16 autocast the learned locality bias trains through the explicit softmax (faster on
+    CPU than SDPA's math fallback); outputs and gradients agree with SDPA to bf16 precision."""
+    import perceiver_lm.model as model_module
+
+    def run():
+        torch.manual_seed(0)
+        model = PerceiverLM(PRESETS["tiny"]).train()
+        ids, mask = _batch()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids, mask).logits.float()
+        logits.logsumexp(-1).mean().backward()
+        slope = next(m for m in model.modules() if isinstance(m, model_module.LocalityBias))
+        return logits, [p.grad for p in slope.parameters()]
+
+    assert model_module._explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1, requires_grad=True))
+    explicit_logits, explicit_grads = run()
+    monkeypatch.setattr(model_module, "_explicit_is_faster", lambda q, mask: False)
+    sdpa_logits, sdpa_grads = run()
+    torch.testing.assert_close(explicit_logits, sdpa_logits, atol=0.05, rtol=0.02)
+    assert explicit_grads and all(g.abs().sum() > 0 for g in explicit_grads)
+    for a, b in zip(explicit_grads, sdpa_grads):
+        torch.testing.assert_close(a, b, atol=0.02 * b.abs().max().item(), rtol=0.05)
+
+
 def test_decodes_only_asked_positions_and_matches_full_decode():
     model = PerceiverLM(PRESETS["tiny"]).eval()
     ids, mask = _batch()

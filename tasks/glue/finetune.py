@@ -26,7 +26,7 @@ from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskSpec, get_preset
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
-from perceiver_lm.optim import parameter_groups, warmup_cosine
+from perceiver_lm.optim import adamw, parameter_groups, warmup_cosine
 from perceiver_lm.training import PRECISION_HELP, check_choices, make_accelerator, option, options_from_dict, resolve_precision
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
@@ -230,7 +230,7 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
     train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
     eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size)
-    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr)
+    optimizer = adamw(parameter_groups(model, options.weight_decay), lr=options.lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared))
 
