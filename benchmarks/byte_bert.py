@@ -21,7 +21,7 @@ class ByteBERT(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(max_seq_len, width)
         self.layers = nn.ModuleList(
-            Block(Attention(width, width, width, width, heads, width, 0.0, 1e-5, cross=False), width, widening, 1e-5, query_residual=True)
+            Block(Attention(q_dim=width, kv_dim=width, qk_channels=width, v_channels=width, heads=heads, cross=False), dim=width, widening=widening, eps=1e-5, query_residual=True)
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)
