@@ -41,3 +41,12 @@ def shared_data() -> Path | None:
     env = os.environ.get("PERCEIVER_LM_DATA")
     candidates = [Path(env)] if env else [REPO.parent / "shared" / "data"]
     return next((p for p in candidates if p.is_dir()), None)
+
+
+def unigram_bits(text: bytes) -> float:
+    """Entropy (bits) of the non-whitespace bytes of ``text``: what a model that knows only byte
+    frequencies scores on whole-word-masked bytes; uniform over the vocabulary is log2(262) = 8.03."""
+    values = np.frombuffer(text, dtype=np.uint8)
+    counts = np.bincount(values[~np.isin(values, (9, 10, 13, 32))])
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())

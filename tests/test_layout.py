@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import shared_data, unigram_bits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,10 @@ def test_real_corpus_trains_when_shared_data_is_present(tmp_path):
 
     result = pretrain(
         TrainingOptions(data=[str(data / "corpus" / "tinyshakespeare")], output_dir=str(tmp_path / "run"), batch_size=16,
-                        max_steps=40, eval_every=40, save_every=40, eval_windows=32, report_to="none"),
+                        max_steps=40, eval_every=40, save_every=40, eval_windows=32, report_to="none", warmup_steps=5, lr=2e-3),
         PRESETS["tiny"],
     )
-    assert result.step == 40 and 0 < result.eval_metrics["bits_per_byte"] < 8.1
+    # 40 steps take `tiny` from uniform (8.03 bits) to within half a bit of the corpus's byte frequencies
+    # (measured: 5.12 against 4.86)
+    unigram = unigram_bits((data / "corpus" / "tinyshakespeare" / "input.txt").read_bytes())
+    assert result.step == 40 and result.eval_metrics["bits_per_byte"] < unigram + 0.5
