@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from perceiver_lm.errors import PerceiverLMError, one_line
-from perceiver_lm.run_dir import write_json_atomic
+from perceiver_lm.run_dir import check_output_file, write_json_atomic
 
 DEBUG_VARIABLE = "PERCEIVER_LM_DEBUG"
 
@@ -232,6 +232,7 @@ def plot_command(
 
     if label and len(label) != len(runs):
         raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
+    check_output_file(out, "--out")
     typer.echo(plot_curve(runs, out, label, x))
 
 
@@ -261,11 +262,11 @@ def attention_command(
         raise PerceiverLMError("give the text as an argument or with --file, not both")
     if top < 0:
         raise PerceiverLMError(f"--top must be 0 or more, got {top}")
+    for path, option in ((png, "--png"), (html, "--html"), (json_out, "--json")):
+        check_output_file(path, option)
     if file is not None:
         try:
             text = file.read_bytes().decode("utf-8")
-        except OSError as err:
-            raise PerceiverLMError(f"--file {file}: cannot read ({err.strerror or err})") from None
         except UnicodeDecodeError as err:
             raise PerceiverLMError(f"--file {file}: not valid UTF-8 at byte {err.start}") from None
     model = load_any(checkpoint)
@@ -355,6 +356,7 @@ def glue_eval_command(
     """Score a fine-tuned model on the dev splits of its tasks."""
     from tasks.glue.finetune import evaluate_checkpoint, results_table
 
+    check_output_file(out, "--out")
     scores = evaluate_checkpoint(checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples)
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
     if out:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from perceiver_lm.config import MultiTaskConfig, PerceiverConfig, read_json
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import PerceiverLMError, one_line, os_errno
 from perceiver_lm.validation import expected, matches, shown
 
 MODEL_FILE = "model.safetensors"
@@ -77,14 +77,14 @@ def atomic_directory(final: str | Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a failed write as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if os_errno(err) in (errno.ENOSPC, errno.EDQUOT):
             raise PerceiverLMError(
                 f"{final}: disk full while writing the checkpoint; nothing was written there "
                 "(free some space, then rerun with --resume to continue from the last checkpoint)"
             ) from None
-        raise PerceiverLMError(f"{final}: could not write checkpoint ({err.strerror or err})") from None
+        raise PerceiverLMError(f"{final}: could not write checkpoint ({one_line(err)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 
 # What an OSError means for the file it names; strerror is the fallback for the rest.
 _OS_MEANING = {
@@ -29,6 +30,15 @@ class PerceiverLMError(ValueError):
     """
 
 
+def os_errno(err: BaseException) -> int | None:
+    """The OS error number behind ``err``: an OSError's, or the "(os error N)" a Rust library
+    (safetensors) puts in its message when a write fails; None otherwise."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
+
+
 def one_line(err: BaseException) -> str | None:
     """One line naming what failed and why, for the failures bad input or a bad environment cause;
     None for anything else (a bug, which deserves its traceback)."""
@@ -48,7 +58,8 @@ def one_line(err: BaseException) -> str | None:
         first = (str(err).strip().splitlines() or [""])[0]
         text = "out of memory" + (f" ({first[:200]})" if first else "") + "; ask for less (a shorter text, a smaller batch or model)"
     elif type(err).__name__ == "SafetensorError":
-        text = f"unreadable safetensors file ({err})"
+        number = os_errno(err)
+        text = f"safetensors: {_OS_MEANING.get(number, err)}" if number else f"safetensors: {err}"
     else:
         return None
     # Exactly one line, whatever a message quoted (a file name with a newline, a library's multi-line text).

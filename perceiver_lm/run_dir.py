@@ -8,15 +8,22 @@ naming the first one's pid), and removes only what it or an earlier run of it wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from perceiver_lm.errors import PerceiverLMError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 LOCK_FILE = ".perceiver-lm.lock"
 # Hidden siblings that checkpoint.atomic_directory and checkpoint pruning leave when a run is killed.
@@ -30,16 +37,34 @@ def user_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
 
 
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (nothing can be made under it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def check_output_folder(folder: str | Path, option: str) -> Path:
     """Refuse an output path that cannot be a folder: an existing file, or a path under a file."""
     folder = Path(folder)
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                where = "" if parent == folder else f" ({parent} is a file)"
-                raise PerceiverLMError(f"{option} {folder}: exists and is not a folder{where}; give a folder path")
-            break
+    if folder.exists() and not folder.is_dir():
+        raise PerceiverLMError(f"{option} {folder}: exists and is not a folder; give a folder path")
+    if (blocker := _file_above(folder)) is not None:
+        raise PerceiverLMError(f"{option} {folder}: {blocker} is a file, not a folder")
     return folder
+
+
+def check_output_file(path: str | Path | None, option: str) -> Path | None:
+    """Refuse an output path that cannot be a file: an existing folder, or a path under a file."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise PerceiverLMError(f"{option} {path}: is a folder, expected a file name")
+    if (blocker := _file_above(path)) is not None:
+        raise PerceiverLMError(f"{option} {path}: {blocker} is a file, not a folder")
+    return path
 
 
 def refuse_non_empty(folder: Path, option: str, hint: str) -> None:
@@ -83,6 +108,19 @@ def clean_stale(folder: Path) -> list[str]:
     return done
 
 
+@contextlib.contextmanager
+def claim_folder(folder: Path, option: str, refuse: Callable[[], None], lock: bool = True) -> Iterator[None]:
+    """Hold ``folder`` for one run: refuse it while another run holds it (naming that run's pid) or
+    when ``refuse()`` raises, before anything is written there; then lock it and check once more
+    under the lock (another run may have filled it meanwhile). ``lock=False`` checks only (the
+    non-main processes of a multi-process run, whose main process holds the lock)."""
+    FolderLock(folder, option).probe()
+    refuse()
+    with FolderLock(folder, option) if lock else contextlib.nullcontext():
+        refuse()
+        yield
+
+
 class FolderLock:
     """An exclusive lock on a folder for the life of one run (``with FolderLock(folder): ...``).
 
@@ -93,10 +131,27 @@ class FolderLock:
     def __init__(self, folder: str | Path, option: str = "--output-dir") -> None:
         self.folder, self.option, self.handle, self.created = Path(folder), option, None, False
 
+    def _refuse(self, handle) -> None:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise PerceiverLMError(
+            f"{self.option} {self.folder}: another run (pid {owner}) is using this folder; wait for it to finish, or pick another folder"
+        )
+
+    def probe(self) -> None:
+        """Refuse the folder if another run holds its lock now; creates nothing."""
+        if fcntl is None or not (self.folder / LOCK_FILE).is_file():
+            return
+        with open(self.folder / LOCK_FILE) as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._refuse(handle)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
     def __enter__(self) -> "FolderLock":
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): runs are not protected from each other there
+        if fcntl is None:  # no flock (Windows): runs are not protected from each other there
             return self
         self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -105,13 +160,7 @@ class FolderLock:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            handle.close()
-            raise PerceiverLMError(
-                f"{self.option} {self.folder}: another run (pid {owner}) is using this folder; "
-                "wait for it to finish, or pick another folder"
-            ) from None
+            self._refuse(handle)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

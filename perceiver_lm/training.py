@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -37,12 +36,13 @@ from perceiver_lm.data import (
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, parameter_groups, warmup_cosine
-from perceiver_lm.run_dir import FolderLock, check_output_folder, clean_stale, finite_json, refuse_non_empty, remove_tree, user_entries
+from perceiver_lm.run_dir import check_output_folder, claim_folder, clean_stale, finite_json, refuse_non_empty, remove_tree, user_entries
 from perceiver_lm.validation import check_fields, check_instance, check_range
 
 LN2 = math.log(2.0)
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (which Accelerate's set_seed calls) takes no more
 MAX_WORKERS = 256
+MAX_LR = 1000.0  # far above any rate that trains; larger ones overflow float32 in the optimizer's update
 # Options that decide which windows each step sees: a resumed run must keep them to continue the same order.
 DATA_ORDER_OPTIONS = ("data", "dataset", "dataset_config", "dataset_split", "text_column", "streaming", "val_data",
                       "val_fraction", "batch_size", "grad_accum", "seed", "mask_rate", "mask_unit")
@@ -122,6 +122,7 @@ class TrainingOptions:
         positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every", "lr")
         for name in positive:
             check_range(flag(name), getattr(self, name), 0, low_open=True)
+        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         for name in ("weight_decay", "warmup_steps", "clip_norm", "max_minutes"):
             check_range(flag(name), getattr(self, name), 0)
         check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
@@ -414,8 +415,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({config.max_seq_len})")
     output = check_output_folder(options.output_dir, "--output-dir")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
-    with FolderLock(output) if main_rank else contextlib.nullcontext():
-        _check_output(output, options)
+    with claim_folder(output, "--output-dir", lambda: _check_output(output, options), lock=main_rank):
         if main_rank:
             _tidy(output, options)
         return _pretrain(options, config, window, output)
@@ -425,6 +425,10 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     from accelerate.utils import GradientAccumulationPlugin, set_seed
 
     existing = ckpt.list_checkpoints(output)
+    source = existing[-1] if options.resume and existing else None
+    if source is not None:  # refuse a checkpoint that cannot continue this run before building anything
+        _check_resume_config(PerceiverConfig.load(source / ckpt.CONFIG_FILE), config, source)
+        optimizer_state, trainer_state = ckpt.read_training_files(source)
 
     report = options.report_to
     if report == "auto":
@@ -448,8 +452,10 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
         if main:
             print(message, file=sys.stderr, flush=True)
 
-    data = build_data(options, window)
     processes = accelerator.num_processes
+    if source is not None:
+        _check_resume_order(trainer_state, options, window, config, processes, source)
+    data = build_data(options, window)
     if not isinstance(data.train, StreamingWindows) and len(data.train) < options.batch_size * processes:
         raise PerceiverLMError(
             f"training data ({data.description}) holds {len(data.train)} window(s) of {window} bytes, fewer than one batch "
@@ -464,11 +470,7 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     step = 0
     elapsed_before = 0.0  # training time of earlier invocations of a resumed run
     last_eval: dict[str, float] = {}
-    if options.resume and existing:
-        source = existing[-1]
-        _check_resume_config(PerceiverConfig.load(source / ckpt.CONFIG_FILE), config, source)
-        optimizer_state, trainer_state = ckpt.read_training_files(source)
-        _check_resume_order(trainer_state, options, window, config, processes, source)
+    if source is not None:
         state = ckpt.load_state_dict(source)
         ckpt.check_state_dict(model, state, str(source / ckpt.MODEL_FILE))
         model.load_state_dict(state)
@@ -538,7 +540,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
             say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
         if save:
             if not _all_finite(model):
-                raise PerceiverLMError(f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)})")
+                raise PerceiverLMError(
+                    f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)}); lower --lr"
+                )
             state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
             checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
 

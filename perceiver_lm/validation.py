@@ -76,7 +76,7 @@ def check_fields(cls: type, data: Any, source: str, kind: str) -> dict[str, Any]
         kind: what the fields are ("training option", "model config field").
     """
     if not isinstance(data, dict):
-        raise PerceiverLMError(f"{source}: expected a table of {kind}s (a JSON object), got {type(data).__name__} {shown(data)}")
+        raise PerceiverLMError(f"{source}: expected a table of {kind}s (a JSON object), got {'null' if data is None else shown(data)}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(str(k) for k in set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:

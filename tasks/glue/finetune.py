@@ -7,7 +7,6 @@ task is sampled in proportion to its size (see `ProportionalBatches`). One optim
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -28,8 +27,8 @@ from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import parameter_groups, warmup_cosine
-from perceiver_lm.run_dir import FolderLock, check_output_folder, refuse_non_empty, remove_tree, write_json_atomic, write_text_atomic
-from perceiver_lm.training import MAX_SEED, PRECISION_HELP, check_choices, flag, make_accelerator, option, options_from_dict, resolve_precision
+from perceiver_lm.run_dir import check_output_folder, claim_folder, refuse_non_empty, remove_tree, write_json_atomic, write_text_atomic
+from perceiver_lm.training import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, make_accelerator, option, options_from_dict, resolve_precision
 from perceiver_lm.validation import check_range
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
@@ -75,6 +74,7 @@ class GlueOptions:
         for name in ("warmup_steps", "weight_decay", "clip_norm"):
             check_range(flag(name), getattr(self, name), 0)
         check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
+        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)
         parse_tasks(self.tasks)
@@ -126,10 +126,10 @@ def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
     return float(np.mean([split[task.metrics[0]] for split in scores.values()]))
 
 
-def _load_model(options: GlueOptions, tasks: list[GlueTask], say) -> PerceiverClassifier:
+def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
     heads = MultiTaskConfig(tuple(TaskSpec(t.name, t.num_outputs) for t in tasks), options.head_hidden)
     if options.checkpoint is None:
-        say(f"no --checkpoint: random initialisation, preset {options.preset}")
+        notes.append(f"no --checkpoint: random initialisation, preset {options.preset}")
         return PerceiverClassifier(get_preset(options.preset), heads)
     directory = ckpt.resolve_model_dir(options.checkpoint)
     if (directory / ckpt.TASKS_FILE).is_file():
@@ -196,10 +196,9 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     """
     output = check_output_folder(options.output_dir, "--output-dir")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
-    with FolderLock(output) if main_rank else contextlib.nullcontext():
-        if not options.overwrite:
-            refuse_non_empty(output, "--output-dir", "pick another --output-dir, or pass --overwrite to replace its best/ and dev_metrics.json")
-        elif main_rank:
+    hint = "pick another --output-dir, or pass --overwrite to replace its best/ and dev_metrics.json"
+    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint), lock=main_rank):
+        if options.overwrite and main_rank:
             # Only what fine-tuning writes; a best/ that holds anything else is refused by atomic_directory later.
             (output / METRICS_FILE).unlink(missing_ok=True)
             if (output / "best").is_dir() and not {p.name for p in (output / "best").iterdir()} - ckpt.OWN_FILES:
@@ -225,10 +224,10 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
             print(message, file=sys.stderr, flush=True)
 
     set_seed(options.seed)
-    model = _load_model(options, tasks, say)
+    notes: list[str] = []  # said once the data has loaded: a run that fails on its files says only why
+    model = _load_model(options, tasks, notes)
     options, note = with_defaults(options, model.config)
-    if note:
-        say(note)
+    notes += [note] if note else []
     max_length = options.max_length or model.config.max_seq_len
     if max_length > model.config.max_seq_len:
         raise PerceiverLMError(f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})")
@@ -239,6 +238,8 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
         (t.name, split): _subset(load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows), options.max_eval_examples, 0, first=True)
         for t in tasks for split, _ in t.dev
     }
+    for note in notes:
+        say(note)
     for split in [*train_splits, *dev_splits.values()]:
         cut = sum(len(ids) == max_length for ids in split.ids)
         say(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}" + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""))
@@ -377,9 +378,8 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
     """
     tasks = parse_tasks(options.tasks)
     output = check_output_folder(options.output_dir, "--output-dir")
-    with FolderLock(output):
-        if not options.overwrite:
-            refuse_non_empty(output, "--output-dir", "pick another --output-dir, or pass --overwrite to rerun the sweep there")
+    hint = "pick another --output-dir, or pass --overwrite to rerun the sweep there"
+    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint)):
         return _sweep(options, tasks, output, batch_sizes, lrs)
 
 
