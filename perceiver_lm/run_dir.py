@@ -114,7 +114,8 @@ def claim_folder(folder: Path, option: str, refuse: Callable[[], None], lock: bo
     when ``refuse()`` raises, before anything is written there; then lock it and check once more
     under the lock (another run may have filled it meanwhile). ``lock=False`` checks only (the
     non-main processes of a multi-process run, whose main process holds the lock)."""
-    FolderLock(folder, option).probe()
+    if lock:  # the other processes of a multi-process run would find their own main process's lock
+        FolderLock(folder, option).probe()
     refuse()
     with FolderLock(folder, option) if lock else contextlib.nullcontext():
         refuse()

@@ -145,6 +145,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["plot_garbage"] = root / "plot_garbage"
     w["plot_garbage"].mkdir()
     (w["plot_garbage"] / "metrics.jsonl").write_text('{"step": 1}\n{not json\n')
+    w["plot_binary"] = root / "plot_binary"
+    w["plot_binary"].mkdir()
+    (w["plot_binary"] / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    w["plot_partial"] = root / "plot_partial"
+    w["plot_partial"].mkdir()
+    (w["plot_partial"] / "metrics.jsonl").write_text('{"step": 2, "eval_bits_per_byte": 4.0}\n')
     w["plot_no_eval"] = root / "plot_no_eval"
     w["plot_no_eval"].mkdir()
     (w["plot_no_eval"] / "metrics.jsonl").write_text('{"step": 1, "train_loss": 5.0}\n')
@@ -333,6 +339,8 @@ CASES = [
     # plot
     ("plot-missing-run", ["plot", "{root}/nope", "--out", "{root}/p.png"], "no metrics file"),
     ("plot-garbage-line", ["plot", "{plot_garbage}", "--out", "{root}/p.png"], "metrics.jsonl:2: not a JSON record"),
+    ("plot-binary-metrics", ["plot", "{plot_binary}", "--out", "{root}/p.png"], "metrics.jsonl:1: not a JSON record"),
+    ("plot-partial-record", ["plot", "{plot_partial}", "--out", "{root}/p.png"], "an evaluation record lacks a number"),
     ("plot-no-evals", ["plot", "{plot_no_eval}", "--out", "{root}/p.png"], "no evaluations recorded yet"),
     ("plot-x-axis", ["plot", "{run}", "--x", "hours", "--out", "{root}/p.png"], "--x 'hours'"),
     ("plot-label-count", ["plot", "{run}", "--label", "a", "--label", "b"], "--label given 2 times for 1 run"),
@@ -387,6 +395,10 @@ CASES = [
     ("glue-eval-tasks-huge", ["glue", "eval", "{clf_tasks_huge}", "--glue-dir", "{glue}"], "num_outputs an integer in 1..1024"),
     ("glue-eval-other-task", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--tasks", "cola"], "this model has no task 'cola'"),
     ("glue-eval-no-glue-dir", ["glue", "eval", "{clf}", "--glue-dir", "{root}/nope"], "no SST-2/ folder"),
+    ("glue-eval-max-examples", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--max-eval-examples", "-1"],
+     "--max-eval-examples must be positive"),
+    ("glue-sweep-lr-nan", ["glue", "train", "--sweep", "--sweep-lrs", "nan", "--preset", "tiny", "--glue-dir", "{glue}", "--output-dir", "{root}/g5"],
+     "--lr must be a finite number"),
     ("glue-eval-out-folder", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--out", "{emptydir}"], "is a folder"),
     ("glue-predict-existing", ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{predictions}"], "already holds SST-2.tsv"),
     ("glue-predict-out-file", ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{afile}"], "exists and is not a folder"),

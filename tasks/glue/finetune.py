@@ -327,6 +327,7 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
 def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names: str | None = None, batch_size: int = 64,
                         max_eval_examples: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
+    check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
     names = [t.name for t in model.tasks.tasks]
