@@ -130,7 +130,8 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | Path, option: str = "--output-dir") -> None:
-        self.folder, self.option, self.handle, self.created = Path(folder), option, None, False
+        self.folder, self.option, self.handle = Path(folder), option, None
+        self.created: list[Path] = []  # folders this lock made, innermost first
 
     def _refuse(self, handle) -> None:
         handle.seek(0)
@@ -154,7 +155,7 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         if fcntl is None:  # no flock (Windows): runs are not protected from each other there
             return self
-        self.created = not self.folder.exists()
+        self.created = [p for p in [self.folder, *self.folder.parents] if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
         handle = open(path, "a+")
@@ -176,7 +177,8 @@ class FolderLock:
         if self.created and not user_entries(self.folder):
             try:
                 (self.folder / LOCK_FILE).unlink()
-                self.folder.rmdir()
+                for folder in self.created:
+                    folder.rmdir()
             except OSError:
                 pass
         self.handle.close()  # closing releases the flock

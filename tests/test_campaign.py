@@ -240,7 +240,7 @@ CASES = [
     ("data-glob-nothing", _pretrain("--data", "{root}/*.nothing", "--output-dir", "{root}/o3"), "pattern matches no files"),
     ("data-empty-file", _pretrain("--data", "{empty}", "--output-dir", "{root}/o3"), "corpus is empty"),
     ("data-too-small", _pretrain("--data", "{small}", "--output-dir", "{root}/o3"), "fewer than two 128-byte windows"),
-    ("data-fewer-windows-than-batch", _pretrain("--data", "{few}", "--batch-size", "16", "--output-dir", "{root}/o3"), "fewer than one batch"),
+    ("data-fewer-windows-than-batch", _pretrain("--data", "{few}", "--batch-size", "16", "--output-dir", "{root}/new/o3"), "fewer than one batch"),
     ("val-data-missing", _pretrain("--data", "{corpus}", "--val-data", "{root}/nope.txt", "--output-dir", "{root}/o3"), "no such file or folder"),
     ("dataset-offline", _pretrain("--dataset", "someone/some-corpus", "--output-dir", "{root}/o3"), "--dataset someone/some-corpus: cannot load"),
     # pretrain: the folder it writes
@@ -436,6 +436,7 @@ def test_hostile_input_is_one_line_and_changes_nothing(world, case, args, expect
     after = snapshot(world["root"])
     changed = [k for k, v in before.items() if after.get(k) != v]
     assert not changed, f"changed or removed: {changed}"
+    assert set(after) == set(before), f"left behind: {sorted(set(after) - set(before))}"  # nor adds anything
 
 
 def test_debug_variable_shows_the_traceback(world, monkeypatch):

@@ -236,3 +236,25 @@ def test_convert_overwrite_replaces_only_an_earlier_conversion(tmp_path):
     replaced = runner.invoke(app, ["convert", str(out), "--from-transformers", str(source), "--overwrite"])
     assert replaced.exit_code == 0, replaced.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_glue_overwrite_replaces_best_and_metrics_and_keeps_the_users_files(tmp_path):
+    from glue.glue_files import write_task
+
+    rows = [("a good film", "", "1"), ("a bad film", "", "0")] * 4
+    write_task(tmp_path / "glue", "SST-2", {"train": rows, "dev": rows}, {})
+    out = tmp_path / "glue_run"
+    (out / "best").mkdir(parents=True)
+    (out / "best" / "config.json").write_text("{}\n")  # an earlier run's best model, as far as names go
+    (out / "dev_metrics.json").write_text('{"best": "earlier"}\n')
+    (out / "notes.txt").write_text("mine\n")
+    args = ["glue", "train", "--preset", "tiny", "--glue-dir", str(tmp_path / "glue"), "--output-dir", str(out), "--max-steps", "2",
+            "--batch-size", "4", "--head-hidden", "8"]
+    assert "folder is not empty" in _last_error(runner.invoke(app, args))
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.stderr[-3000:]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert json.loads((out / "dev_metrics.json").read_text())["best"] != "earlier"
+    from perceiver_lm.model import PerceiverClassifier
+
+    assert PerceiverClassifier.from_pretrained(out / "best").tasks.tasks[0].name == "sst2"
