@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import sys
 import tomllib
 import types
@@ -14,38 +15,86 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import PerceiverLMError, one_line
+from perceiver_lm.run_dir import check_output_file, write_json_atomic
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models.")
+DEBUG_VARIABLE = "PERCEIVER_LM_DEBUG"
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, ``--batch-size abc``) as one ``error:`` line, exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except Exception as err:
+            # By name and shape: typer vendors click in some versions and uses the click package in others.
+            if type(err).__name__ == "NoArgsIsHelpError":
+                err.show()
+                sys.exit(2)
+            if type(err).__name__ == "Abort":
+                typer.echo("error: aborted", err=True)
+                sys.exit(1)
+            if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+                raise
+            command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else ""
+            typer.echo(f"error: {command}{' '.join(err.format_message().split())}", err=True)
+            sys.exit(err.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models.")
 
 
 def user_errors(func):
-    """Print a PerceiverLMError as one line on stderr and exit with status 2."""
+    """The error boundary: an expected failure (bad input, a full disk, a corrupt file) is one line
+    on stderr and exit status 2; PERCEIVER_LM_DEBUG=1 shows its traceback instead. Anything else
+    is a bug and keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except PerceiverLMError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("\ninterrupted; completed checkpoints are kept (continue a run with --resume)", err=True)
             raise typer.Exit(130) from None
+        except Exception as err:
+            message = one_line(err)
+            if message is None or os.environ.get(DEBUG_VARIABLE) == "1":
+                raise
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except OSError as err:
-        raise PerceiverLMError(f"--config {path}: cannot read ({err.strerror or err})") from None
-    try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise PerceiverLMError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})") from None
+        raise PerceiverLMError(f"--config {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"--config {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise PerceiverLMError(f"--config {path}: not valid {kind} ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise PerceiverLMError(f"--config {path}: expected a {kind} table of options, got {type(data).__name__}")
+    return data
+
+
+def _options(options_class: type, config: Path | None, file_options: dict[str, Any], given: dict[str, Any], kind: str) -> Any:
+    """Options from a config file (type-checked, naming the file) overridden by the ones given on the command line."""
+    from perceiver_lm.validation import check_fields
+
+    check_fields(options_class, file_options, f"--config {config}", f"{kind} option")
+    explicit = {k: v for k, v in given.items() if v is not None and v != []}
+    return options_class(**{**file_options, **explicit})
 
 
 def _option_type(annotation: Any) -> Any:
@@ -77,14 +126,14 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
     from perceiver_lm.config import PerceiverConfig, get_preset
     from perceiver_lm.training import TrainingOptions, pretrain
 
-    file_options = _read_config_file(config) if config else {}
+    file_options = _read_config_file(config)
     model_overrides = file_options.pop("model", {})
-    preset_name = preset or file_options.pop("preset", None) or "small"
-    file_options.pop("preset", None)
+    file_preset = file_options.pop("preset", None)
     source = f"--config {config}"
-    model_config = PerceiverConfig.from_dict({**get_preset(preset_name).to_dict(), **model_overrides}, source)
-    explicit = {k: v for k, v in given.items() if v is not None and v != []}
-    options = TrainingOptions.from_dict({**file_options, **explicit}, source)
+    if not isinstance(model_overrides, dict) or not isinstance(file_preset, (str, type(None))):
+        raise PerceiverLMError(f"{source}: `model` must be a table of model config fields and `preset` a string")
+    model_config = PerceiverConfig.from_dict({**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source)
+    options = _options(TrainingOptions, config, file_options, given, "training")
     result = pretrain(options, model_config)
     if result.eval_metrics and result.main_process:
         m = result.eval_metrics
@@ -132,6 +181,8 @@ def fill_mask_command(
     from perceiver_lm.inference import fill_mask
     from perceiver_lm.model import PerceiverLM
 
+    if top_k < 0:
+        raise PerceiverLMError(f"--top-k must be 0 or more, got {top_k}")
     result = fill_mask(PerceiverLM.from_pretrained(checkpoint), text, top_k=max(1, top_k))
     typer.echo(result.text)
     if top_k:
@@ -155,17 +206,17 @@ def convert_command(
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
     from_transformers: Annotated[Optional[str], typer.Option(help="transformers PerceiverForMaskedLM folder or Hub id to import.")] = None,
     to_transformers: Annotated[Optional[Path], typer.Option(help="perceiver-lm checkpoint or run directory to export.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier conversion in OUT (a folder holding anything else is never replaced).")] = False,
 ) -> None:
     """Import a transformers Perceiver MLM checkpoint, or export ours for PerceiverForMaskedLM."""
-    from perceiver_lm.interop import convert_from_transformers, export_to_transformers
-    from perceiver_lm.model import PerceiverLM
+    from perceiver_lm.interop import convert_from_transformers, export_checkpoint
 
     if (from_transformers is None) == (to_transformers is None):
         raise PerceiverLMError("give exactly one of --from-transformers SOURCE or --to-transformers CHECKPOINT")
     if from_transformers is not None:
-        typer.echo(f"wrote perceiver-lm checkpoint {convert_from_transformers(from_transformers, out)}")
+        typer.echo(f"wrote perceiver-lm checkpoint {convert_from_transformers(from_transformers, out, overwrite)}")
     else:
-        typer.echo(f"wrote transformers folder {export_to_transformers(PerceiverLM.from_pretrained(to_transformers), out)}")
+        typer.echo(f"wrote transformers folder {export_checkpoint(to_transformers, out, overwrite)}")
 
 
 @app.command("plot")
@@ -181,6 +232,7 @@ def plot_command(
 
     if label and len(label) != len(runs):
         raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
+    check_output_file(out, "--out")
     typer.echo(plot_curve(runs, out, label, x))
 
 
@@ -208,11 +260,13 @@ def attention_command(
 
     if (text is None) == (file is None):
         raise PerceiverLMError("give the text as an argument or with --file, not both")
+    if top < 0:
+        raise PerceiverLMError(f"--top must be 0 or more, got {top}")
+    for path, option in ((png, "--png"), (html, "--html"), (json_out, "--json")):
+        check_output_file(path, option)
     if file is not None:
         try:
             text = file.read_bytes().decode("utf-8")
-        except OSError as err:
-            raise PerceiverLMError(f"--file {file}: cannot read ({err.strerror or err})") from None
         except UnicodeDecodeError as err:
             raise PerceiverLMError(f"--file {file}: not valid UTF-8 at byte {err.start}") from None
     model = load_any(checkpoint)
@@ -246,7 +300,7 @@ def attention_command(
         typer.echo(f"wrote {render_html(maps, html, title=f'Latent attention: {checkpoint}')}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"text": text, "summaries": [dc.asdict(s) for s in summaries]}, indent=1) + "\n")
+        write_json_atomic(json_out, {"text": text, "summaries": [dc.asdict(s) for s in summaries]})
         typer.echo(f"wrote {json_out}")
 
 
@@ -258,9 +312,7 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
     from tasks.glue.finetune import GlueOptions, finetune, results_table, sweep as run_sweep
 
-    file_options = _read_config_file(config) if config else {}
-    explicit = {k: v for k, v in given.items() if v is not None}
-    options = GlueOptions.from_dict({**file_options, **explicit}, f"--config {config}")
+    options = _options(GlueOptions, config, _read_config_file(config), given, "GLUE")
     if sweep:
         try:
             batch_sizes = [int(b) for b in sweep_batch_sizes.split(",")]
@@ -304,11 +356,12 @@ def glue_eval_command(
     """Score a fine-tuned model on the dev splits of its tasks."""
     from tasks.glue.finetune import evaluate_checkpoint, results_table
 
+    check_output_file(out, "--out")
     scores = evaluate_checkpoint(checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples)
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(scores, indent=2) + "\n")
+        write_json_atomic(out, scores)
         typer.echo(f"wrote {out}")
 
 
@@ -318,11 +371,12 @@ def glue_predict_command(
     checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder).")],
     out: Annotated[Path, typer.Option(help="Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")] = Path("glue_predictions"),
     glue_dir: Annotated[Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace submission files already in --out.")] = False,
 ) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""
     from tasks.glue.finetune import predict_test
 
-    for path in predict_test(checkpoint, glue_dir, out):
+    for path in predict_test(checkpoint, glue_dir, out, overwrite=overwrite):
         typer.echo(f"wrote {path}")
 
 

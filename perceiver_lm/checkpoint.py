@@ -23,8 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from perceiver_lm.config import MultiTaskConfig, PerceiverConfig
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.config import MultiTaskConfig, PerceiverConfig, read_json
+from perceiver_lm.errors import PerceiverLMError, one_line, os_errno
+from perceiver_lm.validation import expected, matches, shown
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -32,6 +33,7 @@ TASKS_FILE = "tasks.json"  # present for task-decoder (fine-tuned) models
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+OWN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, TASKS_FILE, STATE_FILE, OPTIMIZER_FILE})
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -46,9 +48,21 @@ def _fsync_tree(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``final`` only once everything in it is written."""
+def atomic_directory(final: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``final`` only once everything in it is written.
+
+    An existing ``final`` is replaced only with ``replace`` and only when it holds nothing but files
+    this toolkit writes (a checkpoint or export of ours); anything else there is refused, never lost.
+    """
     final = Path(final)
+    if final.exists() or final.is_symlink():
+        if not final.is_dir():
+            raise PerceiverLMError(f"{final}: exists and is not a folder; not replaced")
+        foreign = sorted(p.name for p in final.iterdir() if p.name not in OWN_FILES)
+        if foreign:
+            raise PerceiverLMError(f"{final}: holds files that are not ours ({', '.join(foreign[:3])}); not replaced, pick another folder")
+        if not replace and any(final.iterdir()):
+            raise PerceiverLMError(f"{final}: already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,14 +77,14 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a failed write as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if os_errno(err) in (errno.ENOSPC, errno.EDQUOT):
             raise PerceiverLMError(
                 f"{final}: disk full while writing the checkpoint; nothing was written there "
                 "(free some space, then rerun with --resume to continue from the last checkpoint)"
             ) from None
-        raise PerceiverLMError(f"{final}: could not write checkpoint ({err.strerror or err})") from None
+        raise PerceiverLMError(f"{final}: could not write checkpoint ({one_line(err)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,10 +188,29 @@ def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> torc
     return _load(directory, tasks, map_location)
 
 
+def stored_parameters(file: Path) -> int:
+    """How many numbers a safetensors file holds, from its header alone (no weight is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except FileNotFoundError:
+        raise PerceiverLMError(f"{file.parent}: {file.name} is missing") from None
+    except (SafetensorError, OSError) as err:
+        raise PerceiverLMError(f"{file}: unreadable safetensors file ({err})") from None
+
+
 def _load(directory: Path, tasks: MultiTaskConfig | None, map_location: str | torch.device) -> torch.nn.Module:
     from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 
     config = PerceiverConfig.load(directory / CONFIG_FILE)
+    # Build nothing bigger than the weights on disk: a config.json that claims a huge model beside a
+    # small weights file is refused before any allocation, not after.
+    stored = stored_parameters(directory / MODEL_FILE)
+    if config.approx_parameters() > 2 * stored + 1_000_000:
+        raise PerceiverLMError(
+            f"{directory / CONFIG_FILE}: describes a model of about {config.approx_parameters():,} parameters, "
+            f"but {MODEL_FILE} holds {stored:,}; config and weights do not belong together"
+        )
     model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
     state = load_state_dict(directory, map_location)
     check_state_dict(model, state, str(directory / MODEL_FILE))
@@ -216,18 +249,36 @@ def write_training_files(
     _write_json(directory / STATE_FILE, {**trainer_state, "optimizer": meta})
 
 
+def read_trainer_state(directory: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a training checkpoint, checked: a dict with an integer ``step``."""
+    state = read_json(directory / STATE_FILE, "trainer state")
+    if not isinstance(state, dict) or not matches(int, state.get("step")) or state["step"] < 0:
+        raise PerceiverLMError(f"{directory / STATE_FILE}: not a trainer state (expected an object with an integer step >= 0, got {shown(state)})")
+    for key, ok, want in (
+        ("eval", lambda v: isinstance(v, dict) and all(matches(float, x) for x in v.values()), "an object of finite numbers"),
+        ("options", lambda v: isinstance(v, dict), "an object"),
+        ("elapsed_s", lambda v: matches(float, v), expected(float)),
+        ("num_processes", lambda v: matches(int, v) and v >= 1, "a positive integer"),
+    ):
+        if key in state and not ok(state[key]):
+            raise PerceiverLMError(f"{directory / STATE_FILE}: {key} must be {want}, got {shown(state[key])}")
+    return state
+
+
 def read_training_files(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return ``(optimizer_state_dict, trainer_state)`` of a training checkpoint."""
-    state_file = directory / STATE_FILE
+    trainer_state = read_trainer_state(directory)
     try:
-        trainer_state = json.loads(state_file.read_text())
         tensors = load_file(str(directory / OPTIMIZER_FILE))
-    except FileNotFoundError as err:
-        raise PerceiverLMError(f"{directory}: not a training checkpoint ({Path(err.filename).name} missing)") from None
-    except (json.JSONDecodeError, SafetensorError) as err:
-        raise PerceiverLMError(f"{directory}: corrupt training checkpoint ({err})") from None
-    meta = trainer_state.pop("optimizer")
-    return optimizer_from_safetensors(tensors, meta), trainer_state
+    except FileNotFoundError:
+        raise PerceiverLMError(f"{directory}: not a training checkpoint ({OPTIMIZER_FILE} missing)") from None
+    except SafetensorError as err:
+        raise PerceiverLMError(f"{directory / OPTIMIZER_FILE}: unreadable safetensors file ({err})") from None
+    meta = trainer_state.pop("optimizer", None)
+    try:
+        return optimizer_from_safetensors(tensors, meta), trainer_state
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise PerceiverLMError(f"{directory}: corrupt training checkpoint (the optimizer entry of {STATE_FILE} does not describe {OPTIMIZER_FILE})") from None
 
 
 def describe(path: str | Path) -> str:
@@ -235,21 +286,17 @@ def describe(path: str | Path) -> str:
     directory = resolve_model_dir(path)
     config = PerceiverConfig.load(directory / CONFIG_FILE)
     # Count parameters from the safetensors header: no need to read every weight.
-    try:
-        with safe_open(str(directory / MODEL_FILE), framework="pt") as handle:
-            count = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
-    except (SafetensorError, OSError) as err:
-        raise PerceiverLMError(f"{directory / MODEL_FILE}: unreadable safetensors file ({err})") from None
+    count = stored_parameters(directory / MODEL_FILE)
     lines = [f"checkpoint: {directory}", f"parameters: {count:,}", "model config:"]
     lines += [f"  {k}: {v}" for k, v in config.to_dict().items()]
-    state_file = directory / STATE_FILE
-    if state_file.is_file():
-        trainer = json.loads(state_file.read_text())
-        lines.append(f"training step: {trainer.get('step')} ({trainer.get('num_processes', 1)} process(es), {trainer.get('elapsed_s', 0) / 60:.1f} min)")
-        if trainer.get("eval"):
-            e = trainer["eval"]
-            lines.append(f"last evaluation: {e['bits_per_byte']:.3f} bits per masked byte, accuracy {e['accuracy']:.3f}")
-        options = trainer.get("options", {})
+    if (directory / STATE_FILE).is_file():
+        trainer = read_trainer_state(directory)
+        lines.append(f"training step: {trainer['step']} ({trainer.get('num_processes', 1)} process(es), {trainer.get('elapsed_s', 0) / 60:.1f} min)")
+        last = trainer.get("eval") or {}
+        if matches(float, last.get("bits_per_byte")) and matches(float, last.get("accuracy")):
+            lines.append(f"last evaluation: {last['bits_per_byte']:.3f} bits per masked byte, accuracy {last['accuracy']:.3f}")
+        options = trainer.get("options") or {}
+        data = options.get("data") if matches(list[str], options.get("data")) else []
         if options:
-            lines.append("data: " + (", ".join(options.get("data") or []) or options.get("dataset") or "built-in corpus"))
+            lines.append("data: " + (", ".join(data) or str(options.get("dataset") or "built-in corpus")))
     return "\n".join(lines)

@@ -10,8 +10,15 @@ from typing import Any
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import VOCAB_SIZE
+from perceiver_lm.validation import check_fields, check_instance, matches, shown
 
 BYTE_ENCODERS = ("none", "conv", "ngram", "ngram_conv")
+# Upper bounds that keep a config from a file from asking for absurd allocations or module counts;
+# the base preset is far inside every one of them.
+DEFAULT_SIZE_LIMIT = 1 << 16
+SIZE_LIMITS = {"max_seq_len": 1 << 20, "num_self_layers": 1024, "ngram_buckets": 1 << 24, "vocab_size": 1 << 20,
+               "byte_encoder_layers": 64, "byte_encoder_kernel": 1023, "cross_widening": 64, "self_widening": 64}
+MAX_PARAMETERS = 4_000_000_000
 NGRAM_SIZES = (3, 4, 5, 6, 7, 8)
 
 
@@ -82,11 +89,13 @@ class PerceiverConfig:
     Short inputs then cost their length, and a task query reads only latents that hold text."""
 
     def __post_init__(self) -> None:
-        positive = [f.name for f in fields(self) if f.type in ("int", int)]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise PerceiverLMError(f"model config: {name} must be a positive integer, got {value!r}")
+        check_instance(self, lambda name: f"model config: {name}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):
+                raise PerceiverLMError(
+                    f"model config: {f.name} must be a positive integer of at most {SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):,}, got {value}"
+                )
         if self.vocab_size < VOCAB_SIZE:
             raise PerceiverLMError(f"model config: vocab_size must be at least {VOCAB_SIZE}, got {self.vocab_size}")
         for heads, name, channels in (
@@ -115,17 +124,44 @@ class PerceiverConfig:
             raise PerceiverLMError("model config: trim_latents needs locality_bias (latents own stretches of the window)")
         if self.locality_bias and self.max_seq_len < self.num_latents:
             raise PerceiverLMError("model config: locality_bias needs max_seq_len >= num_latents")
+        if not 0 < self.layer_norm_eps < 1 or not 0 < self.init_std < 10:
+            raise PerceiverLMError(f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, {self.init_std}")
+        if self.approx_parameters() > MAX_PARAMETERS:
+            raise PerceiverLMError(
+                f"model config: about {self.approx_parameters():,} parameters, more than this toolkit builds "
+                f"({MAX_PARAMETERS:,}; the base preset has 201M); check the sizes (d_model, d_latents, num_self_layers, ...)"
+            )
+
+    def approx_parameters(self) -> int:
+        """The masked LM's parameter count from the shapes alone (exact up to the locality slopes), without building it."""
+        c = self
+
+        def linear(n_in: int, n_out: int) -> int:
+            return n_in * n_out + n_out
+
+        def block(q: int, kv: int, qk: int, v: int, widening: int, cross: bool) -> int:
+            norms = 2 * q + (2 * kv if cross else 0) + 2 * q
+            return norms + linear(q, qk) + linear(kv, qk) + linear(kv, v) + linear(v, q) + linear(q, q * widening) + linear(q * widening, q)
+
+        embeddings = (c.vocab_size + c.max_seq_len * (1 if c.tie_decoder_queries else 2)) * c.d_model
+        if c.byte_encoder in ("ngram", "ngram_conv"):
+            embeddings += c.ngram_buckets * c.d_model
+        if c.byte_encoder in ("conv", "ngram_conv"):
+            embeddings += c.byte_encoder_layers * (2 * c.d_model + c.d_model * c.d_model * c.byte_encoder_kernel + c.d_model)
+        encoder = c.num_latents * c.d_latents + block(c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.cross_widening, True)
+        encoder += c.num_self_layers * block(c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.self_widening, False)
+        decoder = block(c.d_model, c.d_latents, c.decoder_qk_channels, c.decoder_v_channels, 1, True) + c.vocab_size
+        return embeddings + encoder + decoder
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PerceiverConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PerceiverLMError(f"{source}: unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**check_fields(cls, data, source, "model config field"))
+        except PerceiverLMError as err:
+            raise PerceiverLMError(f"{source}: {err}" if not str(err).startswith(source) else str(err)) from None
 
     def replace(self, **changes: Any) -> "PerceiverConfig":
         return self.from_dict({**self.to_dict(), **changes})
@@ -135,14 +171,29 @@ class PerceiverConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "PerceiverConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PerceiverLMError(f"{path}: model config not found") from None
-        except json.JSONDecodeError as err:
-            raise PerceiverLMError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "model config"), source=str(path))
+
+
+def read_json(path: str | Path, what: str, limit: int = 1 << 24) -> Any:
+    """The JSON value in a small metadata file, or one line saying why it cannot be read.
+
+    ``limit`` bytes at most: metadata is small, and a huge file in its place is not metadata.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > limit:
+            raise PerceiverLMError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what} file")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise PerceiverLMError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise PerceiverLMError(f"{path}: is a folder, expected a {what} file") from None
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"{path}: not a {what} file (not UTF-8 text at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise PerceiverLMError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except RecursionError:
+        raise PerceiverLMError(f"{path}: JSON nested too deeply for a {what} file") from None
 
 
 PRESETS: dict[str, PerceiverConfig] = {
@@ -227,12 +278,12 @@ class MultiTaskConfig:
             raise PerceiverLMError("task config: at least one task is needed")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
-            raise PerceiverLMError(f"task config: task names repeat ({', '.join(names)})")
+            raise PerceiverLMError(f"task config: task names repeat ({', '.join(map(str, names))})")
         for task in self.tasks:
-            if not task.name.isidentifier() or task.num_outputs < 1:
-                raise PerceiverLMError(f"task config: bad task {task} (names are identifiers, num_outputs >= 1)")
-        if self.head_hidden < 1:
-            raise PerceiverLMError(f"task config: head_hidden must be positive, got {self.head_hidden}")
+            if not (isinstance(task.name, str) and task.name.isidentifier() and matches(int, task.num_outputs) and 1 <= task.num_outputs <= 1024):
+                raise PerceiverLMError(f"task config: bad task {shown(task)} (names are identifiers, num_outputs an integer in 1..1024)")
+        if not matches(int, self.head_hidden) or not 1 <= self.head_hidden <= DEFAULT_SIZE_LIMIT:
+            raise PerceiverLMError(f"task config: head_hidden must be an integer in 1..{DEFAULT_SIZE_LIMIT}, got {shown(self.head_hidden)}")
 
     def index(self, name: str) -> int:
         for i, task in enumerate(self.tasks):
@@ -245,18 +296,18 @@ class MultiTaskConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "task config") -> "MultiTaskConfig":
+        expected = '{"tasks": [{"name": ..., "num_outputs": ...}, ...], "head_hidden": ...}'
+        tasks = data.get("tasks") if isinstance(data, dict) else None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) and set(t) == {"name", "num_outputs"} for t in tasks):
+            raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:
-            return cls(tuple(TaskSpec(**t) for t in data["tasks"]), int(data.get("head_hidden", 768)))
-        except (KeyError, TypeError) as err:
-            raise PerceiverLMError(f"{source}: not a task config ({err})") from None
+            return cls(tuple(TaskSpec(**t) for t in tasks), data.get("head_hidden", 768))
+        except PerceiverLMError as err:
+            raise PerceiverLMError(f"{source}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "MultiTaskConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as err:
-            raise PerceiverLMError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(read_json(path, "task config"), str(path))

@@ -81,6 +81,8 @@ def _expand_paths(specs: Sequence[str | os.PathLike]) -> list[Path]:
     for spec in specs:
         spec = str(spec)
         path = Path(spec)
+        if path.is_dir() and path.resolve() == Path(path.resolve().anchor):
+            raise PerceiverLMError(f"--data {spec}: the filesystem root is not a corpus; give the folder or files of your text")
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts))
             if not found:

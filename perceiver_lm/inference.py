@@ -24,15 +24,22 @@ class FillMaskResult:
     candidates: list[list[tuple[bytes, float]]]
 
 
-def parse_masked_text(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Turn text with ``[MASK]`` (one byte) or ``[MASK*N]`` (N bytes) marks into ids and mask positions."""
-    raw = text.encode("utf-8")
+def parse_masked_text(text: str, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Turn text with ``[MASK]`` (one byte) or ``[MASK*N]`` (N bytes) marks into ids and mask positions.
+
+    With ``max_length``, a text that would be longer is refused before anything of its size is allocated.
+    """
+    raw = text.encode("utf-8", errors="surrogateescape")
     pieces, positions, length, cursor = [], [], 0, 0
     for match in MASK_MARK.finditer(raw):
         before = bytes_to_ids(raw[cursor : match.start()])
         count = int(match.group(1) or 1)
         if count == 0:
             raise PerceiverLMError(f"mask mark {match.group(0).decode()} must cover at least one byte")
+        if max_length is not None and length + len(before) + count > max_length:
+            raise PerceiverLMError(
+                f"text is at least {length + len(before) + count:,} bytes with its masks, longer than the model's window ({max_length})"
+            )
         pieces += [before, np.full(count, MASK_ID, dtype=np.int64)]
         positions.extend(range(length + len(before), length + len(before) + count))
         length += len(before) + count
@@ -52,7 +59,9 @@ def fill_mask(model: PerceiverLM, text: str, top_k: int = 3) -> FillMaskResult:
         text: text with ``[MASK]`` / ``[MASK*N]`` marks.
         top_k: candidates to report per masked byte.
     """
-    ids, positions = parse_masked_text(text)
+    if not 1 <= top_k <= 256:
+        raise PerceiverLMError(f"--top-k must be in 1..256 (the byte values), got {top_k}")
+    ids, positions = parse_masked_text(text, model.config.max_seq_len)
     if len(ids) > model.config.max_seq_len:
         raise PerceiverLMError(f"text is {len(ids)} bytes, longer than the model's window ({model.config.max_seq_len})")
     model.eval()

@@ -13,9 +13,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceiver_lm.checkpoint import atomic_directory, check_state_dict, write_model_files
-from perceiver_lm.config import PerceiverConfig
+from safetensors import SafetensorError
+
+from perceiver_lm.checkpoint import atomic_directory, check_state_dict, load_model, resolve_model_dir, write_model_files
+from perceiver_lm.config import PerceiverConfig, read_json
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.run_dir import check_output_folder, refuse_non_empty
+from perceiver_lm.validation import shown
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.tokenizer import VOCAB_SIZE
 
@@ -64,6 +68,15 @@ def name_table(config: PerceiverConfig) -> dict[str, str]:
 
 def config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfig:
     """Map a transformers ``PerceiverConfig`` dict of the language shape to ours, or refuse by field."""
+    if not isinstance(hf, dict):
+        raise PerceiverLMError(f"{source}: not a transformers config (expected a JSON object, got {shown(hf)})")
+    try:
+        return _config_from_transformers(hf, source)
+    except PerceiverLMError as err:
+        raise PerceiverLMError(str(err) if str(err).startswith(source) else f"{source}: cannot convert: {err}") from None
+
+
+def _config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfig:
 
     def need(field: str, ok: bool, expected: str) -> None:
         if not ok:
@@ -146,13 +159,23 @@ def config_to_transformers(config: PerceiverConfig) -> dict[str, Any]:
 
 def _read_transformers_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors_file = directory / "model.safetensors"
-    if safetensors_file.is_file():
-        return load_file(str(safetensors_file))
     bin_file = directory / "pytorch_model.bin"
-    if bin_file.is_file():
+    if safetensors_file.is_file():
+        try:
+            return load_file(str(safetensors_file))
+        except SafetensorError as err:
+            raise PerceiverLMError(f"{safetensors_file}: unreadable safetensors file ({err})") from None
+    if not bin_file.is_file():
+        raise PerceiverLMError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    try:
         # weights_only: the restricted unpickler that refuses arbitrary code.
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise PerceiverLMError(f"{directory}: no model.safetensors or pytorch_model.bin")
+        weights = torch.load(bin_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PerceiverLMError(f"{bin_file}: not a weights-only PyTorch state dict ({first[:200]})") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise PerceiverLMError(f"{bin_file}: not a state dict of tensors")
+    return weights
 
 
 def _locate(source: str) -> Path:
@@ -173,11 +196,7 @@ def _locate(source: str) -> Path:
 def load_from_transformers(source: str | Path) -> PerceiverLM:
     """Build our model from a transformers ``PerceiverForMaskedLM`` folder or Hub id."""
     directory = _locate(str(source))
-    try:
-        hf_config = json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        raise PerceiverLMError(f"{directory}: config.json is missing") from None
-    config = config_from_transformers(hf_config, str(directory / "config.json"))
+    config = config_from_transformers(read_json(directory / "config.json", "transformers config"), str(directory / "config.json"))
     weights = _read_transformers_weights(directory)
     table = name_table(config)
     missing = sorted(set(table) - set(weights))
@@ -190,12 +209,37 @@ def load_from_transformers(source: str | Path) -> PerceiverLM:
     return model.eval()
 
 
-def convert_from_transformers(source: str | Path, out: str | Path) -> Path:
-    """Convert a transformers checkpoint into a perceiver-lm checkpoint folder (atomically)."""
+def check_convert_output(out: str | Path, sources: list[str | Path], overwrite: bool) -> Path:
+    """Refuse an output folder that is a file, that is (or holds) one of ``sources``, or that holds
+    files while ``overwrite`` is off; returns it."""
+    out = check_output_folder(out, "OUT")
+    for source in sources:
+        source = Path(source)
+        if source.exists() and (out.resolve() == source.resolve() or out.resolve() in source.resolve().parents):
+            raise PerceiverLMError(f"OUT {out}: is (or holds) the source {source}; writing there would replace it, pick another folder")
+    if not overwrite:
+        refuse_non_empty(out, "OUT", "pass --overwrite to replace an earlier conversion there, or pick another folder")
+    return out
+
+
+def convert_from_transformers(source: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Convert a transformers checkpoint into a perceiver-lm checkpoint folder (atomically).
+
+    An existing ``out`` is replaced only with ``overwrite``, and only when it holds nothing but a checkpoint of ours.
+    """
+    out = check_convert_output(out, [source], overwrite)
     model = load_from_transformers(source)
     with atomic_directory(out) as tmp:
         write_model_files(model, model.config, tmp)
-    return Path(out)
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export a perceiver-lm checkpoint or run directory for transformers (see `export_to_transformers`),
+    never over the checkpoint itself."""
+    directory = resolve_model_dir(checkpoint)
+    check_convert_output(out, [checkpoint, directory], overwrite)
+    return export_to_transformers(load_model(directory), out)
 
 
 def export_to_transformers(model: PerceiverLM, out: str | Path) -> Path:

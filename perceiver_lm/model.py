@@ -331,7 +331,7 @@ class PerceiverEncoder(nn.Module):
         """Encode ids [B, L] into latents [B, N, D]; ``weights`` are the encoder maps [B, H, N, L]."""
         b, length = input_ids.shape
         if length > self.config.max_seq_len:
-            raise ValueError(f"input has {length} ids, more than max_seq_len={self.config.max_seq_len}")
+            raise PerceiverLMError(f"input has {length} ids, more than max_seq_len={self.config.max_seq_len}")
         n = self.active_latents(length)
         latent_mask = None
         if self.config.trim_latents and attention_mask is not None:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from perceiver_lm.errors import PerceiverLMError
+
 
 def adamw(params, lr: float) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel (CPU and CUDA): `small`'s optimizer step 27.6 -> 6.9 ms on 2 CPU cores."""
@@ -21,7 +23,7 @@ class Lamb(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
         if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+            raise PerceiverLMError(f"lr must be positive, got {lr}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()

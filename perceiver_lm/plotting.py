@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.validation import matches
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -13,12 +14,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise PerceiverLMError(f"{path}: no metrics file (is {run_dir} a pretraining run directory?)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 raise PerceiverLMError(f"{path}:{number}: not a JSON record") from None
+            if not isinstance(record, dict) or not matches(int, record.get("step")):
+                raise PerceiverLMError(f"{path}:{number}: not a metrics record (expected an object with an integer step)")
+            records.append(record)
     return records
 
 
@@ -41,6 +45,9 @@ def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | 
     fig, (ax_bits, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for index, run in enumerate(run_dirs):
         evals = [r for r in read_metrics(run) if "eval_bits_per_byte" in r]
+        needed = ("elapsed_s", "eval_bits_per_byte", "eval_accuracy")
+        if any(not matches(float, r.get(key)) for r in evals for key in needed):
+            raise PerceiverLMError(f"{Path(run) / 'metrics.jsonl'}: an evaluation record lacks a number for {', '.join(needed)}")
         if not evals:
             raise PerceiverLMError(f"{run}: no evaluations recorded yet")
         xs = [r["elapsed_s"] / 60 if x == "minutes" else r["step"] for r in evals]

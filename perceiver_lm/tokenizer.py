@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from perceiver_lm.errors import PerceiverLMError
+
 PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -56,7 +58,7 @@ def encode_pair(first: str | bytes, second: str | bytes, max_length: int | None 
     if max_length is not None:
         budget = max_length - 3
         if budget < 0:
-            raise ValueError(f"max_length must be at least 3 for a pair, got {max_length}")
+            raise PerceiverLMError(f"max_length must be at least 3 for a pair, got {max_length}")
         if len(a) + len(b) > budget:
             short = min(len(a), len(b), budget // 2)
             keep_a = short if len(a) <= len(b) else budget - short
@@ -71,7 +73,7 @@ def pad_batch(sequences: Sequence[np.ndarray], max_length: int | None = None) ->
     ``[SEP]`` still does after truncation.
     """
     if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
+        raise PerceiverLMError(f"max_length must be at least 2, got {max_length}")
     trimmed = []
     for seq in sequences:
         seq = np.asarray(seq, dtype=np.int64)
@@ -103,7 +105,7 @@ def encode_batch(
     """
     if pairs is not None:
         if len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pair texts")
+            raise PerceiverLMError(f"got {len(texts)} texts but {len(pairs)} pair texts")
         seqs = [encode_pair(a, b) for a, b in zip(texts, pairs)]
     else:
         seqs = [encode(t, add_special_tokens) for t in texts]

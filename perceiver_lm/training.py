@@ -36,9 +36,18 @@ from perceiver_lm.data import (
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, adamw, parameter_groups, warmup_cosine
+from perceiver_lm.run_dir import check_output_folder, claim_folder, clean_stale, finite_json, refuse_non_empty, remove_tree, user_entries
+from perceiver_lm.validation import check_fields, check_instance, check_range
 
 LN2 = math.log(2.0)
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (which Accelerate's set_seed calls) takes no more
+MAX_WORKERS = 256
+MAX_LR = 1000.0  # far above any rate that trains; larger ones overflow float32 in the optimizer's update
+# Options that decide which windows each step sees: a resumed run must keep them to continue the same order.
+DATA_ORDER_OPTIONS = ("data", "dataset", "dataset_config", "dataset_split", "text_column", "streaming", "val_data",
+                      "val_fraction", "batch_size", "grad_accum", "seed", "mask_rate", "mask_unit")
 # Instruction sets that run bf16 matmuls natively (oneDNN); without them bf16 is emulated and slower than fp32.
+METRICS_FILE = "metrics.jsonl"
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISION_HELP = "auto: bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere; or no, bf16."
 
@@ -49,19 +58,23 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+def flag(name: str) -> str:
+    """The command-line option of an options field: ``batch_size`` -> ``--batch-size``."""
+    return f"--{name.replace('_', '-')}"
+
+
 def check_choices(options: Any) -> None:
-    """Refuse an options dataclass whose Literal-typed field holds a value outside its choices."""
+    """Refuse an options dataclass whose Literal-typed field holds a value outside its choices, or
+    any field whose value is not of its type (options built in code, not only from files)."""
     for name, hint in typing.get_type_hints(type(options)).items():
         if typing.get_origin(hint) is Literal and getattr(options, name) not in typing.get_args(hint):
-            raise PerceiverLMError(f"--{name.replace('_', '-')} must be one of {', '.join(typing.get_args(hint))}; got {getattr(options, name)!r}")
+            raise PerceiverLMError(f"{flag(name)} must be one of {', '.join(typing.get_args(hint))}; got {getattr(options, name)!r}")
+    check_instance(options, flag)
 
 
 def options_from_dict(cls: type, data: dict[str, Any], source: str, kind: str) -> Any:
-    """Build an options dataclass from a dict (a config file), naming unknown keys."""
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise PerceiverLMError(f"{source}: unknown {kind} option(s): {', '.join(unknown)}")
-    return cls(**data)
+    """Build an options dataclass from a dict (a config file), naming unknown keys and mistyped values."""
+    return cls(**check_fields(cls, data, source, f"{kind} option"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class TrainingOptions:
     log_every: int = option(10, "Log training loss every N steps.")
     seed: int = option(0, "Seed for initialisation, data order, masking and dropout.")
     resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
+    overwrite: bool = option(False, "Start over in a non-empty --output-dir: its earlier checkpoints and metrics.jsonl are replaced (other files are kept).")
     num_workers: int = option(0, "DataLoader worker processes.")
     gradient_checkpointing: bool = option(False, "Recompute processor activations in backward (saves memory).")
     report_to: Literal["auto", "tensorboard", "none"] = option("auto", "Tracker: TensorBoard when installed (auto), or none.")
@@ -105,18 +119,20 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every")
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every", "lr")
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise PerceiverLMError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not 0 < self.mask_rate < 1:
-            raise PerceiverLMError(f"--mask-rate must be in (0, 1), got {self.mask_rate}")
-        if not 0 <= self.val_fraction < 1:
-            raise PerceiverLMError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise PerceiverLMError(f"--lr must be positive, got {self.lr}")
-        if self.window is not None and self.window < 2:
-            raise PerceiverLMError(f"--window must be at least 2, got {self.window}")
+            check_range(flag(name), getattr(self, name), 0, low_open=True)
+        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
+        for name in ("weight_decay", "warmup_steps", "clip_norm", "max_minutes"):
+            check_range(flag(name), getattr(self, name), 0)
+        check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
+        check_range("--val-fraction", self.val_fraction, 0, 1, high_open=True)
+        check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
+        check_range("--seed", self.seed, 0, MAX_SEED)
+        check_range("--num-workers", self.num_workers, 0, MAX_WORKERS)
+        check_range("--window", self.window, 2)
+        if self.resume and self.overwrite:
+            raise PerceiverLMError("give --resume (continue the run in --output-dir) or --overwrite (start over there), not both")
         if self.data and self.dataset:
             raise PerceiverLMError("give either --data or --dataset, not both")
         if self.streaming and not self.dataset:
@@ -222,7 +238,7 @@ def _write_checkpoint(accelerator, model, optimizer, config, options, step: int,
             ckpt.write_model_files(accelerator.unwrap_model(model), config, tmp)
             ckpt.write_training_files(tmp, optimizer.state_dict(), {**state, "step": step})
         for old in ckpt.list_checkpoints(output)[: -options.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     accelerator.wait_for_everyone()
     return path
 
@@ -231,6 +247,82 @@ def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source
     if saved != config:
         diffs = [f"{k}: checkpoint {v!r} vs now {getattr(config, k)!r}" for k, v in saved.to_dict().items() if getattr(config, k) != v]
         raise PerceiverLMError(f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config")
+
+
+def _check_resume_order(trainer_state: dict[str, Any], options: TrainingOptions, window: int, config: PerceiverConfig,
+                        processes: int, source: Path) -> None:
+    """Refuse to resume when an option that decides the data order changed since the checkpoint."""
+    saved = trainer_state.get("options", {})
+    changes = [f"{flag(name)} {saved[name]!r} -> {getattr(options, name)!r}" for name in DATA_ORDER_OPTIONS
+               if name in saved and saved[name] != getattr(options, name)]
+    saved_window = saved.get("window") or config.max_seq_len
+    if saved_window != window:
+        changes.append(f"--window {saved_window} -> {window}")
+    if trainer_state.get("num_processes", processes) != processes:
+        changes.append(f"processes {trainer_state['num_processes']} -> {processes}")
+    if changes:
+        raise PerceiverLMError(
+            f"{source}: cannot resume, {'; '.join(changes)}: which windows each step sees follows from these, so the run "
+            "would not continue the checkpoint's data order; rerun with the checkpoint's values, or start over with --overwrite"
+        )
+
+
+def _trim_metrics(path: Path, step: int) -> int:
+    """Keep the metrics records up to ``step`` (a killed run may have logged past its last checkpoint,
+    and may have left half a line); returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += bool(line.strip())
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _check_output(output: Path, options: TrainingOptions) -> None:
+    """Refuse a non-empty --output-dir unless the user said what to do with it."""
+    if options.resume or options.overwrite or not user_entries(output):
+        return
+    if ckpt.list_checkpoints(output):
+        raise PerceiverLMError(f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick another --output-dir")
+    refuse_non_empty(output, "--output-dir", "pick another --output-dir, or pass --overwrite to write the run there (its files are kept)")
+
+
+def _tidy(output: Path, options: TrainingOptions) -> None:
+    """Under the folder's lock: remove what killed runs left half-written, and with --overwrite the
+    earlier run's checkpoints and metrics (only those: other files in the folder are the user's)."""
+    notes = clean_stale(output)
+    if options.overwrite:
+        earlier = ckpt.list_checkpoints(output)
+        for path in earlier:
+            remove_tree(path)
+        if (output / METRICS_FILE).is_file():
+            (output / METRICS_FILE).unlink()
+            notes.append(f"removed {METRICS_FILE}")
+        if earlier:
+            notes.append(f"removed {len(earlier)} earlier checkpoint(s)")
+    if notes:
+        print(f"note: {output}: {'; '.join(notes)}", file=sys.stderr, flush=True)
+
+
+def _newest(output: Path) -> str:
+    found = ckpt.list_checkpoints(output)
+    return str(found[-1]) if found else "none"
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all().item())
 
 
 def make_accelerator(**kwargs):
@@ -312,19 +404,31 @@ def resolve_precision(mixed_precision: str, cpu: bool, flags: frozenset[str] | N
 def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResult:
     """Pretrain a masked byte LM with Accelerate (one process or ``accelerate launch``).
 
+    The run holds a lock on ``options.output_dir`` while it runs: a second run there is refused.
+
     Args:
         options: training options (data, schedule, evaluation, checkpoints).
         config: model shape, usually a preset.
     """
-    from accelerate.utils import GradientAccumulationPlugin, set_seed
-
     window = options.window or config.max_seq_len
     if window > config.max_seq_len:
         raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({config.max_seq_len})")
-    output = Path(options.output_dir)
+    output = check_output_folder(options.output_dir, "--output-dir")
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
+    with claim_folder(output, "--output-dir", lambda: _check_output(output, options), lock=main_rank):
+        if main_rank:
+            _tidy(output, options)
+        return _pretrain(options, config, window, output)
+
+
+def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, output: Path) -> PretrainResult:
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
+
     existing = ckpt.list_checkpoints(output)
-    if existing and not options.resume:
-        raise PerceiverLMError(f"{output} already holds checkpoints; pass --resume to continue, or pick another --output-dir")
+    source = existing[-1] if options.resume and existing else None
+    if source is not None:  # refuse a checkpoint that cannot continue this run before building anything
+        _check_resume_config(PerceiverConfig.load(source / ckpt.CONFIG_FILE), config, source)
+        optimizer_state, trainer_state = ckpt.read_training_files(source)
 
     report = options.report_to
     if report == "auto":
@@ -348,7 +452,15 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         if main:
             print(message, file=sys.stderr, flush=True)
 
+    processes = accelerator.num_processes
+    if source is not None:
+        _check_resume_order(trainer_state, options, window, config, processes, source)
     data = build_data(options, window)
+    if not isinstance(data.train, StreamingWindows) and len(data.train) < options.batch_size * processes:
+        raise PerceiverLMError(
+            f"training data ({data.description}) holds {len(data.train)} window(s) of {window} bytes, fewer than one batch "
+            f"({options.batch_size} x {processes} process(es)); add data, or lower --batch-size or --window"
+        )
     set_seed(options.seed)
     model = PerceiverLM(config)
     model.gradient_checkpointing_enable(options.gradient_checkpointing)
@@ -358,13 +470,15 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     step = 0
     elapsed_before = 0.0  # training time of earlier invocations of a resumed run
     last_eval: dict[str, float] = {}
-    if options.resume and existing:
-        source = existing[-1]
-        _check_resume_config(PerceiverConfig.load(source / ckpt.CONFIG_FILE), config, source)
-        model.load_state_dict(ckpt.load_state_dict(source))
-        optimizer_state, trainer_state = ckpt.read_training_files(source)
-        optimizer.load_state_dict(optimizer_state)
-        step = int(trainer_state["step"])
+    if source is not None:
+        state = ckpt.load_state_dict(source)
+        ckpt.check_state_dict(model, state, str(source / ckpt.MODEL_FILE))
+        model.load_state_dict(state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise PerceiverLMError(f"{source}: optimizer state does not fit this model and --optimizer ({err})") from None
+        step = trainer_state["step"]
         last_eval = trainer_state.get("eval", {})
         elapsed_before = float(trainer_state.get("elapsed_s") or 0.0)
         say(f"resuming from {source} at step {step}")
@@ -378,11 +492,13 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
     val_loader = DataLoader(data.val, **loader_args)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
+    metrics_file = output / METRICS_FILE
     if main:
         output.mkdir(parents=True, exist_ok=True)
+        dropped = _trim_metrics(metrics_file, step)
+        if dropped:
+            say(f"note: dropped {dropped} record(s) of {metrics_file} past step {step} (logged after the last checkpoint)")
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
-    metrics_file = output / "metrics.jsonl"
-    processes = accelerator.num_processes
     say(
         f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{processes} process(es) on {accelerator.device}, {precision.reason}; "
@@ -393,7 +509,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if main:
             with open(metrics_file, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
 
     def set_lr(at_step: int) -> None:
         scale = warmup_cosine(at_step, options.warmup_steps, options.max_steps, options.min_lr_ratio)
@@ -402,6 +518,8 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
 
     micro_step = step * options.grad_accum
     per_epoch = None if is_streaming else len(train_loader)
+    if per_epoch == 0:  # every process needs a full batch, or the loop below would never reach a step
+        raise PerceiverLMError(f"training data ({data.description}) gives this process no full batch of {options.batch_size}; add data or lower --batch-size")
     epoch, skip = divmod(micro_step, per_epoch) if per_epoch else (0, micro_step)
     bytes_per_step = window * options.batch_size * processes * options.grad_accum
     started = time.monotonic()
@@ -421,6 +539,10 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
             log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
             say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
         if save:
+            if not _all_finite(model):
+                raise PerceiverLMError(
+                    f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)}); lower --lr"
+                )
             state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
             checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
 
@@ -452,6 +574,20 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
             lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             set_lr(step)
             elapsed = elapsed_before + time.monotonic() - started
+            out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
+            # One check per step, agreed by all processes, so that they stop together.
+            stop = torch.tensor([float(out_of_time), float(not torch.isfinite(running_loss).item())], device=accelerator.device)
+            if processes > 1:
+                stop = accelerator.reduce(stop, "max")
+            out_of_time = bool(stop[0].item())
+            if stop[1].item():
+                if progress is not None:
+                    progress.close()
+                accelerator.end_training()
+                raise PerceiverLMError(
+                    f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights "
+                    f"(the newest checkpoint is {_newest(output)}); lower --lr, keep --clip-norm on, or try --mixed-precision no"
+                )
             if step % options.log_every == 0 or step == options.max_steps:
                 rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)
                 train_loss = running_loss.item() / running_count
@@ -461,10 +597,6 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResul
                 running_loss, running_count = torch.zeros_like(running_loss), 0
             if progress is not None:
                 progress.update(1)
-            out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
-            if options.max_minutes is not None and processes > 1:
-                flag = accelerator.reduce(torch.tensor([float(out_of_time)], device=accelerator.device), "max")
-                out_of_time = bool(flag.item())
             done = step >= options.max_steps or out_of_time
             evaluate_and_save(elapsed, step % options.eval_every == 0 or done, step % options.save_every == 0 or done)
             if done:

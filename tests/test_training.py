@@ -150,7 +150,7 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(letters_file,
     done = sorted(p.name for p in killed.glob("checkpoint-*"))
     assert done and "checkpoint-0000060" not in done  # killed part-way
     # Whatever the kill interrupted is a hidden temporary directory, never a checkpoint-N that loads half-written.
-    assert all(p.name.startswith(("checkpoint-", ".checkpoint-", "metrics")) for p in killed.iterdir())
+    assert all(p.name.startswith(("checkpoint-", ".checkpoint-", "metrics", ".perceiver-lm.lock")) for p in killed.iterdir())
     resumed = subprocess.run(_cli(*common, "--output-dir", str(killed), "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr

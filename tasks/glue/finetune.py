@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
+import os
 import math
 import sys
 import time
@@ -27,7 +27,9 @@ from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import adamw, parameter_groups, warmup_cosine
-from perceiver_lm.training import PRECISION_HELP, check_choices, make_accelerator, option, options_from_dict, resolve_precision
+from perceiver_lm.run_dir import check_output_folder, claim_folder, refuse_non_empty, remove_tree, write_json_atomic, write_text_atomic
+from perceiver_lm.training import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, make_accelerator, option, options_from_dict, resolve_precision
+from perceiver_lm.validation import check_range
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.tasks import GlueTask, parse_tasks
@@ -63,17 +65,18 @@ class GlueOptions:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
     seed: int = option(0, "Seed for the task heads, data order and dropout.")
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
+    overwrite: bool = option(False, "Fine-tune into a non-empty --output-dir: its earlier best/ and dev_metrics.json are replaced (other files are kept).")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("batch_size", "eval_batch_size", "head_hidden", "max_steps", "max_train_examples", "max_eval_examples", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise PerceiverLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.epochs <= 0 or (self.lr is not None and self.lr <= 0):
-            raise PerceiverLMError("--epochs and --lr must be positive")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise PerceiverLMError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        for name in ("batch_size", "eval_batch_size", "head_hidden", "max_steps", "max_train_examples", "max_eval_examples", "eval_every", "epochs", "lr"):
+            check_range(flag(name), getattr(self, name), 0, low_open=True)
+        for name in ("warmup_steps", "weight_decay", "clip_norm"):
+            check_range(flag(name), getattr(self, name), 0)
+        check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
+        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
+        check_range("--seed", self.seed, 0, MAX_SEED)
+        check_range("--max-length", self.max_length, 4)
         parse_tasks(self.tasks)
 
     @classmethod
@@ -123,10 +126,10 @@ def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
     return float(np.mean([split[task.metrics[0]] for split in scores.values()]))
 
 
-def _load_model(options: GlueOptions, tasks: list[GlueTask], say) -> PerceiverClassifier:
+def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
     heads = MultiTaskConfig(tuple(TaskSpec(t.name, t.num_outputs) for t in tasks), options.head_hidden)
     if options.checkpoint is None:
-        say(f"no --checkpoint: random initialisation, preset {options.preset}")
+        notes.append(f"no --checkpoint: random initialisation, preset {options.preset}")
         return PerceiverClassifier(get_preset(options.preset), heads)
     directory = ckpt.resolve_model_dir(options.checkpoint)
     if (directory / ckpt.TASKS_FILE).is_file():
@@ -191,6 +194,19 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     Args:
         options: tasks, data source, model source and the optimisation grid point.
     """
+    output = check_output_folder(options.output_dir, "--output-dir")
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
+    hint = "pick another --output-dir, or pass --overwrite to replace its best/ and dev_metrics.json"
+    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint), lock=main_rank):
+        if options.overwrite and main_rank:
+            # Only what fine-tuning writes; a best/ that holds anything else is refused by atomic_directory later.
+            (output / METRICS_FILE).unlink(missing_ok=True)
+            if (output / "best").is_dir() and not {p.name for p in (output / "best").iterdir()} - ckpt.OWN_FILES:
+                remove_tree(output / "best")
+        return _finetune(options, output)
+
+
+def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     tasks = parse_tasks(options.tasks)
@@ -208,10 +224,10 @@ def finetune(options: GlueOptions) -> FinetuneResult:
             print(message, file=sys.stderr, flush=True)
 
     set_seed(options.seed)
-    model = _load_model(options, tasks, say)
+    notes: list[str] = []  # said once the data has loaded: a run that fails on its files says only why
+    model = _load_model(options, tasks, notes)
     options, note = with_defaults(options, model.config)
-    if note:
-        say(note)
+    notes += [note] if note else []
     max_length = options.max_length or model.config.max_seq_len
     if max_length > model.config.max_seq_len:
         raise PerceiverLMError(f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})")
@@ -222,6 +238,8 @@ def finetune(options: GlueOptions) -> FinetuneResult:
         (t.name, split): _subset(load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows), options.max_eval_examples, 0, first=True)
         for t in tasks for split, _ in t.dev
     }
+    for note in notes:
+        say(note)
     for split in [*train_splits, *dev_splits.values()]:
         cut = sum(len(ids) == max_length for ids in split.ids)
         say(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}" + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""))
@@ -237,7 +255,6 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     per_epoch = len(train_loader)
     total = options.max_steps or max(1, math.ceil(options.epochs * per_epoch))
     eval_every = options.eval_every or per_epoch
-    output = Path(options.output_dir)
     if main:
         output.mkdir(parents=True, exist_ok=True)
     say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
@@ -297,7 +314,7 @@ def finetune(options: GlueOptions) -> FinetuneResult:
                         accelerator.unwrap_model(model).save_pretrained(best_dir)
                     accelerator.wait_for_everyone()
                 if main:
-                    _write_json(output / METRICS_FILE, {"options": dataclasses.asdict(options), "best": best, "history": history,
+                    write_json_atomic(output / METRICS_FILE, {"options": dataclasses.asdict(options), "best": best, "history": history,
                                                          "num_processes": accelerator.num_processes})
             if step >= total:
                 break
@@ -307,15 +324,10 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     return FinetuneResult(output, best, best_dir, step)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names: str | None = None, batch_size: int = 64,
                         max_eval_examples: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
+    check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
     names = [t.name for t in model.tasks.tasks]
@@ -327,29 +339,36 @@ def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names
     return _evaluate(model, dict(zip(loaders, prepared)), {t.name: t for t in tasks}, task_index, accelerator)
 
 
-def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64) -> list[Path]:
-    """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``)."""
-    accelerator = make_accelerator()
+def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64, overwrite: bool = False) -> list[Path]:
+    """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``).
+
+    Submission files already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
+    """
+    out = check_output_folder(out_dir, "--out")
     unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
+    tasks = parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks))
+    plan = [(task, stem, submission) for task in tasks
+            for stem, submission in (((task.test_files[0][0], task.submission),) if task.submission else task.test_files)]
+    present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
+    if present and not overwrite:
+        raise PerceiverLMError(f"--out {out}: already holds {', '.join(present)}; pass --overwrite to replace them, or pick another folder")
+    accelerator = make_accelerator()
     model = accelerator.prepare(unwrapped)
-    out = Path(out_dir)
     written = []
-    for task in parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks)):
-        files = ((task.test_files[0][0], task.submission),) if task.submission else task.test_files
-        for stem, submission in files:
-            split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
-            index = unwrapped.tasks.index(task.name)
-            loader = accelerator.prepare(eval_loader(split, index, batch_size))
-            preds, _ = predict_split(model, loader, index, task, accelerator)
-            if not accelerator.is_main_process:
-                continue
-            # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
-            values = [f"{float(np.clip(p, 0.0, 5.0)):.3f}" if task.is_regression else task.labels[int(p)] for p in preds]
-            ids = split.index or [str(i) for i in range(len(split))]
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"{submission}.tsv"
-            path.write_text("index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values)))
-            written.append(path)
+    for task, stem, submission in plan:
+        split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
+        index = unwrapped.tasks.index(task.name)
+        loader = accelerator.prepare(eval_loader(split, index, batch_size))
+        preds, _ = predict_split(model, loader, index, task, accelerator)
+        if not accelerator.is_main_process:
+            continue
+        # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
+        values = [f"{float(np.clip(p, 0.0, 5.0)):.3f}" if task.is_regression else task.labels[int(p)] for p in preds]
+        ids = split.index or [str(i) for i in range(len(split))]
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{submission}.tsv"
+        write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values)))
+        written.append(path)
     return written
 
 
@@ -359,6 +378,13 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
     Each grid point runs into ``output_dir/bs{B}_lr{LR}``; the summary goes to ``output_dir/sweep.json``.
     """
     tasks = parse_tasks(options.tasks)
+    output = check_output_folder(options.output_dir, "--output-dir")
+    hint = "pick another --output-dir, or pass --overwrite to rerun the sweep there"
+    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint)):
+        return _sweep(options, tasks, output, batch_sizes, lrs)
+
+
+def _sweep(options: GlueOptions, tasks: list[GlueTask], output: Path, batch_sizes: list[int], lrs: list[float]) -> dict[str, Any]:
     runs, best = [], {}
     for batch_size, lr in itertools.product(batch_sizes, lrs):
         point = dataclasses.replace(options, batch_size=batch_size, lr=lr, output_dir=str(Path(options.output_dir) / f"bs{batch_size}_lr{lr:g}"))
@@ -369,8 +395,7 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
             if task.name not in best or primary_score(task, entry["scores"]) > primary_score(task, best[task.name]["scores"]):
                 best[task.name] = {**entry, "batch_size": batch_size, "lr": lr, "output_dir": str(result.output_dir)}
     summary = {"options": dataclasses.asdict(options), "grid": {"batch_size": batch_sizes, "lr": lrs}, "best": best, "runs": runs}
-    Path(options.output_dir).mkdir(parents=True, exist_ok=True)
-    _write_json(Path(options.output_dir) / "sweep.json", summary)
+    write_json_atomic(output / "sweep.json", summary)
     return summary
 
 

@@ -12,6 +12,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from perceiver_lm.errors import PerceiverLMError
+
 
 def _correlation(fn, predictions: np.ndarray, labels: np.ndarray) -> float:
     if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
@@ -25,7 +27,7 @@ def compute(metric: str, predictions: np.ndarray, labels: np.ndarray) -> float:
     """One metric, in percent, of predictions (class ids, or scores for regression) against labels."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if len(predictions) != len(labels) or len(labels) == 0:
-        raise ValueError(f"{metric}: {len(predictions)} predictions for {len(labels)} labels")
+        raise PerceiverLMError(f"{metric}: {len(predictions)} predictions for {len(labels)} labels")
     if metric == "accuracy":
         return 100.0 * float(np.mean(predictions == labels))
     if metric == "f1":
@@ -36,7 +38,7 @@ def compute(metric: str, predictions: np.ndarray, labels: np.ndarray) -> float:
         return 100.0 * _correlation(pearsonr, predictions.astype(float), labels.astype(float))
     if metric == "spearman":
         return 100.0 * _correlation(spearmanr, predictions.astype(float), labels.astype(float))
-    raise ValueError(f"unknown metric {metric!r}")
+    raise PerceiverLMError(f"unknown metric {metric!r}")
 
 
 def compute_all(metrics: tuple[str, ...], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
