@@ -16,12 +16,20 @@ from perceiver_lm.model import Attention, Block
 
 
 class ByteBERT(nn.Module):
-    def __init__(self, vocab_size: int, max_seq_len: int, width: int, layers: int, heads: int, widening: int = 4) -> None:
+    def __init__(
+        self, vocab_size: int, max_seq_len: int, width: int, layers: int, heads: int, widening: int = 4
+    ) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(max_seq_len, width)
         self.layers = nn.ModuleList(
-            Block(Attention(q_dim=width, kv_dim=width, qk_channels=width, v_channels=width, heads=heads, cross=False), dim=width, widening=widening, eps=1e-5, query_residual=True)
+            Block(
+                Attention(q_dim=width, kv_dim=width, qk_channels=width, v_channels=width, heads=heads, cross=False),
+                dim=width,
+                widening=widening,
+                eps=1e-5,
+                query_residual=True,
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)

@@ -52,12 +52,23 @@ def run_glue(args) -> dict:
             torch.manual_seed(seed)
             PerceiverLM(config).save_pretrained(init_dir)  # the random-init arm starts from these weights
             started = time.monotonic()
-            result = finetune(GlueOptions(
-                tasks=args.task, checkpoint=str(args.checkpoint or init_dir), glue_dir=args.glue_dir,
-                output_dir=str(out / f"{name}_s{seed}"), max_steps=args.steps, eval_every=args.eval_every,
-                batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=seed,
-                mixed_precision=args.mixed_precision, max_length=args.max_length, length_buckets=not args.no_length_buckets,
-            ))
+            result = finetune(
+                GlueOptions(
+                    tasks=args.task,
+                    checkpoint=str(args.checkpoint or init_dir),
+                    glue_dir=args.glue_dir,
+                    output_dir=str(out / f"{name}_s{seed}"),
+                    max_steps=args.steps,
+                    eval_every=args.eval_every,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    warmup_steps=args.warmup_steps,
+                    seed=seed,
+                    mixed_precision=args.mixed_precision,
+                    max_length=args.max_length,
+                    length_buckets=not args.no_length_buckets,
+                )
+            )
             history = json.loads((result.output_dir / "dev_metrics.json").read_text())["history"]
             curve = {h["step"]: h["scores"][args.task]["dev"] for h in history}
             results.setdefault(name, {})[seed] = {"curve": curve, "minutes": (time.monotonic() - started) / 60}
@@ -81,8 +92,15 @@ def plot(files: list[str], out: str) -> None:
         for name, seeds in data["results"].items():
             steps = sorted({int(s) for r in seeds.values() for s in r["curve"]})
             values = np.array([[next(iter(r["curve"][str(s)].values())) for s in steps] for r in seeds.values()])
-            ax.errorbar(steps, values.mean(0), yerr=values.std(0), marker="o", ms=3, capsize=2,
-                        label=f"{label_prefix}{name} ({len(seeds)} seeds)")
+            ax.errorbar(
+                steps,
+                values.mean(0),
+                yerr=values.std(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=f"{label_prefix}{name} ({len(seeds)} seeds)",
+            )
     ax.axhline(50.9, color="grey", lw=0.8, ls=":", label="majority class")
     ax.set_xlabel("fine-tuning steps (batch 32)")
     ax.set_ylabel(f"{data['args']['task']} dev score")
@@ -102,14 +120,18 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="bf16")
     parser.add_argument("--glue-dir")
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--checkpoint", default=None, help="fine-tune this pretrained checkpoint instead of random init")
+    parser.add_argument(
+        "--checkpoint", default=None, help="fine-tune this pretrained checkpoint instead of random init"
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=None, help="default: the shape's fine-tuning default")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--no-length-buckets", action="store_true", help="random batches instead of batches of similar length")
+    parser.add_argument(
+        "--no-length-buckets", action="store_true", help="random batches instead of batches of similar length"
+    )
     parser.add_argument("--plot-from", default=None, help="only plot: comma-separated results.json files -> --out PNG")
     args = parser.parse_args()
     if args.plot_from:

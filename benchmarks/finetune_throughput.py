@@ -30,7 +30,11 @@ from tasks.glue.tasks import TASKS
 
 # name -> (model-config changes on top of the preset, precision, length buckets)
 SETTINGS = {
-    "before: plain embeddings, all latents, fp32, random batches": (dict(byte_encoder="none", zero_init_positions=False, trim_latents=False), "fp32", False),
+    "before: plain embeddings, all latents, fp32, random batches": (
+        dict(byte_encoder="none", zero_init_positions=False, trim_latents=False),
+        "fp32",
+        False,
+    ),
     "small, all latents, fp32, random batches": (dict(trim_latents=False), "fp32", False),
     "small, all latents, bf16, random batches": (dict(trim_latents=False), "bf16", False),
     "small, trimmed latents, bf16, random batches": (dict(), "bf16", False),
@@ -38,7 +42,9 @@ SETTINGS = {
 }
 
 
-def measure(name: str, preset: str, data: TaskExamples, task_name: str, batch_size: int, steps: int, warmup: int) -> dict:
+def measure(
+    name: str, preset: str, data: TaskExamples, task_name: str, batch_size: int, steps: int, warmup: int
+) -> dict:
     changes, precision, buckets = SETTINGS[name]
     torch.manual_seed(0)
     task = TASKS[task_name]
@@ -63,13 +69,19 @@ def measure(name: str, preset: str, data: TaskExamples, task_name: str, batch_si
     start = time.perf_counter()
     widths = [step() for _ in range(steps)]
     seconds = time.perf_counter() - start
-    return {"setting": name, "examples_per_s": steps * batch_size / seconds, "step_s": seconds / steps,
-            "mean_padded_length": sum(widths) / len(widths)}
+    return {
+        "setting": name,
+        "examples_per_s": steps * batch_size / seconds,
+        "step_s": seconds / steps,
+        "mean_padded_length": sum(widths) / len(widths),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--glue-dir", default=os.path.join(os.environ.get("PERCEIVER_LM_DATA", "../shared/data"), "glue"))
+    parser.add_argument(
+        "--glue-dir", default=os.path.join(os.environ.get("PERCEIVER_LM_DATA", "../shared/data"), "glue")
+    )
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -80,8 +92,10 @@ def main() -> None:
     args = parser.parse_args()
     split = load_split(TASKS[args.task], "train", args.glue_dir, get_preset(args.preset).max_seq_len)
     data = TaskExamples([split], [0])
-    print(f"{args.task} train: {len(split):,} examples, mean {data.lengths.mean():.0f} ids; batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    print(
+        f"{args.task} train: {len(split):,} examples, mean {data.lengths.mean():.0f} ids; batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, {torch.get_num_threads()} threads"
+    )
     runs = []
     for repeat in range(args.repeats):
         for name in SETTINGS:
@@ -90,18 +104,41 @@ def main() -> None:
     rows = []
     for name in SETTINGS:
         speeds = [r["examples_per_s"] for r in runs if r["setting"] == name]
-        rows.append({"setting": name, "examples_per_s": statistics.median(speeds), "min": min(speeds), "max": max(speeds),
-                     "mean_padded_length": runs[list(SETTINGS).index(name)]["mean_padded_length"]})
+        rows.append(
+            {
+                "setting": name,
+                "examples_per_s": statistics.median(speeds),
+                "min": min(speeds),
+                "max": max(speeds),
+                "mean_padded_length": runs[list(SETTINGS).index(name)]["mean_padded_length"],
+            }
+        )
     base = rows[0]["examples_per_s"]
     print(f"\n{'setting':<58} | {'examples/s':>10} {'min-max':>13} | {'speed-up':>8} | {'padded ids':>10}")
     for r in rows:
-        print(f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | {r['examples_per_s'] / base:>7.2f}x | "
-              f"{r['mean_padded_length']:>10.0f}")
+        print(
+            f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | {r['examples_per_s'] / base:>7.2f}x | "
+            f"{r['mean_padded_length']:>10.0f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "threads": torch.get_num_threads(), "task": args.task, "preset": args.preset,
-                               "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
-                               "results": rows, "runs": runs}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "threads": torch.get_num_threads(),
+                "task": args.task,
+                "preset": args.preset,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "results": rows,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -45,7 +45,9 @@ class ByteCNN(nn.Module):
         return self.head(h)
 
 
-def cnn_scores(task, train, dev, steps: list[int], seed: int, batch_size: int = 32, lr: float = 1e-3) -> dict[int, dict]:
+def cnn_scores(
+    task, train, dev, steps: list[int], seed: int, batch_size: int = 32, lr: float = 1e-3
+) -> dict[int, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = ByteCNN(task.num_outputs)
@@ -86,7 +88,11 @@ def tfidf_scores(task, train, dev, limits: list[int | None], seed: int) -> dict[
     out = {}
     train_texts, dev_texts = texts(train), texts(dev)
     for limit in limits:
-        pick = np.arange(len(train)) if limit is None or limit >= len(train) else np.random.default_rng(seed).choice(len(train), limit, replace=False)
+        pick = (
+            np.arange(len(train))
+            if limit is None or limit >= len(train)
+            else np.random.default_rng(seed).choice(len(train), limit, replace=False)
+        )
         vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 5), sublinear_tf=True, min_df=2)
         x = vectorizer.fit_transform([train_texts[i] for i in pick])
         y = np.asarray(train.labels)[pick]

@@ -23,7 +23,9 @@ from tasks.glue.tasks import TASKS
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="pretrained MLM checkpoint or run directory")
-    parser.add_argument("--preset", default="small", help="shape of the randomly initialised arm (match the checkpoint)")
+    parser.add_argument(
+        "--preset", default="small", help="shape of the randomly initialised arm (match the checkpoint)"
+    )
     parser.add_argument("--glue-dir", required=True)
     parser.add_argument("--tasks", default="sst2,cola,mrpc,stsb")
     parser.add_argument("--steps-per-task", type=int, default=120)
@@ -38,8 +40,14 @@ def main() -> None:
     names = args.tasks.split(",")
     out = Path(args.out)
     results: dict[str, dict] = {}
-    common = dict(glue_dir=args.glue_dir, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                  max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples)
+    common = dict(
+        glue_dir=args.glue_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples,
+    )
     for arm in args.arms.split(","):
         mode, init = arm.split("-")
         source = dict(checkpoint=args.checkpoint) if init == "pretrained" else dict(preset=args.preset)
@@ -47,8 +55,16 @@ def main() -> None:
         for group in groups:
             steps = args.steps_per_task * len(group)
             started = time.monotonic()
-            result = finetune(GlueOptions(tasks=",".join(group), output_dir=str(out / arm / "+".join(group)), max_steps=steps,
-                                          eval_every=steps, **source, **common))
+            result = finetune(
+                GlueOptions(
+                    tasks=",".join(group),
+                    output_dir=str(out / arm / "+".join(group)),
+                    max_steps=steps,
+                    eval_every=steps,
+                    **source,
+                    **common,
+                )
+            )
             for name in group:
                 results.setdefault(arm, {})[name] = {**result.best[name], "minutes": (time.monotonic() - started) / 60}
             print(f"{arm} {'+'.join(group)}: " + json.dumps({n: result.best[n]["scores"] for n in group}), flush=True)
@@ -63,7 +79,11 @@ def main() -> None:
         for arm in arms:
             scores = results[arm][name]["scores"]
             cells.append(" / ".join(f"{v:.1f}" for split in scores.values() for v in split.values()))
-        print(f"| {name} ({'/'.join(task.metrics)}) | " + " | ".join(cells) + f" | {task.paper or '-'} | {task.paper_multitask or '-'} |")
+        print(
+            f"| {name} ({'/'.join(task.metrics)}) | "
+            + " | ".join(cells)
+            + f" | {task.paper or '-'} | {task.paper_multitask or '-'} |"
+        )
 
 
 if __name__ == "__main__":

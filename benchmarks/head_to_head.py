@@ -29,8 +29,19 @@ import time
 from pathlib import Path
 
 SHAPE = dict(  # `small`'s shape without its priors, with the decoder transformers hard-codes
-    d_model=256, num_latents=128, d_latents=384, num_cross_heads=8, num_self_heads=8, qk_channels=256, v_channels=384,
-    num_self_layers=6, cross_widening=1, self_widening=4, decoder_heads=8, decoder_qk_channels=256, decoder_v_channels=256,
+    d_model=256,
+    num_latents=128,
+    d_latents=384,
+    num_cross_heads=8,
+    num_self_heads=8,
+    qk_channels=256,
+    v_channels=384,
+    num_self_layers=6,
+    cross_widening=1,
+    self_widening=4,
+    decoder_heads=8,
+    decoder_qk_channels=256,
+    decoder_v_channels=256,
     attention_dropout=0.0,
 )
 IMPLS = ("ours", "transformers", "byte-bert")
@@ -38,7 +49,7 @@ CONFIGS = "ours@auto,ours@fp32,transformers@fp32,transformers@bf16"  # add byte-
 
 
 def precision_of(name: str, device: str) -> str:
-    """"fp32" or "bf16" for a config's precision; "auto" is what the toolkit picks on this machine."""
+    """ "fp32" or "bf16" for a config's precision; "auto" is what the toolkit picks on this machine."""
     from perceiver_lm.training import resolve_precision
 
     if name == "auto":
@@ -78,12 +89,20 @@ def build(impl: str, length: int, bert: dict):
     torch.manual_seed(0)
     if impl == "byte-bert":
         model = ByteBERT(262, length, **bert)
-        return model, lambda b, _: masked_lm_loss(model(b["input_ids"], b["query_positions"]), b["labels"]), \
-            lambda b: model(b["input_ids"], b["query_positions"])
+        return (
+            model,
+            lambda b, _: masked_lm_loss(model(b["input_ids"], b["query_positions"]), b["labels"]),
+            lambda b: model(b["input_ids"], b["query_positions"]),
+        )
     model = PerceiverLM(PerceiverConfig(max_seq_len=length, **SHAPE))
     if impl == "ours":
-        return model, lambda b, _: masked_lm_loss(model(b["input_ids"], query_positions=b["query_positions"]).logits, b["labels"]), \
-            lambda b: model(b["input_ids"], query_positions=b["query_positions"])
+        return (
+            model,
+            lambda b, _: masked_lm_loss(
+                model(b["input_ids"], query_positions=b["query_positions"]).logits, b["labels"]
+            ),
+            lambda b: model(b["input_ids"], query_positions=b["query_positions"]),
+        )
     import transformers
 
     folder = Path(tempfile.mkdtemp()) / "hf"
@@ -109,7 +128,9 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def measure(impl: str, precision: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict) -> dict:
+def measure(
+    impl: str, precision: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict
+) -> dict:
     import torch
 
     from common import dense_labels, memory_now, peak_memory_since_reset, reset_peak_memory, synthetic_batch
@@ -160,11 +181,22 @@ def measure(impl: str, precision: str, mode: str, length: int, batch_size: int, 
     row = {k: v[:1] for k, v in batch.items()}
     flops = batch_size * count_flops(lambda: loss_fn(row, labels[:1]).backward() if mode == "train" else infer_fn(row))
     optimizer.zero_grad(set_to_none=True)
-    return {"impl": impl, "precision": precision, "mode": mode, "length": length, "batch_size": batch_size, "seconds": seconds,
-            "bytes_per_s": batch_size * length / seconds, "step_memory_mib": (peak - resident) / 2**20,
-            "activation_memory_mib": (peak - with_state) / 2**20,
-            "peak_memory_mib": peak / 2**20, "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / seconds,
-            "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
+    return {
+        "impl": impl,
+        "precision": precision,
+        "mode": mode,
+        "length": length,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "bytes_per_s": batch_size * length / seconds,
+        "step_memory_mib": (peak - resident) / 2**20,
+        "activation_memory_mib": (peak - with_state) / 2**20,
+        "peak_memory_mib": peak / 2**20,
+        "gflop": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bert_shape(match_length: int) -> tuple[dict, int]:
@@ -190,11 +222,20 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (impl, precision, mode, length), rs in groups.items():
         seconds = [r["seconds"] for r in rs]
         med = statistics.median(seconds)
-        rows.append({**rs[0], "seconds": med, "seconds_min": min(seconds), "seconds_max": max(seconds), "repeats": len(rs),
-                     "bytes_per_s": rs[0]["batch_size"] * length / med, "gflop_per_s": rs[0]["gflop"] / med,
-                     "step_memory_mib": statistics.median(r["step_memory_mib"] for r in rs),
-                     "activation_memory_mib": statistics.median(r["activation_memory_mib"] for r in rs),
-                     "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs)})
+        rows.append(
+            {
+                **rs[0],
+                "seconds": med,
+                "seconds_min": min(seconds),
+                "seconds_max": max(seconds),
+                "repeats": len(rs),
+                "bytes_per_s": rs[0]["batch_size"] * length / med,
+                "gflop_per_s": rs[0]["gflop"] / med,
+                "step_memory_mib": statistics.median(r["step_memory_mib"] for r in rs),
+                "activation_memory_mib": statistics.median(r["activation_memory_mib"] for r in rs),
+                "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs),
+            }
+        )
     return rows
 
 
@@ -208,14 +249,29 @@ def plot(rows: list[dict], out: Path) -> None:
     configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
     for ax, mode in zip(axes, ("train", "infer")):
         for i, (impl, precision) in enumerate(configs):
-            pts = sorted((r["length"], r["seconds"], r["seconds_min"], r["seconds_max"]) for r in rows
-                         if (r["impl"], r["precision"], r["mode"]) == (impl, precision, mode))
+            pts = sorted(
+                (r["length"], r["seconds"], r["seconds_min"], r["seconds_max"])
+                for r in rows
+                if (r["impl"], r["precision"], r["mode"]) == (impl, precision, mode)
+            )
             if pts:
                 x, y, lo, hi = map(list, zip(*pts))
-                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], fmt="-o" if precision == "bf16" else "--s",
-                            color=f"C{IMPLS.index(impl)}", capsize=3, label=f"{impl} {precision}")
-        ax.set(xscale="log", yscale="log", xlabel="input bytes", ylabel="seconds per batch (median, min-max)",
-               title=f"{'training step' if mode == 'train' else 'inference forward'}")
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                    fmt="-o" if precision == "bf16" else "--s",
+                    color=f"C{IMPLS.index(impl)}",
+                    capsize=3,
+                    label=f"{impl} {precision}",
+                )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="input bytes",
+            ylabel="seconds per batch (median, min-max)",
+            title=f"{'training step' if mode == 'train' else 'inference forward'}",
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("Byte-level MLM, batch of %d: time vs input length" % rows[0]["batch_size"])
@@ -228,18 +284,30 @@ def main() -> None:
     parser.add_argument("--lengths", default="2048,16384")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up step)")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-process measurements per configuration, interleaved")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process measurements per configuration, interleaved"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--configs", default=CONFIGS, help="comma-separated impl@precision (precision: fp32, bf16, auto)")
+    parser.add_argument(
+        "--configs", default=CONFIGS, help="comma-separated impl@precision (precision: fp32, bf16, auto)"
+    )
     parser.add_argument("--modes", default="train,infer")
-    parser.add_argument("--match-length", type=int, default=2048, help="input length at which the byte-BERT's FLOPs match ours")
+    parser.add_argument(
+        "--match-length", type=int, default=2048, help="input length at which the byte-BERT's FLOPs match ours"
+    )
     parser.add_argument("--out", default="runs/bench/head_to_head.json")
-    parser.add_argument("--one", nargs=5, metavar=("IMPL", "PRECISION", "MODE", "LENGTH", "BERT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", nargs=5, metavar=("IMPL", "PRECISION", "MODE", "LENGTH", "BERT_JSON"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         impl, precision, mode, length, bert = args.one
-        print(json.dumps(measure(impl, precision, mode, int(length), args.batch_size, args.steps, args.device, json.loads(bert))))
+        print(
+            json.dumps(
+                measure(impl, precision, mode, int(length), args.batch_size, args.steps, args.device, json.loads(bert))
+            )
+        )
         return
     if args.peak:
         print(json.dumps(matmul_peak(args.device)))
@@ -248,57 +316,115 @@ def main() -> None:
     for item in args.configs.split(","):
         impl, _, precision = item.partition("@")
         if impl not in IMPLS or precision not in ("fp32", "bf16", "auto"):
-            parser.error(f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} and precision fp32, bf16 or auto")
+            parser.error(
+                f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} and precision fp32, bf16 or auto"
+            )
         configs.append((impl, precision_of(precision, args.device), precision == "auto"))
-    defaults = {"transformers": "fp32", **{impl: prec for impl, prec, auto in configs if auto}}  # transformers trains in fp32 unless told
+    defaults = {
+        "transformers": "fp32",
+        **{impl: prec for impl, prec, auto in configs if auto},
+    }  # transformers trains in fp32 unless told
     bert, target = bert_shape(args.match_length)
-    peak = json.loads(subprocess.run([sys.executable, __file__, "--peak", "--device", args.device], capture_output=True, text=True, check=True).stdout)
-    print(f"matmul peak on this machine (2048^3, {args.device}): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    print(f"byte-BERT matched to ours at {args.match_length} bytes ({target / 1e9:.2f} GFLOP forward per sequence): {bert}")
+    peak = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--peak", "--device", args.device], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    print(
+        f"matmul peak on this machine (2048^3, {args.device}): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+    )
+    print(
+        f"byte-BERT matched to ours at {args.match_length} bytes ({target / 1e9:.2f} GFLOP forward per sequence): {bert}"
+    )
     lengths = list(map(int, args.lengths.split(",")))
     modes = args.modes.split(",")
     runs = []
     for repeat in range(args.repeats):
-        order = configs[repeat % len(configs):] + configs[: repeat % len(configs)]  # rotate: no config always runs first
+        order = (
+            configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
+        )  # rotate: no config always runs first
         for length in lengths:
             for mode in modes:
                 for impl, precision, _ in order:
-                    cmd = [sys.executable, __file__, "--one", impl, precision, mode, str(length), json.dumps(bert),
-                           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        impl,
+                        precision,
+                        mode,
+                        str(length),
+                        json.dumps(bert),
+                        "--batch-size",
+                        str(args.batch_size),
+                        "--steps",
+                        str(args.steps),
+                        "--device",
+                        args.device,
+                    ]
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode:
-                        print(f"{impl} {precision} {mode} {length}: failed ({(done.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
+                        print(
+                            f"{impl} {precision} {mode} {length}: failed ({(done.stderr.strip().splitlines() or ['?'])[-1]})",
+                            file=sys.stderr,
+                        )
                         continue
                     runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     r = runs[-1]
-                    print(f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: {r['seconds']:.3f} s, "
-                          f"{r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB", flush=True)
+                    print(
+                        f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: {r['seconds']:.3f} s, "
+                        f"{r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB",
+                        flush=True,
+                    )
     rows = summarise(runs)
     table(rows, lengths, modes, peak, defaults)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(), "device": args.device,
-                               "matmul_peak_gflop_per_s": peak, "defaults": defaults, "shape": SHAPE, "byte_bert": bert,
-                               "match_length": args.match_length, "repeats": args.repeats, "results": rows, "runs": runs}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "processor": platform.processor(),
+                "device": args.device,
+                "matmul_peak_gflop_per_s": peak,
+                "defaults": defaults,
+                "shape": SHAPE,
+                "byte_bert": bert,
+                "match_length": args.match_length,
+                "repeats": args.repeats,
+                "results": rows,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, defaults: dict) -> None:
     def get(impl, precision, mode, length):
-        return next((r for r in rows if (r["impl"], r["precision"], r["mode"], r["length"]) == (impl, precision, mode, length)), None)
+        return next(
+            (r for r in rows if (r["impl"], r["precision"], r["mode"], r["length"]) == (impl, precision, mode, length)),
+            None,
+        )
 
     configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
-    print(f"\n{'length':>6} {'mode':>5} {'impl':>12} {'prec':>4} | {'median s':>8} {'min-max s':>13} | {'bytes/s':>8} | "
-          f"{'GFLOP':>6} {'GFLOP/s':>7} {'% peak':>6} | {'MiB':>6}")
+    print(
+        f"\n{'length':>6} {'mode':>5} {'impl':>12} {'prec':>4} | {'median s':>8} {'min-max s':>13} | {'bytes/s':>8} | "
+        f"{'GFLOP':>6} {'GFLOP/s':>7} {'% peak':>6} | {'MiB':>6}"
+    )
     for length in lengths:
         for mode in modes:
             for impl, precision in configs:
                 r = get(impl, precision, mode, length)
                 if r:
-                    print(f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} {r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
-                          f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} {100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
-                          f"{r['step_memory_mib']:>6,.0f}")
+                    print(
+                        f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} {r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
+                        f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} {100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
+                        f"{r['step_memory_mib']:>6,.0f}"
+                    )
 
     def ratio(a, b):
         """Median ratio of speeds, and the worst and best case from the spreads."""
@@ -309,7 +435,10 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
         for mode in modes:
             parts = []
             if "ours" in defaults and "transformers" in defaults:
-                o, h = get("ours", defaults["ours"], mode, length), get("transformers", defaults["transformers"], mode, length)
+                o, h = (
+                    get("ours", defaults["ours"], mode, length),
+                    get("transformers", defaults["transformers"], mode, length),
+                )
                 if o and h:
                     parts.append(f"defaults ({defaults['ours']} vs {defaults['transformers']}) {ratio(o, h)}")
             o, h = get("ours", "fp32", mode, length), get("transformers", "fp32", mode, length)
@@ -318,7 +447,11 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
             o, h = get("ours", "bf16", mode, length), get("transformers", "bf16", mode, length)
             if o and h:
                 parts.append(f"bf16 vs bf16 {ratio(o, h)}")
-            best = lambda impl: min((r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)), key=lambda r: r["seconds"], default=None)
+            best = lambda impl: min(
+                (r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)),
+                key=lambda r: r["seconds"],
+                default=None,
+            )
             o, h = best("ours"), best("transformers")
             if o and h:
                 parts.append(f"best vs best ({o['precision']} vs {h['precision']}) {ratio(o, h)}")

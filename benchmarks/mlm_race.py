@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -99,8 +98,14 @@ def main() -> None:
         for line in (Path(args.perceiver_run) / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             if "eval_bits_per_byte" in record:
-                ours.append({"step": record["step"], "minutes": record["elapsed_s"] / 60,
-                             "bits_per_byte": record["eval_bits_per_byte"], "accuracy": record["eval_accuracy"]})
+                ours.append(
+                    {
+                        "step": record["step"],
+                        "minutes": record["elapsed_s"] / 60,
+                        "bits_per_byte": record["eval_bits_per_byte"],
+                        "accuracy": record["eval_accuracy"],
+                    }
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args), "byte_bert_parameters": params, "byte_bert": curve, "perceiver": ours}
@@ -125,7 +130,9 @@ def main() -> None:
         at = lambda points, m: min(points, key=lambda p: abs(p["minutes"] - m))
         for m in (10, 20, 30):
             if curve and curve[-1]["minutes"] >= m - 1:
-                print(f"{m} min: byte-BERT {at(curve, m)['bits_per_byte']:.3f}, Perceiver {at(ours, m)['bits_per_byte']:.3f}")
+                print(
+                    f"{m} min: byte-BERT {at(curve, m)['bits_per_byte']:.3f}, Perceiver {at(ours, m)['bits_per_byte']:.3f}"
+                )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,16 @@ import time
 from pathlib import Path
 
 
-def measure(preset: str, window: int | None, batch_size: int, steps: int, warmup: int, device: str, precision: str, checkpointing: bool) -> dict:
+def measure(
+    preset: str,
+    window: int | None,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    precision: str,
+    checkpointing: bool,
+) -> dict:
     import torch
 
     from common import peak_memory_bytes, synthetic_batch
@@ -89,7 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precisions", default="auto,fp32", help="comma-separated: fp32, bf16, auto (this machine's default)")
+    parser.add_argument(
+        "--precisions", default="auto,fp32", help="comma-separated: fp32, bf16, auto (this machine's default)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--out", default="runs/bench/pretrain_throughput.json")
@@ -97,7 +108,20 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.one:
-        print(json.dumps(measure(args.presets, args.window, args.batch_size, args.steps, args.warmup, args.device, args.precisions, args.gradient_checkpointing)))
+        print(
+            json.dumps(
+                measure(
+                    args.presets,
+                    args.window,
+                    args.batch_size,
+                    args.steps,
+                    args.warmup,
+                    args.device,
+                    args.precisions,
+                    args.gradient_checkpointing,
+                )
+            )
+        )
         return
     from perceiver_lm.training import resolve_precision
 
@@ -105,41 +129,88 @@ def main() -> None:
     for name in args.precisions.split(","):
         if name not in ("fp32", "bf16", "auto"):
             parser.error(f"--precisions: {name!r} is not fp32, bf16 or auto")
-        resolved = {"no": "fp32"}.get(resolve_precision("auto", cpu=args.device == "cpu").mode, "bf16") if name == "auto" else name
+        resolved = (
+            {"no": "fp32"}.get(resolve_precision("auto", cpu=args.device == "cpu").mode, "bf16")
+            if name == "auto"
+            else name
+        )
         precisions.append((name, resolved))
     runs = []
     for repeat in range(args.repeats):
         for preset in args.presets.split(","):
             for name, precision in precisions:
-                cmd = [sys.executable, __file__, "--one", "--presets", preset, "--window", str(args.window or 0), "--batch-size", str(args.batch_size),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--precisions", precision]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--presets",
+                    preset,
+                    "--window",
+                    str(args.window or 0),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--device",
+                    args.device,
+                    "--precisions",
+                    precision,
+                ]
                 if args.gradient_checkpointing:
                     cmd.append("--gradient-checkpointing")
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{preset}: benchmark failed:\n{done.stderr.strip()}")
                 runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name})
-                print(f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}): {runs[-1]['step_s']:.3f} s/step", flush=True)
+                print(
+                    f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}): {runs[-1]['step_s']:.3f} s/step",
+                    flush=True,
+                )
     rows = []
     for preset in args.presets.split(","):
         for name, precision in precisions:
             rs = [r for r in runs if r["preset"] == preset and r["asked"] == name]
             step = statistics.median(r["step_s"] for r in rs)
-            rows.append({**rs[0], "step_s": step, "step_s_min": min(r["step_s"] for r in rs), "step_s_max": max(r["step_s"] for r in rs),
-                         "bytes_per_s": rs[0]["window"] * rs[0]["batch_size"] / step, "repeats": len(rs),
-                         "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs)})
+            rows.append(
+                {
+                    **rs[0],
+                    "step_s": step,
+                    "step_s_min": min(r["step_s"] for r in rs),
+                    "step_s_max": max(r["step_s"] for r in rs),
+                    "bytes_per_s": rs[0]["window"] * rs[0]["batch_size"] / step,
+                    "repeats": len(rs),
+                    "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs),
+                }
+            )
     for r in rows:
         fp32 = next((f for f in rows if f["preset"] == r["preset"] and f["precision"] == "fp32"), None)
         r["speedup_over_fp32"] = fp32["step_s"] / r["step_s"] if fp32 else None
-    print(f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} {'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9}")
+    print(
+        f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} {'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9}"
+    )
     for r in rows:
         vs = f"{r['speedup_over_fp32']:.2f}x" if r["speedup_over_fp32"] else "-"
-        print(f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} {r['asked'] + ':' + r['precision']:>10} "
-              f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} {r['peak_memory_mib']:>9,.0f}")
+        print(
+            f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} {r['asked'] + ':' + r['precision']:>10} "
+            f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} {r['peak_memory_mib']:>9,.0f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(), "repeats": args.repeats,
-                               "results": rows, "runs": runs}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "processor": platform.processor(),
+                "repeats": args.repeats,
+                "results": rows,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

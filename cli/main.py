@@ -8,12 +8,12 @@ import inspect
 import json
 import os
 import sys
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import tomllib
 import typer
 from typer.core import TyperGroup
 
@@ -28,7 +28,9 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            code = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
         except Exception as err:
             # By name and shape: typer vendors click in some versions and uses the click package in others.
             if type(err).__name__ == "NoArgsIsHelpError":
@@ -45,7 +47,9 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models.")
+app = typer.Typer(
+    cls=OneLineErrors, add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models."
+)
 
 
 def user_errors(func):
@@ -80,7 +84,9 @@ def _read_config_file(path: Path | None) -> dict[str, Any]:
     except OSError as err:
         raise PerceiverLMError(f"--config {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
     except UnicodeDecodeError as err:
-        raise PerceiverLMError(f"--config {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options") from None
+        raise PerceiverLMError(
+            f"--config {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options"
+        ) from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise PerceiverLMError(f"--config {path}: not valid {kind} ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
@@ -88,7 +94,9 @@ def _read_config_file(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def _options(options_class: type, config: Path | None, file_options: dict[str, Any], given: dict[str, Any], kind: str) -> Any:
+def _options(
+    options_class: type, config: Path | None, file_options: dict[str, Any], given: dict[str, Any], kind: str
+) -> Any:
     """Options from a config file (type-checked, naming the file) overridden by the ones given on the command line."""
     from perceiver_lm.validation import check_fields
 
@@ -117,14 +125,22 @@ def _dataclass_parameters(options_class: type) -> list[inspect.Parameter]:
         if typing.get_origin(annotation) is typing.Literal:
             help_text += f" (choices: {', '.join(typing.get_args(annotation))})"
         option = typer.Option(f"--{f.name.replace('_', '-')}", help=help_text, show_default=False)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[_option_type(annotation), option]))
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[_option_type(annotation), option],
+            )
+        )
     return params
 
 
 def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> None:
     """Pretrain a byte-level masked LM (defaults: `small` preset on the built-in corpus)."""
     from perceiver_lm.config import PerceiverConfig, get_preset
-    from perceiver_lm.training import TrainingOptions, pretrain
+    from perceiver_lm.options import TrainingOptions
+    from perceiver_lm.training import pretrain
 
     file_options = _read_config_file(config)
     model_overrides = file_options.pop("model", {})
@@ -132,7 +148,9 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
     source = f"--config {config}"
     if not isinstance(model_overrides, dict) or not isinstance(file_preset, (str, type(None))):
         raise PerceiverLMError(f"{source}: `model` must be a table of model config fields and `preset` a string")
-    model_config = PerceiverConfig.from_dict({**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source)
+    model_config = PerceiverConfig.from_dict(
+        {**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source
+    )
     options = _options(TrainingOptions, config, file_options, given, "training")
     result = pretrain(options, model_config)
     if result.eval_metrics and result.main_process:
@@ -151,7 +169,10 @@ def _options_command(func, options_class: type, extra: list[tuple[str, Any, Any]
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     command.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, keyword, default=default, annotation=annotation) for name, default, annotation in extra]
+        [
+            inspect.Parameter(name, keyword, default=default, annotation=annotation)
+            for name, default, annotation in extra
+        ]
         + _dataclass_parameters(options_class)
     )
     command.__doc__ = func.__doc__
@@ -159,12 +180,30 @@ def _options_command(func, options_class: type, extra: list[tuple[str, Any, Any]
 
 
 def _build_pretrain_command():
-    from perceiver_lm.training import TrainingOptions
+    from perceiver_lm.config import PRESETS
+    from perceiver_lm.options import TrainingOptions
 
-    return _options_command(_pretrain, TrainingOptions, [
-        ("preset", None, Annotated[Optional[str], typer.Option(help="Model preset: tiny, small or base (default: small).")]),
-        ("config", None, Annotated[Optional[Path], typer.Option(help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win.")]),
-    ])
+    return _options_command(
+        _pretrain,
+        TrainingOptions,
+        [
+            (
+                "preset",
+                None,
+                Annotated[Optional[str], typer.Option(help=f"Model preset: {', '.join(PRESETS)} (default: small).")],
+            ),
+            (
+                "config",
+                None,
+                Annotated[
+                    Optional[Path],
+                    typer.Option(
+                        help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win."
+                    ),
+                ],
+            ),
+        ],
+    )
 
 
 app.command("pretrain", help=_pretrain.__doc__)(_build_pretrain_command())
@@ -204,9 +243,16 @@ def info_command(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or 
 @user_errors
 def convert_command(
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
-    from_transformers: Annotated[Optional[str], typer.Option(help="transformers PerceiverForMaskedLM folder or Hub id to import.")] = None,
-    to_transformers: Annotated[Optional[Path], typer.Option(help="perceiver-lm checkpoint or run directory to export.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier conversion in OUT (a folder holding anything else is never replaced).")] = False,
+    from_transformers: Annotated[
+        Optional[str], typer.Option(help="transformers PerceiverForMaskedLM folder or Hub id to import.")
+    ] = None,
+    to_transformers: Annotated[
+        Optional[Path], typer.Option(help="perceiver-lm checkpoint or run directory to export.")
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an earlier conversion in OUT (a folder holding anything else is never replaced)."),
+    ] = False,
 ) -> None:
     """Import a transformers Perceiver MLM checkpoint, or export ours for PerceiverForMaskedLM."""
     from perceiver_lm.interop import convert_from_transformers, export_checkpoint
@@ -224,7 +270,9 @@ def convert_command(
 def plot_command(
     runs: Annotated[list[Path], typer.Argument(help="One or more pretraining run directories.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curve.png"),
-    label: Annotated[Optional[list[str]], typer.Option(help="Legend label per run (default: the folder names).")] = None,
+    label: Annotated[
+        Optional[list[str]], typer.Option(help="Legend label per run (default: the folder names).")
+    ] = None,
     x: Annotated[str, typer.Option(help="x axis: minutes (speed) or steps (learning per step).")] = "minutes",
 ) -> None:
     """Plot validation bits per masked byte and accuracy against training time or steps."""
@@ -242,13 +290,23 @@ def attention_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory (masked LM or GLUE-fine-tuned).")],
     text: Annotated[Optional[str], typer.Argument(help="Text to read (or use --file).")] = None,
     file: Annotated[Optional[Path], typer.Option(help="Read the text from this UTF-8 file instead.")] = None,
-    head: Annotated[Optional[int], typer.Option(help="Summarise one head (default: every head; -1: the mean of the heads).")] = None,
+    head: Annotated[
+        Optional[int], typer.Option(help="Summarise one head (default: every head; -1: the mean of the heads).")
+    ] = None,
     top: Annotated[int, typer.Option(help="Latents to print per kind.")] = 3,
-    query: Annotated[Optional[str], typer.Option(help="Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model).")] = None,
+    query: Annotated[
+        Optional[str],
+        typer.Option(help="Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model)."),
+    ] = None,
     png: Annotated[Optional[Path], typer.Option(help="Write a heatmap + example latents PNG here.")] = None,
-    span: Annotated[Optional[str], typer.Option(help="Bytes FIRST:END the PNG heatmap zooms to (default: all of a short text, else 0:192).")] = None,
+    span: Annotated[
+        Optional[str],
+        typer.Option(help="Bytes FIRST:END the PNG heatmap zooms to (default: all of a short text, else 0:192)."),
+    ] = None,
     html: Annotated[Optional[Path], typer.Option(help="Write a self-contained interactive HTML page here.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the per-latent summaries as JSON here.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the per-latent summaries as JSON here.")
+    ] = None,
 ) -> None:
     """Show which input bytes each latent reads: kinds of latents, their bytes, pictures."""
     import dataclasses as dc
@@ -276,9 +334,11 @@ def attention_command(
     counts = Counter(s.kind for s in summaries)
     rows = "mean of heads" if head == -1 else ("every head" if head is None else f"head {head}")
     prefer = Counter(s.prefers for s in summaries if s.prefers)
-    typer.echo(f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
-               + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS)
-               + ("; preferring a byte class: " + ", ".join(f"{n} {c}" for c, n in prefer.most_common()) if prefer else ""))
+    typer.echo(
+        f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS)
+        + ("; preferring a byte class: " + ", ".join(f"{n} {c}" for c, n in prefer.most_common()) if prefer else "")
+    )
     labels = maps.labels()
     for kind, group in examples_by_kind(summaries, top).items():
         if group:
@@ -287,7 +347,10 @@ def attention_command(
                 typer.echo("  " + describe_summary(summary, labels))
     if maps.decoder is not None:
         order = maps.decoder.mean(0).argsort()[::-1][:8]
-        typer.echo(f"\ndecoder query {maps.query} reads latents: " + ", ".join(f"{n}:{maps.decoder.mean(0)[n]:.2f}" for n in order))
+        typer.echo(
+            f"\ndecoder query {maps.query} reads latents: "
+            + ", ".join(f"{n}:{maps.decoder.mean(0)[n]:.2f}" for n in order)
+        )
     if png:
         try:
             zoom = tuple(int(x) for x in span.split(":")) if span else None
@@ -304,13 +367,17 @@ def attention_command(
         typer.echo(f"wrote {json_out}")
 
 
-glue_app = typer.Typer(no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder.")
+glue_app = typer.Typer(
+    no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder."
+)
 app.add_typer(glue_app, name="glue")
 
 
 def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, sweep_lrs: str, **given: Any) -> None:
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
-    from tasks.glue.finetune import GlueOptions, finetune, results_table, sweep as run_sweep
+    from tasks.glue.finetune import finetune, results_table
+    from tasks.glue.finetune import sweep as run_sweep
+    from tasks.glue.options import GlueOptions
 
     options = _options(GlueOptions, config, _read_config_file(config), given, "GLUE")
     if sweep:
@@ -318,11 +385,15 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
             batch_sizes = [int(b) for b in sweep_batch_sizes.split(",")]
             lrs = [float(x) for x in sweep_lrs.split(",")]
         except ValueError:
-            raise PerceiverLMError(f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / {sweep_lrs!r}") from None
+            raise PerceiverLMError(
+                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / {sweep_lrs!r}"
+            ) from None
         summary = run_sweep(options, batch_sizes, lrs)
         typer.echo(results_table(summary["best"]))
         for name, entry in summary["best"].items():
-            typer.echo(f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} ({entry['output_dir']})")
+            typer.echo(
+                f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} ({entry['output_dir']})"
+            )
         typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
         return
     result = finetune(options)
@@ -331,14 +402,41 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
 
 
 def _build_glue_train_command():
-    from tasks.glue.finetune import GlueOptions
+    from tasks.glue.options import GlueOptions
 
-    return _options_command(_glue_train, GlueOptions, [
-        ("config", None, Annotated[Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")]),
-        ("sweep", False, Annotated[bool, typer.Option(help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task.")]),
-        ("sweep_batch_sizes", "16,32,64", Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")]),
-        ("sweep_lrs", "1e-4,5e-5,2e-5,1e-5", Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")]),
-    ])
+    return _options_command(
+        _glue_train,
+        GlueOptions,
+        [
+            (
+                "config",
+                None,
+                Annotated[
+                    Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")
+                ],
+            ),
+            (
+                "sweep",
+                False,
+                Annotated[
+                    bool,
+                    typer.Option(
+                        help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task."
+                    ),
+                ],
+            ),
+            (
+                "sweep_batch_sizes",
+                "16,32,64",
+                Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")],
+            ),
+            (
+                "sweep_lrs",
+                "1e-4,5e-5,2e-5,1e-5",
+                Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")],
+            ),
+        ],
+    )
 
 
 glue_app.command("train", help=_glue_train.__doc__)(_build_glue_train_command())
@@ -347,11 +445,19 @@ glue_app.command("train", help=_glue_train.__doc__)(_build_glue_train_command())
 @glue_app.command("eval")
 @user_errors
 def glue_eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")],
-    glue_dir: Annotated[Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="Subset of the model's tasks to evaluate (default: all of them).")] = None,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")
+    ],
+    glue_dir: Annotated[
+        Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")
+    ] = None,
+    tasks: Annotated[
+        Optional[str], typer.Option(help="Subset of the model's tasks to evaluate (default: all of them).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the dev metrics as JSON here.")] = None,
-    max_eval_examples: Annotated[Optional[int], typer.Option(help="Evaluate on at most this many examples per split.")] = None,
+    max_eval_examples: Annotated[
+        Optional[int], typer.Option(help="Evaluate on at most this many examples per split.")
+    ] = None,
 ) -> None:
     """Score a fine-tuned model on the dev splits of its tasks."""
     from tasks.glue.finetune import evaluate_checkpoint, results_table
@@ -369,8 +475,12 @@ def glue_eval_command(
 @user_errors
 def glue_predict_command(
     checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder).")],
-    out: Annotated[Path, typer.Option(help="Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")] = Path("glue_predictions"),
-    glue_dir: Annotated[Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")] = Path(
+        "glue_predictions"
+    ),
+    glue_dir: Annotated[
+        Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace submission files already in --out.")] = False,
 ) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""

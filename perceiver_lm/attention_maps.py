@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import CLS_ID, NUM_SPECIAL, SEP_ID, encode, pad_batch
+from perceiver_lm.tokenizer import NUM_SPECIAL, encode, pad_batch
 
 LOCAL_MIN_BYTES = 8.0
 LOCAL_FRACTION = 0.05
@@ -136,8 +136,13 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
         for row, seq in enumerate(chunk):
             length = len(seq)
             latents = model.encoder.active_latents(length)  # with trim_latents, a short text has fewer
-            maps = AttentionMaps(texts[start + row], seq, result.encoder_attention[row, :, :latents, :length].float().cpu().numpy(),
-                                 None if decoder is None else decoder[row, :, :latents].float().cpu().numpy(), None)
+            maps = AttentionMaps(
+                texts[start + row],
+                seq,
+                result.encoder_attention[row, :, :latents, :length].float().cpu().numpy(),
+                None if decoder is None else decoder[row, :, :latents].float().cpu().numpy(),
+                None,
+            )
             if is_task_model:
                 maps.query = f"task {task_name}"
             elif query is not None:
@@ -173,12 +178,16 @@ class LatentSummary:
     period: float | None  # dominant period in bytes, when the spectrum has a clear peak
     period_power: float  # share of non-constant spectral power at that period
     class_mass: dict[str, float]  # weight on each byte class
-    class_lift: dict[str, float]  # class_mass / the class's share of the bytes, globally or near the centre (nan if absent)
+    class_lift: dict[
+        str, float
+    ]  # class_mass / the class's share of the bytes, globally or near the centre (nan if absent)
     top: list[tuple[int, float]]  # the most-attended positions and their weights
     prefers: str | None = None  # a byte class it over-reads (the class-selective rule), whatever its kind
 
 
-def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int = 0, latent: int = 0, top_k: int = 8) -> LatentSummary:
+def summarize_row(
+    weights: np.ndarray, classes: dict[str, np.ndarray], head: int = 0, latent: int = 0, top_k: int = 8
+) -> LatentSummary:
     """Summarise and label one attention row [L] (non-negative, summing to 1) over a text."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / max(w.sum(), 1e-12)
@@ -199,7 +208,9 @@ def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int
             # A sharp periodic comb spreads its power over harmonics: score each candidate
             # frequency with its first four harmonics, so the fundamental wins over them.
             index = np.arange(len(power))
-            scores = sum(np.where(k * index < len(power), power[np.minimum(k * index, len(power) - 1)], 0.0) for k in range(1, 5))
+            scores = sum(
+                np.where(k * index < len(power), power[np.minimum(k * index, len(power) - 1)], 0.0) for k in range(1, 5)
+            )
             best = int(np.argmax(np.where(usable, scores, -1.0)))
             period_power = float(scores[best] / total)
             period = float(1.0 / freqs[best])
@@ -212,7 +223,9 @@ def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int
     lift = {name: (mass[name] / share[name] if share[name] > 0 else float("nan")) for name in classes}
     kind = "mixed"
     counts = {name: int(m.sum()) for name, m in classes.items()}
-    selective = [n for n in classes if share[n] > 0 and counts[n] >= 3 and mass[n] >= CLASS_MASS and lift[n] >= CLASS_LIFT]
+    selective = [
+        n for n in classes if share[n] > 0 and counts[n] >= 3 and mass[n] >= CLASS_MASS and lift[n] >= CLASS_LIFT
+    ]
     # A local latent can still prefer a class within its stretch (e.g. the "." and newline there).
     preferring = [n for n in classes if share[n] > 0 and mass[n] >= CLASS_MASS and lift[n] >= CLASS_LIFT]
     if spread <= max(LOCAL_MIN_BYTES, LOCAL_FRACTION * length):
@@ -224,8 +237,21 @@ def summarize_row(weights: np.ndarray, classes: dict[str, np.ndarray], head: int
     elif normalized >= DIFFUSE_ENTROPY:
         kind = "diffuse"
     order = np.argsort(-w)[:top_k]
-    return LatentSummary(head, latent, kind, centre, spread, entropy, float(normalized), period, period_power, mass, lift,
-                         [(int(p), float(w[p])) for p in order], max(preferring, key=lambda n: lift[n]) if preferring else None)
+    return LatentSummary(
+        head,
+        latent,
+        kind,
+        centre,
+        spread,
+        entropy,
+        float(normalized),
+        period,
+        period_power,
+        mass,
+        lift,
+        [(int(p), float(w[p])) for p in order],
+        max(preferring, key=lambda n: lift[n]) if preferring else None,
+    )
 
 
 def summarize(maps: AttentionMaps, head: int | None = None) -> list[LatentSummary]:
@@ -250,5 +276,7 @@ def describe_summary(summary: LatentSummary, labels: list[str]) -> str:
         name = summary.prefers
         extra += f", {summary.class_mass[name]:.0%} on {name} ({summary.class_lift[name]:.1f}x their share)"
     reads = " ".join(f"{labels[p]!s}@{p}:{w:.2f}" for p, w in summary.top[:6])
-    return (f"head {head:>4} latent {summary.latent:>4}  {summary.kind:<15} centre {summary.centre:7.1f}  spread {summary.spread:6.1f}  "
-            f"entropy {summary.normalized_entropy:.2f}{extra}\n      reads: {reads}")
+    return (
+        f"head {head:>4} latent {summary.latent:>4}  {summary.kind:<15} centre {summary.centre:7.1f}  spread {summary.spread:6.1f}  "
+        f"entropy {summary.normalized_entropy:.2f}{extra}\n      reads: {reads}"
+    )

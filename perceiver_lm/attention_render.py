@@ -16,11 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.attention_maps import KINDS, AttentionMaps, LatentSummary, describe_summary, summarize
+from perceiver_lm.errors import PerceiverLMError
 
 SPAN_MASS = 0.3
-KIND_COLOURS = {"local": "#1f77b4", "class-selective": "#d62728", "periodic": "#2ca02c", "diffuse": "#7f7f7f", "mixed": "#9467bd"}
+KIND_COLOURS = {
+    "local": "#1f77b4",
+    "class-selective": "#d62728",
+    "periodic": "#2ca02c",
+    "diffuse": "#7f7f7f",
+    "mixed": "#9467bd",
+}
 
 
 def _head_map(maps: AttentionMaps, head: int) -> np.ndarray:
@@ -39,7 +45,9 @@ def examples_by_kind(summaries: list[LatentSummary], per_kind: int) -> dict[str,
     return {kind: sorted((s for s in summaries if s.kind == kind), key=keys[kind])[:per_kind] for kind in KINDS}
 
 
-def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: int = 2, span: tuple[int, int] | None = None) -> Path:
+def render_png(
+    maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: int = 2, span: tuple[int, int] | None = None
+) -> Path:
     """Heatmap of latents x bytes for one head (-1: mean over heads), with the text along the axis,
     above a panel of example latents of each kind.
 
@@ -59,7 +67,11 @@ def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: 
     first, end = span if span is not None else ((0, length) if length <= 256 else (0, 192))
     if not 0 <= first < end <= length:
         raise PerceiverLMError(f"--span {first}:{end}: outside the text's 0:{length} bytes")
-    rows = np.flatnonzero(full[:, first:end].sum(1) >= SPAN_MASS) if (first, end) != (0, length) else np.arange(full.shape[0])
+    rows = (
+        np.flatnonzero(full[:, first:end].sum(1) >= SPAN_MASS)
+        if (first, end) != (0, length)
+        else np.arange(full.shape[0])
+    )
     if len(rows) == 0:
         rows = np.argsort(-full[:, first:end].sum(1))[:8]
     grid = full[rows, first:end]
@@ -69,7 +81,9 @@ def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: 
     fig = plt.figure(figsize=(width, 6 + 1.1 * len(examples)))
     grid_spec = fig.add_gridspec(1 + len(examples), 1, height_ratios=[6] + [1.1] * len(examples), hspace=0.5)
     ax = fig.add_subplot(grid_spec[0])
-    shown = ax.imshow(grid / np.maximum(grid.max(1, keepdims=True), 1e-12), aspect="auto", cmap="magma", interpolation="nearest")
+    shown = ax.imshow(
+        grid / np.maximum(grid.max(1, keepdims=True), 1e-12), aspect="auto", cmap="magma", interpolation="nearest"
+    )
     fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01, label="weight / row max")
     step = max(1, int(np.ceil(width_bytes / 200)))
     ax.set_xticks(range(0, width_bytes, step))
@@ -77,17 +91,32 @@ def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: 
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([str(r) for r in rows], fontsize=6 if len(rows) > 40 else 8)
     ax.set_ylabel("latent")
-    ax.set_xlabel(f"bytes {first}..{end - 1}" + ("" if (first, end) == (0, length) else f" of {length} (latents with >= {SPAN_MASS:.0%} of their weight here)"), fontsize=8)
+    ax.set_xlabel(
+        f"bytes {first}..{end - 1}"
+        + (
+            ""
+            if (first, end) == (0, length)
+            else f" of {length} (latents with >= {SPAN_MASS:.0%} of their weight here)"
+        ),
+        fontsize=8,
+    )
     counts = Counter(s.kind for s in summaries)
     head_name = "mean over heads" if head == -1 else f"head {head}"
-    ax.set_title(f"Encoder cross-attention, {head_name}: latents (rows) over input bytes (columns)\n"
-                 + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS), fontsize=10)
+    ax.set_title(
+        f"Encoder cross-attention, {head_name}: latents (rows) over input bytes (columns)\n"
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS),
+        fontsize=10,
+    )
     for row, summary in enumerate(examples, start=1):
         axis = fig.add_subplot(grid_spec[row])
         weights = full[summary.latent]
         # Local latents are drawn over their own neighbourhood, with the text; the others over all of it.
         reach = int(max(24, 3 * summary.spread))
-        lo, hi = (max(0, int(summary.centre) - reach), min(length, int(summary.centre) + reach + 1)) if summary.kind == "local" else (0, length)
+        lo, hi = (
+            (max(0, int(summary.centre) - reach), min(length, int(summary.centre) + reach + 1))
+            if summary.kind == "local"
+            else (0, length)
+        )
         axis.bar(range(lo, hi), weights[lo:hi], width=1.0, color=KIND_COLOURS[summary.kind])
         axis.set_xlim(lo - 0.5, hi - 0.5)
         axis.tick_params(labelsize=7)
@@ -96,8 +125,12 @@ def render_png(maps: AttentionMaps, path: str | Path, head: int = -1, per_kind: 
             axis.set_xticklabels(all_labels[lo:hi], fontsize=7, family="monospace")
         note = f" period {summary.period:.1f}" if summary.kind == "periodic" else ""
         note += f", prefers {summary.prefers}" if summary.prefers else ""
-        axis.set_title(f"latent {summary.latent}: {summary.kind}{note} (centre {summary.centre:.0f}, spread {summary.spread:.1f})",
-                       fontsize=8, loc="left", color=KIND_COLOURS[summary.kind])
+        axis.set_title(
+            f"latent {summary.latent}: {summary.kind}{note} (centre {summary.centre:.0f}, spread {summary.spread:.1f})",
+            fontsize=8,
+            loc="left",
+            color=KIND_COLOURS[summary.kind],
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -127,17 +160,36 @@ def render_html(maps: AttentionMaps, path: str | Path, title: str = "Perceiver l
     for head in [*range(heads), -1]:
         levels, tops = _quantised(_head_map(maps, head))
         summaries = summarize(maps, head)
-        views.append({
-            "name": "mean of heads" if head == -1 else f"head {head}",
-            "levels": levels, "tops": tops,
-            "latents": [{"kind": s.kind, "prefers": s.prefers, "centre": round(s.centre, 1), "spread": round(s.spread, 1),
-                         "entropy": round(s.normalized_entropy, 3), "period": None if s.period is None else round(s.period, 1),
-                         "line": describe_summary(s, labels)} for s in summaries],
-        })
+        views.append(
+            {
+                "name": "mean of heads" if head == -1 else f"head {head}",
+                "levels": levels,
+                "tops": tops,
+                "latents": [
+                    {
+                        "kind": s.kind,
+                        "prefers": s.prefers,
+                        "centre": round(s.centre, 1),
+                        "spread": round(s.spread, 1),
+                        "entropy": round(s.normalized_entropy, 3),
+                        "period": None if s.period is None else round(s.period, 1),
+                        "line": describe_summary(s, labels),
+                    }
+                    for s in summaries
+                ],
+            }
+        )
     segments = [{"t": t, "a": a, "b": b, "special": bool(maps.ids[a] < 6)} for t, a, b in maps.segments()]
-    data = {"segments": segments, "length": length, "latents": latents, "views": views,
-            "kinds": list(KINDS), "colours": KIND_COLOURS, "query": maps.query,
-            "decoder": None if maps.decoder is None else np.round(maps.decoder.mean(0), 5).tolist()}
+    data = {
+        "segments": segments,
+        "length": length,
+        "latents": latents,
+        "views": views,
+        "kinds": list(KINDS),
+        "colours": KIND_COLOURS,
+        "query": maps.query,
+        "decoder": None if maps.decoder is None else np.round(maps.decoder.mean(0), 5).tolist(),
+    }
     page = _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", _safe_json(data))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

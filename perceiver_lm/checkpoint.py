@@ -60,7 +60,9 @@ def atomic_directory(final: str | Path, replace: bool = True) -> Iterator[Path]:
             raise PerceiverLMError(f"{final}: exists and is not a folder; not replaced")
         foreign = sorted(p.name for p in final.iterdir() if p.name not in OWN_FILES)
         if foreign:
-            raise PerceiverLMError(f"{final}: holds files that are not ours ({', '.join(foreign[:3])}); not replaced, pick another folder")
+            raise PerceiverLMError(
+                f"{final}: holds files that are not ours ({', '.join(foreign[:3])}); not replaced, pick another folder"
+            )
         if not replace and any(final.iterdir()):
             raise PerceiverLMError(f"{final}: already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> to
     """Load a ``PerceiverLM`` from a checkpoint directory or a run directory (latest checkpoint)."""
     directory = resolve_model_dir(path)
     if (directory / TASKS_FILE).is_file():
-        raise PerceiverLMError(f"{directory}: a fine-tuned task model, not a masked LM (load it with PerceiverClassifier)")
+        raise PerceiverLMError(
+            f"{directory}: a fine-tuned task model, not a masked LM (load it with PerceiverClassifier)"
+        )
     return _load(directory, None, map_location)
 
 
@@ -241,9 +245,7 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str,
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def write_training_files(
-    directory: Path, optimizer_state: dict[str, Any], trainer_state: dict[str, Any]
-) -> None:
+def write_training_files(directory: Path, optimizer_state: dict[str, Any], trainer_state: dict[str, Any]) -> None:
     tensors, meta = optimizer_to_safetensors(optimizer_state)
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     _write_json(directory / STATE_FILE, {**trainer_state, "optimizer": meta})
@@ -253,9 +255,15 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     """``trainer_state.json`` of a training checkpoint, checked: a dict with an integer ``step``."""
     state = read_json(directory / STATE_FILE, "trainer state")
     if not isinstance(state, dict) or not matches(int, state.get("step")) or state["step"] < 0:
-        raise PerceiverLMError(f"{directory / STATE_FILE}: not a trainer state (expected an object with an integer step >= 0, got {shown(state)})")
+        raise PerceiverLMError(
+            f"{directory / STATE_FILE}: not a trainer state (expected an object with an integer step >= 0, got {shown(state)})"
+        )
     for key, ok, want in (
-        ("eval", lambda v: isinstance(v, dict) and all(matches(float, x) for x in v.values()), "an object of finite numbers"),
+        (
+            "eval",
+            lambda v: isinstance(v, dict) and all(matches(float, x) for x in v.values()),
+            "an object of finite numbers",
+        ),
         ("options", lambda v: isinstance(v, dict), "an object"),
         ("elapsed_s", lambda v: matches(float, v), expected(float)),
         ("num_processes", lambda v: matches(int, v) and v >= 1, "a positive integer"),
@@ -278,7 +286,9 @@ def read_training_files(directory: Path) -> tuple[dict[str, Any], dict[str, Any]
     try:
         return optimizer_from_safetensors(tensors, meta), trainer_state
     except (TypeError, KeyError, ValueError, AttributeError):
-        raise PerceiverLMError(f"{directory}: corrupt training checkpoint (the optimizer entry of {STATE_FILE} does not describe {OPTIMIZER_FILE})") from None
+        raise PerceiverLMError(
+            f"{directory}: corrupt training checkpoint (the optimizer entry of {STATE_FILE} does not describe {OPTIMIZER_FILE})"
+        ) from None
 
 
 def describe(path: str | Path) -> str:
@@ -291,10 +301,14 @@ def describe(path: str | Path) -> str:
     lines += [f"  {k}: {v}" for k, v in config.to_dict().items()]
     if (directory / STATE_FILE).is_file():
         trainer = read_trainer_state(directory)
-        lines.append(f"training step: {trainer['step']} ({trainer.get('num_processes', 1)} process(es), {trainer.get('elapsed_s', 0) / 60:.1f} min)")
+        lines.append(
+            f"training step: {trainer['step']} ({trainer.get('num_processes', 1)} process(es), {trainer.get('elapsed_s', 0) / 60:.1f} min)"
+        )
         last = trainer.get("eval") or {}
         if matches(float, last.get("bits_per_byte")) and matches(float, last.get("accuracy")):
-            lines.append(f"last evaluation: {last['bits_per_byte']:.3f} bits per masked byte, accuracy {last['accuracy']:.3f}")
+            lines.append(
+                f"last evaluation: {last['bits_per_byte']:.3f} bits per masked byte, accuracy {last['accuracy']:.3f}"
+            )
         options = trainer.get("options") or {}
         data = options.get("data") if matches(list[str], options.get("data")) else []
         if options:

@@ -16,8 +16,16 @@ BYTE_ENCODERS = ("none", "conv", "ngram", "ngram_conv")
 # Upper bounds that keep a config from a file from asking for absurd allocations or module counts;
 # the base preset is far inside every one of them.
 DEFAULT_SIZE_LIMIT = 1 << 16
-SIZE_LIMITS = {"max_seq_len": 1 << 20, "num_self_layers": 1024, "ngram_buckets": 1 << 24, "vocab_size": 1 << 20,
-               "byte_encoder_layers": 64, "byte_encoder_kernel": 1023, "cross_widening": 64, "self_widening": 64}
+SIZE_LIMITS = {
+    "max_seq_len": 1 << 20,
+    "num_self_layers": 1024,
+    "ngram_buckets": 1 << 24,
+    "vocab_size": 1 << 20,
+    "byte_encoder_layers": 64,
+    "byte_encoder_kernel": 1023,
+    "cross_widening": 64,
+    "self_widening": 64,
+}
 MAX_PARAMETERS = 4_000_000_000
 NGRAM_SIZES = (3, 4, 5, 6, 7, 8)
 
@@ -92,7 +100,11 @@ class PerceiverConfig:
         check_instance(self, lambda name: f"model config: {name}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not 0 < value <= SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT)
+            ):
                 raise PerceiverLMError(
                     f"model config: {f.name} must be a positive integer of at most {SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):,}, got {value}"
                 )
@@ -121,11 +133,15 @@ class PerceiverConfig:
         if self.byte_encoder_kernel % 2 == 0:
             raise PerceiverLMError(f"model config: byte_encoder_kernel must be odd, got {self.byte_encoder_kernel}")
         if self.trim_latents and not self.locality_bias:
-            raise PerceiverLMError("model config: trim_latents needs locality_bias (latents own stretches of the window)")
+            raise PerceiverLMError(
+                "model config: trim_latents needs locality_bias (latents own stretches of the window)"
+            )
         if self.locality_bias and self.max_seq_len < self.num_latents:
             raise PerceiverLMError("model config: locality_bias needs max_seq_len >= num_latents")
         if not 0 < self.layer_norm_eps < 1 or not 0 < self.init_std < 10:
-            raise PerceiverLMError(f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, {self.init_std}")
+            raise PerceiverLMError(
+                f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, {self.init_std}"
+            )
         if self.approx_parameters() > MAX_PARAMETERS:
             raise PerceiverLMError(
                 f"model config: about {self.approx_parameters():,} parameters, more than this toolkit builds "
@@ -141,15 +157,29 @@ class PerceiverConfig:
 
         def block(q: int, kv: int, qk: int, v: int, widening: int, cross: bool) -> int:
             norms = 2 * q + (2 * kv if cross else 0) + 2 * q
-            return norms + linear(q, qk) + linear(kv, qk) + linear(kv, v) + linear(v, q) + linear(q, q * widening) + linear(q * widening, q)
+            return (
+                norms
+                + linear(q, qk)
+                + linear(kv, qk)
+                + linear(kv, v)
+                + linear(v, q)
+                + linear(q, q * widening)
+                + linear(q * widening, q)
+            )
 
         embeddings = (c.vocab_size + c.max_seq_len * (1 if c.tie_decoder_queries else 2)) * c.d_model
         if c.byte_encoder in ("ngram", "ngram_conv"):
             embeddings += c.ngram_buckets * c.d_model
         if c.byte_encoder in ("conv", "ngram_conv"):
-            embeddings += c.byte_encoder_layers * (2 * c.d_model + c.d_model * c.d_model * c.byte_encoder_kernel + c.d_model)
-        encoder = c.num_latents * c.d_latents + block(c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.cross_widening, True)
-        encoder += c.num_self_layers * block(c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.self_widening, False)
+            embeddings += c.byte_encoder_layers * (
+                2 * c.d_model + c.d_model * c.d_model * c.byte_encoder_kernel + c.d_model
+            )
+        encoder = c.num_latents * c.d_latents + block(
+            c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.cross_widening, True
+        )
+        encoder += c.num_self_layers * block(
+            c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.self_widening, False
+        )
         decoder = block(c.d_model, c.d_latents, c.decoder_qk_channels, c.decoder_v_channels, 1, True) + c.vocab_size
         return embeddings + encoder + decoder
 
@@ -157,20 +187,20 @@ class PerceiverConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PerceiverConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PerceiverConfig:
         try:
             return cls(**check_fields(cls, data, source, "model config field"))
         except PerceiverLMError as err:
             raise PerceiverLMError(f"{source}: {err}" if not str(err).startswith(source) else str(err)) from None
 
-    def replace(self, **changes: Any) -> "PerceiverConfig":
+    def replace(self, **changes: Any) -> PerceiverConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "PerceiverConfig":
+    def load(cls, path: str | Path) -> PerceiverConfig:
         return cls.from_dict(read_json(path, "model config"), source=str(path))
 
 
@@ -280,10 +310,19 @@ class MultiTaskConfig:
         if len(set(names)) != len(names):
             raise PerceiverLMError(f"task config: task names repeat ({', '.join(map(str, names))})")
         for task in self.tasks:
-            if not (isinstance(task.name, str) and task.name.isidentifier() and matches(int, task.num_outputs) and 1 <= task.num_outputs <= 1024):
-                raise PerceiverLMError(f"task config: bad task {shown(task)} (names are identifiers, num_outputs an integer in 1..1024)")
+            if not (
+                isinstance(task.name, str)
+                and task.name.isidentifier()
+                and matches(int, task.num_outputs)
+                and 1 <= task.num_outputs <= 1024
+            ):
+                raise PerceiverLMError(
+                    f"task config: bad task {shown(task)} (names are identifiers, num_outputs an integer in 1..1024)"
+                )
         if not matches(int, self.head_hidden) or not 1 <= self.head_hidden <= DEFAULT_SIZE_LIMIT:
-            raise PerceiverLMError(f"task config: head_hidden must be an integer in 1..{DEFAULT_SIZE_LIMIT}, got {shown(self.head_hidden)}")
+            raise PerceiverLMError(
+                f"task config: head_hidden must be an integer in 1..{DEFAULT_SIZE_LIMIT}, got {shown(self.head_hidden)}"
+            )
 
     def index(self, name: str) -> int:
         for i, task in enumerate(self.tasks):
@@ -295,10 +334,12 @@ class MultiTaskConfig:
         return {"tasks": [dataclasses.asdict(t) for t in self.tasks], "head_hidden": self.head_hidden}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "task config") -> "MultiTaskConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "task config") -> MultiTaskConfig:
         expected = '{"tasks": [{"name": ..., "num_outputs": ...}, ...], "head_hidden": ...}'
         tasks = data.get("tasks") if isinstance(data, dict) else None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) and set(t) == {"name", "num_outputs"} for t in tasks):
+        if not isinstance(tasks, list) or not all(
+            isinstance(t, dict) and set(t) == {"name", "num_outputs"} for t in tasks
+        ):
             raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:
             return cls(tuple(TaskSpec(**t) for t in tasks), data.get("head_hidden", 768))
@@ -309,5 +350,5 @@ class MultiTaskConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MultiTaskConfig":
+    def load(cls, path: str | Path) -> MultiTaskConfig:
         return cls.from_dict(read_json(path, "task config"), str(path))

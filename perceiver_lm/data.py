@@ -82,9 +82,15 @@ def _expand_paths(specs: Sequence[str | os.PathLike]) -> list[Path]:
         spec = str(spec)
         path = Path(spec)
         if path.is_dir() and path.resolve() == Path(path.resolve().anchor):
-            raise PerceiverLMError(f"--data {spec}: the filesystem root is not a corpus; give the folder or files of your text")
+            raise PerceiverLMError(
+                f"--data {spec}: the filesystem root is not a corpus; give the folder or files of your text"
+            )
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            )
             if not found:
                 raise PerceiverLMError(f"--data {spec}: folder holds no files")
             files.extend(found)
@@ -206,11 +212,15 @@ def load_hf_texts(name: str, config: str | None, split: str, text_column: str, s
         raise PerceiverLMError(f"--dataset {name}: cannot load split {split!r}{hint}: {first}") from None
     columns = dataset.column_names
     if columns is not None and text_column not in columns:
-        raise PerceiverLMError(f"--dataset {name}: no column {text_column!r} (columns: {', '.join(columns)}); set --text-column")
+        raise PerceiverLMError(
+            f"--dataset {name}: no column {text_column!r} (columns: {', '.join(columns)}); set --text-column"
+        )
     return (row[text_column] for row in dataset)
 
 
-def split_corpus(corpus: ByteCorpus, window: int, val_fraction: float, min_val_windows: int = 8) -> tuple[CorpusRange, CorpusRange]:
+def split_corpus(
+    corpus: ByteCorpus, window: int, val_fraction: float, min_val_windows: int = 8
+) -> tuple[CorpusRange, CorpusRange]:
     """Carve a held-out validation range from the end of the stream."""
     total = len(corpus)
     val = max(int(total * val_fraction), min_val_windows * window)
@@ -252,7 +262,9 @@ class MaskedWindows(Dataset):
     a resumed run sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, part: CorpusRange, window: int, masking: MaskingOptions, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, part: CorpusRange, window: int, masking: MaskingOptions, seed: int, shuffle: bool = True
+    ) -> None:
         if len(part) < window:
             raise PerceiverLMError(f"{part.corpus.name}: {len(part)} bytes is less than one {window}-byte window")
         self.part, self.window, self.masking, self.seed, self.shuffle = part, window, masking, seed, shuffle
@@ -287,7 +299,13 @@ class StreamingWindows(IterableDataset):
     """
 
     def __init__(self, texts_factory, window: int, masking: MaskingOptions, seed: int, skip_windows: int = 0) -> None:
-        self.texts_factory, self.window, self.masking, self.seed, self.skip = texts_factory, window, masking, seed, skip_windows
+        self.texts_factory, self.window, self.masking, self.seed, self.skip = (
+            texts_factory,
+            window,
+            masking,
+            seed,
+            skip_windows,
+        )
 
     def windows(self) -> Iterator[np.ndarray]:
         pending: list[np.ndarray] = []

@@ -56,7 +56,11 @@ def one_line(err: BaseException) -> str | None:
         text = f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
     elif isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         first = (str(err).strip().splitlines() or [""])[0]
-        text = "out of memory" + (f" ({first[:200]})" if first else "") + "; ask for less (a shorter text, a smaller batch or model)"
+        text = (
+            "out of memory"
+            + (f" ({first[:200]})" if first else "")
+            + "; ask for less (a shorter text, a smaller batch or model)"
+        )
     elif type(err).__name__ == "SafetensorError":
         number = os_errno(err)
         text = f"safetensors: {_OS_MEANING.get(number, err)}" if number else f"safetensors: {err}"

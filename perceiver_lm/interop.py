@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from perceiver_lm.checkpoint import atomic_directory, check_state_dict, load_model, resolve_model_dir, write_model_files
 from perceiver_lm.config import PerceiverConfig, read_json
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.run_dir import check_output_folder, refuse_non_empty
-from perceiver_lm.validation import shown
 from perceiver_lm.model import PerceiverLM
+from perceiver_lm.run_dir import check_output_folder, refuse_non_empty
 from perceiver_lm.tokenizer import VOCAB_SIZE
+from perceiver_lm.validation import shown
 
 # transformers' MLM decoder is built with these fixed values (PerceiverForMaskedLM.__init__).
 HF_DECODER_HEADS = 8
@@ -73,7 +72,9 @@ def config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfig
     try:
         return _config_from_transformers(hf, source)
     except PerceiverLMError as err:
-        raise PerceiverLMError(str(err) if str(err).startswith(source) else f"{source}: cannot convert: {err}") from None
+        raise PerceiverLMError(
+            str(err) if str(err).startswith(source) else f"{source}: cannot convert: {err}"
+        ) from None
 
 
 def _config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfig:
@@ -90,7 +91,11 @@ def _config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfi
     shape = hf.get("cross_attention_shape_for_attention", "kv")
     cross_qk = hf.get("qk_channels") or (d_model if shape == "kv" else d_latents)
     self_qk = hf.get("qk_channels") or d_latents
-    need("qk_channels", cross_qk == self_qk, "a value (or defaults) giving encoder and processor the same query/key width")
+    need(
+        "qk_channels",
+        cross_qk == self_qk,
+        "a value (or defaults) giving encoder and processor the same query/key width",
+    )
     cross_v, self_v = hf.get("v_channels") or cross_qk, hf.get("v_channels") or self_qk
     need("v_channels", cross_v == self_v, "a value (or defaults) giving encoder and processor the same value width")
     return PerceiverConfig(
@@ -124,8 +129,14 @@ def config_to_transformers(config: PerceiverConfig) -> dict[str, Any]:
         problems.append("locality_bias/tie_decoder_queries must be off")
     if config.byte_encoder != "none":
         problems.append(f"byte_encoder must be none (transformers has no {config.byte_encoder!r} byte encoder)")
-    if (config.decoder_heads, config.decoder_qk_channels, config.decoder_v_channels) != (HF_DECODER_HEADS, HF_DECODER_QK_CHANNELS, config.d_model):
-        problems.append(f"decoder must have {HF_DECODER_HEADS} heads, {HF_DECODER_QK_CHANNELS} qk channels and d_model value channels")
+    if (config.decoder_heads, config.decoder_qk_channels, config.decoder_v_channels) != (
+        HF_DECODER_HEADS,
+        HF_DECODER_QK_CHANNELS,
+        config.d_model,
+    ):
+        problems.append(
+            f"decoder must have {HF_DECODER_HEADS} heads, {HF_DECODER_QK_CHANNELS} qk channels and d_model value channels"
+        )
     if config.vocab_size != VOCAB_SIZE:
         problems.append(f"vocab_size must be {VOCAB_SIZE}")
     if config.layer_norm_eps != 1e-5:
@@ -183,7 +194,9 @@ def _locate(source: str) -> Path:
     if path.is_dir():
         return path
     if path.exists() or source.count("/") != 1:
-        raise PerceiverLMError(f"{source}: not a folder with a transformers checkpoint (or a Hub id like deepmind/language-perceiver)")
+        raise PerceiverLMError(
+            f"{source}: not a folder with a transformers checkpoint (or a Hub id like deepmind/language-perceiver)"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -196,12 +209,16 @@ def _locate(source: str) -> Path:
 def load_from_transformers(source: str | Path) -> PerceiverLM:
     """Build our model from a transformers ``PerceiverForMaskedLM`` folder or Hub id."""
     directory = _locate(str(source))
-    config = config_from_transformers(read_json(directory / "config.json", "transformers config"), str(directory / "config.json"))
+    config = config_from_transformers(
+        read_json(directory / "config.json", "transformers config"), str(directory / "config.json")
+    )
     weights = _read_transformers_weights(directory)
     table = name_table(config)
     missing = sorted(set(table) - set(weights))
     if missing:
-        raise PerceiverLMError(f"{directory}: not a PerceiverForMaskedLM language checkpoint ({len(missing)} weights missing, e.g. {missing[0]})")
+        raise PerceiverLMError(
+            f"{directory}: not a PerceiverForMaskedLM language checkpoint ({len(missing)} weights missing, e.g. {missing[0]})"
+        )
     state = {ours: weights[hf] for hf, ours in table.items()}
     model = PerceiverLM(config)
     check_state_dict(model, state, str(directory))
@@ -216,7 +233,9 @@ def check_convert_output(out: str | Path, sources: list[str | Path], overwrite: 
     for source in sources:
         source = Path(source)
         if source.exists() and (out.resolve() == source.resolve() or out.resolve() in source.resolve().parents):
-            raise PerceiverLMError(f"OUT {out}: is (or holds) the source {source}; writing there would replace it, pick another folder")
+            raise PerceiverLMError(
+                f"OUT {out}: is (or holds) the source {source}; writing there would replace it, pick another folder"
+            )
     if not overwrite:
         refuse_non_empty(out, "OUT", "pass --overwrite to replace an earlier conversion there, or pick another folder")
     return out

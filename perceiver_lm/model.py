@@ -275,28 +275,50 @@ class PerceiverEncoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
         self.position_embedding = nn.Embedding(c.max_seq_len, c.d_model)
-        self.ngrams = HashedNgrams(c.d_model, NGRAM_SIZES, c.ngram_buckets) if c.byte_encoder in ("ngram", "ngram_conv") else None
+        self.ngrams = (
+            HashedNgrams(c.d_model, NGRAM_SIZES, c.ngram_buckets) if c.byte_encoder in ("ngram", "ngram_conv") else None
+        )
         self.convs = (
             ConvByteEncoder(c.d_model, c.byte_encoder_layers, c.byte_encoder_kernel, c.layer_norm_eps)
-            if c.byte_encoder in ("conv", "ngram_conv") else None
+            if c.byte_encoder in ("conv", "ngram_conv")
+            else None
         )
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.d_latents))
         cross = Attention(
-            q_dim=c.d_latents, kv_dim=c.d_model, qk_channels=c.qk_channels, v_channels=c.v_channels,
-            heads=c.num_cross_heads, cross=True, dropout=c.attention_dropout, eps=c.layer_norm_eps,
+            q_dim=c.d_latents,
+            kv_dim=c.d_model,
+            qk_channels=c.qk_channels,
+            v_channels=c.v_channels,
+            heads=c.num_cross_heads,
+            cross=True,
+            dropout=c.attention_dropout,
+            eps=c.layer_norm_eps,
         )
         self.cross = Block(cross, dim=c.d_latents, widening=c.cross_widening, eps=c.layer_norm_eps, query_residual=True)
         self.layers = nn.ModuleList(
             Block(
                 Attention(
-                    q_dim=c.d_latents, kv_dim=c.d_latents, qk_channels=c.qk_channels, v_channels=c.v_channels,
-                    heads=c.num_self_heads, cross=False, dropout=c.attention_dropout, eps=c.layer_norm_eps,
+                    q_dim=c.d_latents,
+                    kv_dim=c.d_latents,
+                    qk_channels=c.qk_channels,
+                    v_channels=c.v_channels,
+                    heads=c.num_self_heads,
+                    cross=False,
+                    dropout=c.attention_dropout,
+                    eps=c.layer_norm_eps,
                 ),
-                dim=c.d_latents, widening=c.self_widening, eps=c.layer_norm_eps, query_residual=True,
+                dim=c.d_latents,
+                widening=c.self_widening,
+                eps=c.layer_norm_eps,
+                query_residual=True,
             )
             for _ in range(c.num_self_layers)
         )
-        self.locality = LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len, "encoder", c.locality_tiling) if c.locality_bias else None
+        self.locality = (
+            LocalityBias(c.num_cross_heads, c.num_latents, c.max_seq_len, "encoder", c.locality_tiling)
+            if c.locality_bias
+            else None
+        )
         self.gradient_checkpointing = False
 
     def active_latents(self, length: int) -> int:
@@ -401,14 +423,28 @@ class MLMDecoder(nn.Module):
         c = config
         self.queries = PositionalQueries(c, input_positions)
         attention = Attention(
-            q_dim=c.d_model, kv_dim=c.d_latents, qk_channels=c.decoder_qk_channels, v_channels=c.decoder_v_channels,
-            heads=c.decoder_heads, cross=True, dropout=c.attention_dropout, eps=c.layer_norm_eps,
+            q_dim=c.d_model,
+            kv_dim=c.d_latents,
+            qk_channels=c.decoder_qk_channels,
+            v_channels=c.decoder_v_channels,
+            heads=c.decoder_heads,
+            cross=True,
+            dropout=c.attention_dropout,
+            eps=c.layer_norm_eps,
         )
         self.cross = Block(attention, dim=c.d_model, widening=1, eps=c.layer_norm_eps, query_residual=False)
-        self.locality = LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len, "decoder", c.locality_tiling) if c.locality_bias else None
+        self.locality = (
+            LocalityBias(c.decoder_heads, c.num_latents, c.max_seq_len, "decoder", c.locality_tiling)
+            if c.locality_bias
+            else None
+        )
 
     def forward(
-        self, latents: torch.Tensor, positions: torch.Tensor, latent_mask: torch.Tensor | None = None, return_weights: bool = False
+        self,
+        latents: torch.Tensor,
+        positions: torch.Tensor,
+        latent_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
     ) -> AttentionOutput:
         """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]; ``latent_mask`` [B, N] hides latents."""
         n = latents.shape[1]
@@ -467,7 +503,7 @@ class PerceiverLM(nn.Module):
         return save_model(self, directory)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "PerceiverLM":
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverLM:
         """Load a model saved by ``save_pretrained`` or ``pretrain`` (a checkpoint or run directory)."""
         from perceiver_lm.checkpoint import load_model
 
@@ -506,18 +542,30 @@ class TaskDecoder(nn.Module):
         c = config
         self.queries = TaskQueries(len(tasks.tasks), c.d_latents)
         attention = Attention(
-            q_dim=c.d_latents, kv_dim=c.d_latents, qk_channels=c.qk_channels, v_channels=c.v_channels,
-            heads=c.decoder_heads, cross=True, dropout=c.attention_dropout, eps=c.layer_norm_eps,
+            q_dim=c.d_latents,
+            kv_dim=c.d_latents,
+            qk_channels=c.qk_channels,
+            v_channels=c.v_channels,
+            heads=c.decoder_heads,
+            cross=True,
+            dropout=c.attention_dropout,
+            eps=c.layer_norm_eps,
         )
         self.cross = Block(attention, dim=c.d_latents, widening=1, eps=c.layer_norm_eps, query_residual=True)
         # A 2-layer tanh MLP per task, as in the Perceiver IO paper's GLUE heads.
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(c.d_latents, tasks.head_hidden), nn.Tanh(), nn.Linear(tasks.head_hidden, t.num_outputs))
+            nn.Sequential(
+                nn.Linear(c.d_latents, tasks.head_hidden), nn.Tanh(), nn.Linear(tasks.head_hidden, t.num_outputs)
+            )
             for t in tasks.tasks
         )
 
     def forward(
-        self, latents: torch.Tensor, task_index: int, latent_mask: torch.Tensor | None = None, return_weights: bool = False
+        self,
+        latents: torch.Tensor,
+        task_index: int,
+        latent_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, C] of task ``task_index`` from latents [B, N, D] (``latent_mask`` [B, N] hides some), and the query's weights."""
         mask = None if latent_mask is None else latent_mask[:, None, None, :]  # [B, 1, 1, N]
@@ -537,7 +585,7 @@ class PerceiverClassifier(nn.Module):
         _init_weights(self, config)
 
     @classmethod
-    def from_lm(cls, lm: PerceiverLM, tasks: MultiTaskConfig) -> "PerceiverClassifier":
+    def from_lm(cls, lm: PerceiverLM, tasks: MultiTaskConfig) -> PerceiverClassifier:
         """Keep a pretrained LM's encoder and processor; the task decoder starts fresh."""
         model = cls(lm.config, tasks)
         model.encoder.load_state_dict(lm.encoder.state_dict())
@@ -573,7 +621,7 @@ class PerceiverClassifier(nn.Module):
         return save_model(self, directory)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "PerceiverClassifier":
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverClassifier:
         """Load a model saved by ``save_pretrained`` or GLUE fine-tuning."""
         from perceiver_lm.checkpoint import load_classifier
 

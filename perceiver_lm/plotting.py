@@ -21,12 +21,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             except (json.JSONDecodeError, RecursionError):
                 raise PerceiverLMError(f"{path}:{number}: not a JSON record") from None
             if not isinstance(record, dict) or not matches(int, record.get("step")):
-                raise PerceiverLMError(f"{path}:{number}: not a metrics record (expected an object with an integer step)")
+                raise PerceiverLMError(
+                    f"{path}:{number}: not a metrics record (expected an object with an integer step)"
+                )
             records.append(record)
     return records
 
 
-def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None, x: str = "minutes") -> Path:
+def plot_curve(
+    run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None, x: str = "minutes"
+) -> Path:
     """Plot validation bits per masked byte (and accuracy) against training minutes or steps for runs.
 
     Args:
@@ -47,7 +51,9 @@ def plot_curve(run_dirs: list[str | Path], out: str | Path, labels: list[str] | 
         evals = [r for r in read_metrics(run) if "eval_bits_per_byte" in r]
         needed = ("elapsed_s", "eval_bits_per_byte", "eval_accuracy")
         if any(not matches(float, r.get(key)) for r in evals for key in needed):
-            raise PerceiverLMError(f"{Path(run) / 'metrics.jsonl'}: an evaluation record lacks a number for {', '.join(needed)}")
+            raise PerceiverLMError(
+                f"{Path(run) / 'metrics.jsonl'}: an evaluation record lacks a number for {', '.join(needed)}"
+            )
         if not evals:
             raise PerceiverLMError(f"{run}: no evaluations recorded yet")
         xs = [r["elapsed_s"] / 60 if x == "minutes" else r["step"] for r in evals]

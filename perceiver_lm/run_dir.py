@@ -152,7 +152,7 @@ class FolderLock:
                 self._refuse(handle)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         if fcntl is None:  # no flock (Windows): runs are not protected from each other there
             return self
         self.created = [p for p in [self.folder, *self.folder.parents] if not p.exists()]

@@ -6,13 +6,11 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import PerceiverConfig
 from perceiver_lm.data import (
+    CorpusRange,
     MaskedWindows,
     MaskingOptions,
     StreamingWindows,
@@ -31,116 +30,41 @@ from perceiver_lm.data import (
     load_files,
     load_hf_texts,
     split_corpus,
-    CorpusRange,
 )
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, adamw, parameter_groups, warmup_cosine
-from perceiver_lm.run_dir import check_output_folder, claim_folder, clean_stale, finite_json, refuse_non_empty, remove_tree, user_entries
-from perceiver_lm.validation import check_fields, check_instance, check_range
+from perceiver_lm.options import TrainingOptions, flag
+from perceiver_lm.run_dir import (
+    check_output_folder,
+    claim_folder,
+    clean_stale,
+    finite_json,
+    refuse_non_empty,
+    remove_tree,
+    user_entries,
+)
 
 LN2 = math.log(2.0)
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding (which Accelerate's set_seed calls) takes no more
-MAX_WORKERS = 256
-MAX_LR = 1000.0  # far above any rate that trains; larger ones overflow float32 in the optimizer's update
 # Options that decide which windows each step sees: a resumed run must keep them to continue the same order.
-DATA_ORDER_OPTIONS = ("data", "dataset", "dataset_config", "dataset_split", "text_column", "streaming", "val_data",
-                      "val_fraction", "batch_size", "grad_accum", "seed", "mask_rate", "mask_unit")
-# Instruction sets that run bf16 matmuls natively (oneDNN); without them bf16 is emulated and slower than fp32.
+DATA_ORDER_OPTIONS = (
+    "data",
+    "dataset",
+    "dataset_config",
+    "dataset_split",
+    "text_column",
+    "streaming",
+    "val_data",
+    "val_fraction",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "mask_rate",
+    "mask_unit",
+)
 METRICS_FILE = "metrics.jsonl"
+# Instruction sets that run bf16 matmuls natively (oneDNN); without them bf16 is emulated and slower than fp32.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-PRECISION_HELP = "auto: bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere; or no, bf16."
-
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
-def flag(name: str) -> str:
-    """The command-line option of an options field: ``batch_size`` -> ``--batch-size``."""
-    return f"--{name.replace('_', '-')}"
-
-
-def check_choices(options: Any) -> None:
-    """Refuse an options dataclass whose Literal-typed field holds a value outside its choices, or
-    any field whose value is not of its type (options built in code, not only from files)."""
-    for name, hint in typing.get_type_hints(type(options)).items():
-        if typing.get_origin(hint) is Literal and getattr(options, name) not in typing.get_args(hint):
-            raise PerceiverLMError(f"{flag(name)} must be one of {', '.join(typing.get_args(hint))}; got {getattr(options, name)!r}")
-    check_instance(options, flag)
-
-
-def options_from_dict(cls: type, data: dict[str, Any], source: str, kind: str) -> Any:
-    """Build an options dataclass from a dict (a config file), naming unknown keys and mistyped values."""
-    return cls(**check_fields(cls, data, source, f"{kind} option"))
-
-
-@dataclass(frozen=True)
-class TrainingOptions:
-    """Pretraining options; each field is one ``perceiver-lm pretrain`` option of the same name."""
-
-    data: list[str] = option([], "Text files, globs or folders to pretrain on (raw bytes, memory-mapped). Default: the built-in corpus.")
-    dataset: str | None = option(None, "Hugging Face dataset name to pretrain on instead of --data.")
-    dataset_config: str | None = option(None, "Configuration name of --dataset.")
-    dataset_split: str = option("train", "Split of --dataset.")
-    text_column: str = option("text", "Text column of --dataset.")
-    streaming: bool = option(False, "Stream --dataset instead of loading it (for corpora larger than memory or disk).")
-    val_data: list[str] = option([], "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.")
-    val_fraction: float = option(0.005, "Share of the corpus held out for validation (at least 8 windows).")
-    output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics.jsonl, TensorBoard logs.")
-    window: int | None = option(None, "Bytes per training window; default: the model's max_seq_len.")
-    batch_size: int = option(4, "Windows per batch per process.")
-    grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.")
-    max_steps: int = option(5000, "Optimizer steps to train (the cosine schedule spans them).")
-    max_minutes: float | None = option(None, "Stop (and checkpoint) after this many minutes of training.")
-    optimizer: Literal["adamw", "lamb"] = option("adamw", "Optimizer: adamw or lamb.")
-    lr: float = option(5e-4, "Peak learning rate.")
-    weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices.")
-    warmup_steps: int = option(100, "Linear warm-up steps.")
-    min_lr_ratio: float = option(0.1, "Final learning rate as a fraction of --lr (cosine decay).")
-    clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
-    mask_rate: float = option(0.15, "Fraction of units (words or bytes) masked per window.")
-    mask_unit: Literal["word", "byte"] = option("word", "Masking unit: whitespace-delimited words or single bytes.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
-    eval_every: int = option(200, "Evaluate on the validation split every N steps (and at the end).")
-    eval_windows: int = option(64, "Validation windows per evaluation (spread over the split).")
-    save_every: int = option(500, "Write a checkpoint every N steps (and at the end).")
-    keep_checkpoints: int = option(2, "How many recent checkpoints to keep.")
-    log_every: int = option(10, "Log training loss every N steps.")
-    seed: int = option(0, "Seed for initialisation, data order, masking and dropout.")
-    resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
-    overwrite: bool = option(False, "Start over in a non-empty --output-dir: its earlier checkpoints and metrics.jsonl are replaced (other files are kept).")
-    num_workers: int = option(0, "DataLoader worker processes.")
-    gradient_checkpointing: bool = option(False, "Recompute processor activations in backward (saves memory).")
-    report_to: Literal["auto", "tensorboard", "none"] = option("auto", "Tracker: TensorBoard when installed (auto), or none.")
-    cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_windows", "save_every", "keep_checkpoints", "log_every", "lr")
-        for name in positive:
-            check_range(flag(name), getattr(self, name), 0, low_open=True)
-        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
-        for name in ("weight_decay", "warmup_steps", "clip_norm", "max_minutes"):
-            check_range(flag(name), getattr(self, name), 0)
-        check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
-        check_range("--val-fraction", self.val_fraction, 0, 1, high_open=True)
-        check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
-        check_range("--seed", self.seed, 0, MAX_SEED)
-        check_range("--num-workers", self.num_workers, 0, MAX_WORKERS)
-        check_range("--window", self.window, 2)
-        if self.resume and self.overwrite:
-            raise PerceiverLMError("give --resume (continue the run in --output-dir) or --overwrite (start over there), not both")
-        if self.data and self.dataset:
-            raise PerceiverLMError("give either --data or --dataset, not both")
-        if self.streaming and not self.dataset:
-            raise PerceiverLMError("--streaming applies to --dataset (local --data files are memory-mapped already)")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str) -> "TrainingOptions":
-        return options_from_dict(cls, data, source, "training")
 
 
 @dataclass
@@ -166,13 +90,18 @@ def build_data(options: TrainingOptions, window: int) -> PretrainData:
     masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
     val_seed = options.seed + 7919  # validation masking never changes between evaluations
     if options.dataset and options.streaming:
+
         def texts():
-            return load_hf_texts(options.dataset, options.dataset_config, options.dataset_split, options.text_column, True)
+            return load_hf_texts(
+                options.dataset, options.dataset_config, options.dataset_split, options.text_column, True
+            )
 
         head = StreamingWindows(texts, window, masking, val_seed)
         val = [example for _, example in zip(range(options.eval_windows), head)]
         if len(val) < options.eval_windows:
-            raise PerceiverLMError(f"--dataset {options.dataset}: stream holds fewer than {options.eval_windows + 1} windows")
+            raise PerceiverLMError(
+                f"--dataset {options.dataset}: stream holds fewer than {options.eval_windows + 1} windows"
+            )
         train = StreamingWindows(texts, window, masking, options.seed, skip_windows=len(val))
         return PretrainData(train, val, f"{options.dataset} (streaming)")
     if options.dataset:
@@ -245,16 +174,31 @@ def _write_checkpoint(accelerator, model, optimizer, config, options, step: int,
 
 def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source: Path) -> None:
     if saved != config:
-        diffs = [f"{k}: checkpoint {v!r} vs now {getattr(config, k)!r}" for k, v in saved.to_dict().items() if getattr(config, k) != v]
-        raise PerceiverLMError(f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config")
+        diffs = [
+            f"{k}: checkpoint {v!r} vs now {getattr(config, k)!r}"
+            for k, v in saved.to_dict().items()
+            if getattr(config, k) != v
+        ]
+        raise PerceiverLMError(
+            f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config"
+        )
 
 
-def _check_resume_order(trainer_state: dict[str, Any], options: TrainingOptions, window: int, config: PerceiverConfig,
-                        processes: int, source: Path) -> None:
+def _check_resume_order(
+    trainer_state: dict[str, Any],
+    options: TrainingOptions,
+    window: int,
+    config: PerceiverConfig,
+    processes: int,
+    source: Path,
+) -> None:
     """Refuse to resume when an option that decides the data order changed since the checkpoint."""
     saved = trainer_state.get("options", {})
-    changes = [f"{flag(name)} {saved[name]!r} -> {getattr(options, name)!r}" for name in DATA_ORDER_OPTIONS
-               if name in saved and saved[name] != getattr(options, name)]
+    changes = [
+        f"{flag(name)} {saved[name]!r} -> {getattr(options, name)!r}"
+        for name in DATA_ORDER_OPTIONS
+        if name in saved and saved[name] != getattr(options, name)
+    ]
     saved_window = saved.get("window") or config.max_seq_len
     if saved_window != window:
         changes.append(f"--window {saved_window} -> {window}")
@@ -295,8 +239,14 @@ def _check_output(output: Path, options: TrainingOptions) -> None:
     if options.resume or options.overwrite or not user_entries(output):
         return
     if ckpt.list_checkpoints(output):
-        raise PerceiverLMError(f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick another --output-dir")
-    refuse_non_empty(output, "--output-dir", "pick another --output-dir, or pass --overwrite to write the run there (its files are kept)")
+        raise PerceiverLMError(
+            f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick another --output-dir"
+        )
+    refuse_non_empty(
+        output,
+        "--output-dir",
+        "pick another --output-dir, or pass --overwrite to write the run there (its files are kept)",
+    )
 
 
 def _tidy(output: Path, options: TrainingOptions) -> None:
@@ -372,7 +322,9 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def resolve_precision(mixed_precision: str, cpu: bool, flags: frozenset[str] | None = None, gpu: bool | None = None) -> Precision:
+def resolve_precision(
+    mixed_precision: str, cpu: bool, flags: frozenset[str] | None = None, gpu: bool | None = None
+) -> Precision:
     """Pick the autocast mode for ``--mixed-precision`` (``auto`` decides by the hardware).
 
     Args:
@@ -384,7 +336,9 @@ def resolve_precision(mixed_precision: str, cpu: bool, flags: frozenset[str] | N
     cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     on_gpu = (torch.cuda.is_available() if gpu is None else gpu) and not cpu
     if not on_gpu and mixed_precision == "fp16":
-        raise PerceiverLMError("--mixed-precision fp16: CPU autocast has no fp16 path (it would silently run fp32); use bf16, no or auto")
+        raise PerceiverLMError(
+            "--mixed-precision fp16: CPU autocast has no fp16 path (it would silently run fp32); use bf16, no or auto"
+        )
     flags = cpu_flags() if flags is None else flags
     native = [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
     if mixed_precision == "no":
@@ -398,7 +352,9 @@ def resolve_precision(mixed_precision: str, cpu: bool, flags: frozenset[str] | N
         return Precision("no", "fp32 (auto: this GPU has no bf16)")
     if native:
         return Precision("bf16", f"bf16 autocast (auto: this CPU has native bf16, {native[0]})")
-    return Precision("no", "fp32 (auto: this CPU has no native bf16, AVX512-BF16 or AMX, so bf16 would be emulated and slower)")
+    return Precision(
+        "no", "fp32 (auto: this CPU has no native bf16, AVX512-BF16 or AMX, so bf16 would be emulated and slower)"
+    )
 
 
 def pretrain(options: TrainingOptions, config: PerceiverConfig) -> PretrainResult:
@@ -442,7 +398,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     accelerator = make_accelerator(
         cpu=options.cpu,
         mixed_precision=precision.mode,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=options.grad_accum, sync_with_dataloader=False),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=options.grad_accum, sync_with_dataloader=False
+        ),
         log_with=None if report == "none" else report,
         project_dir=str(output),
     )
@@ -477,7 +435,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
         try:
             optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-            raise PerceiverLMError(f"{source}: optimizer state does not fit this model and --optimizer ({err})") from None
+            raise PerceiverLMError(
+                f"{source}: optimizer state does not fit this model and --optimizer ({err})"
+            ) from None
         step = trainer_state["step"]
         last_eval = trainer_state.get("eval", {})
         elapsed_before = float(trainer_state.get("elapsed_s") or 0.0)
@@ -497,7 +457,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
         output.mkdir(parents=True, exist_ok=True)
         dropped = _trim_metrics(metrics_file, step)
         if dropped:
-            say(f"note: dropped {dropped} record(s) of {metrics_file} past step {step} (logged after the last checkpoint)")
+            say(
+                f"note: dropped {dropped} record(s) of {metrics_file} past step {step} (logged after the last checkpoint)"
+            )
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
     say(
         f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -519,7 +481,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     micro_step = step * options.grad_accum
     per_epoch = None if is_streaming else len(train_loader)
     if per_epoch == 0:  # every process needs a full batch, or the loop below would never reach a step
-        raise PerceiverLMError(f"training data ({data.description}) gives this process no full batch of {options.batch_size}; add data or lower --batch-size")
+        raise PerceiverLMError(
+            f"training data ({data.description}) gives this process no full batch of {options.batch_size}; add data or lower --batch-size"
+        )
     epoch, skip = divmod(micro_step, per_epoch) if per_epoch else (0, micro_step)
     bytes_per_step = window * options.batch_size * processes * options.grad_accum
     started = time.monotonic()
@@ -537,13 +501,20 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
         if run_eval:
             last_eval = evaluate(model, val_loader, accelerator)
             log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
-            say(f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}")
+            say(
+                f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}"
+            )
         if save:
             if not _all_finite(model):
                 raise PerceiverLMError(
                     f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)}); lower --lr"
                 )
-            state = {"eval": last_eval, "options": dataclasses.asdict(options), "num_processes": processes, "elapsed_s": elapsed}
+            state = {
+                "eval": last_eval,
+                "options": dataclasses.asdict(options),
+                "num_processes": processes,
+                "elapsed_s": elapsed,
+            }
             checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
 
     model.train()
@@ -576,7 +547,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
             elapsed = elapsed_before + time.monotonic() - started
             out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
             # One check per step, agreed by all processes, so that they stop together.
-            stop = torch.tensor([float(out_of_time), float(not torch.isfinite(running_loss).item())], device=accelerator.device)
+            stop = torch.tensor(
+                [float(out_of_time), float(not torch.isfinite(running_loss).item())], device=accelerator.device
+            )
             if processes > 1:
                 stop = accelerator.reduce(stop, "max")
             out_of_time = bool(stop[0].item())

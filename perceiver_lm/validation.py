@@ -41,7 +41,9 @@ def expected(hint: Any) -> str:
         elif origin in (list, tuple):
             words.append(f"a list of {expected(typing.get_args(alt)[0]).removeprefix('a ').removeprefix('an ')}s")
         else:
-            words.append({int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(alt, str(alt)))
+            words.append(
+                {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(alt, str(alt))
+            )
     return " or ".join(words)
 
 
@@ -53,7 +55,11 @@ def matches(hint: Any, value: Any) -> bool:
             return True
         if origin is Literal and isinstance(value, str) and value in typing.get_args(alt):
             return True
-        if origin in (list, tuple) and isinstance(value, (list, tuple)) and all(matches(typing.get_args(alt)[0], v) for v in value):
+        if (
+            origin in (list, tuple)
+            and isinstance(value, (list, tuple))
+            and all(matches(typing.get_args(alt)[0], v) for v in value)
+        ):
             return True
         if alt is bool and isinstance(value, bool):
             return True
@@ -76,7 +82,9 @@ def check_fields(cls: type, data: Any, source: str, kind: str) -> dict[str, Any]
         kind: what the fields are ("training option", "model config field").
     """
     if not isinstance(data, dict):
-        raise PerceiverLMError(f"{source}: expected a table of {kind}s (a JSON object), got {'null' if data is None else shown(data)}")
+        raise PerceiverLMError(
+            f"{source}: expected a table of {kind}s (a JSON object), got {'null' if data is None else shown(data)}"
+        )
     hints = typing.get_type_hints(cls)
     unknown = sorted(str(k) for k in set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
@@ -95,16 +103,28 @@ def check_instance(obj: Any, label: Callable[[str], str]) -> None:
             raise PerceiverLMError(f"{label(name)} must be {expected(hint)}, got {shown(value)}")
 
 
-def check_range(label: str, value: float | None, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    label: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Refuse ``value`` outside [low, high] (an open end with ``*_open``); None passes (an unset option)."""
     if value is None:
         return
-    ok = (low is None or (value > low if low_open else value >= low)) and (high is None or (value < high if high_open else value <= high))
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high)
+    )
     if ok:
         return
     if high is None and low == 0:
         want = "positive" if low_open else "0 or more"
     else:
-        want = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}" if high is not None else f"at least {low}"
+        want = (
+            f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            if high is not None
+            else f"at least {low}"
+        )
     raise PerceiverLMError(f"{label} must be {want}, got {value}")

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
-from perceiver_lm.attention_maps import attention_maps, byte_classes, summarize, summarize_row
+from perceiver_lm.attention_maps import attention_maps, byte_classes, summarize_row
 from perceiver_lm.attention_render import render_html, render_png
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.tokenizer import encode
-
-from conftest import REPO
 
 HOSTILE = 'Ünïcødé 🙂 <script>alert(1)</script></script><img src=x onerror=alert(2)> & "quotes"'
 
@@ -70,11 +69,15 @@ def test_summary_labels_synthetic_maps():
     periodic = (positions % 7 == 3) + 0.01 * rng.random(240)
     capitals = np.where(classes["capitals"], 1.0, 0.02)
     diffuse = 1.0 + 0.05 * rng.random(240)
-    kinds = {name: summarize_row(w / w.sum(), classes) for name, w in
-             [("local", local), ("periodic", periodic), ("capitals", capitals), ("diffuse", diffuse)]}
+    kinds = {
+        name: summarize_row(w / w.sum(), classes)
+        for name, w in [("local", local), ("periodic", periodic), ("capitals", capitals), ("diffuse", diffuse)]
+    }
     assert kinds["local"].kind == "local" and abs(kinds["local"].centre - 60) < 0.5 and kinds["local"].spread < 2.5
     assert kinds["periodic"].kind == "periodic" and kinds["periodic"].period == pytest.approx(7, abs=0.2)
-    assert kinds["capitals"].kind == "class-selective" and kinds["capitals"].class_mass["capitals"] == pytest.approx(10 / (10 + 230 * 0.02))
+    assert kinds["capitals"].kind == "class-selective" and kinds["capitals"].class_mass["capitals"] == pytest.approx(
+        10 / (10 + 230 * 0.02)
+    )
     assert kinds["diffuse"].kind == "diffuse" and kinds["diffuse"].normalized_entropy > 0.99
     assert kinds["local"].top[0][0] == 60
 
@@ -118,18 +121,49 @@ def test_cli_attention_prints_kinds_and_writes_pictures(tmp_path):
     PerceiverLM(PRESETS["tiny"]).save_pretrained(tmp_path / "lm")
     (tmp_path / "t.txt").write_text("The Quick brown fox, 1984 and 2001; naïve café.")
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "attention", str(tmp_path / "lm"), "--file", str(tmp_path / "t.txt"), "--query", "4",
-         "--png", str(tmp_path / "m.png"), "--html", str(tmp_path / "m.html"), "--json", str(tmp_path / "m.json")],
-        capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "attention",
+            str(tmp_path / "lm"),
+            "--file",
+            str(tmp_path / "t.txt"),
+            "--query",
+            "4",
+            "--png",
+            str(tmp_path / "m.png"),
+            "--html",
+            str(tmp_path / "m.html"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr
     assert "latents x 4 heads" in done.stdout and "reads:" in done.stdout and "decoder query position 4" in done.stdout
     summaries = json.loads((tmp_path / "m.json").read_text())["summaries"]
-    assert len(summaries) == 4 * 16 and {s["kind"] for s in summaries} <= {"local", "class-selective", "periodic", "diffuse", "mixed"}
+    assert len(summaries) == 4 * 16 and {s["kind"] for s in summaries} <= {
+        "local",
+        "class-selective",
+        "periodic",
+        "diffuse",
+        "mixed",
+    }
     assert (tmp_path / "m.png").stat().st_size > 0 and (tmp_path / "m.html").stat().st_size > 0
-    bad = subprocess.run([sys.executable, "-m", "cli", "attention", str(tmp_path / "lm"), "x" * 500], capture_output=True, text=True,
-                         cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    assert bad.returncode == 2 and bad.stderr.startswith("error: text of 500 ids is longer than the model's window (128)")
+    bad = subprocess.run(
+        [sys.executable, "-m", "cli", "attention", str(tmp_path / "lm"), "x" * 500],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith(
+        "error: text of 500 ids is longer than the model's window (128)"
+    )
 
 
 def _browser():
@@ -141,7 +175,13 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
 
@@ -158,7 +198,9 @@ def test_page_in_headless_chromium_highlights_the_bytes_a_latent_reads(tmp_path)
     try:
         browser.get(page.as_uri())
         shown = "".join(s.text for s in browser.find_elements(By.CSS_SELECTOR, "#text span.seg"))
-        assert shown.replace("\n", "") == HOSTILE.replace("\n", "")  # escaped text shown, not run (an alert would fail the next call)
+        assert shown.replace("\n", "") == HOSTILE.replace(
+            "\n", ""
+        )  # escaped text shown, not run (an alert would fail the next call)
         assert browser.execute_script("return document.querySelectorAll('img').length") == 0
         for head, latent in ((0, 5), (2, 11)):
             Select(browser.find_element(By.ID, "head")).select_by_value(str(head))

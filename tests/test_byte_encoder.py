@@ -44,8 +44,12 @@ def test_every_variant_is_padding_invariant_and_matches_the_explicit_path(encode
     together = classifier(ids, mask).logits
     for row in range(b):
         n = int(mask[row].sum())
-        torch.testing.assert_close(together[row : row + 1], classifier(ids[row : row + 1, :n], mask[row : row + 1, :n]).logits,
-                                   atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(
+            together[row : row + 1],
+            classifier(ids[row : row + 1, :n], mask[row : row + 1, :n]).logits,
+            atol=2e-5,
+            rtol=2e-5,
+        )
 
 
 @pytest.mark.parametrize("encoder", BYTE_ENCODERS)
@@ -61,7 +65,12 @@ def test_every_parameter_gets_a_gradient(encoder):
 def test_trimmed_latents_follow_the_input_length():
     model = PerceiverLM(TINY.replace(trim_latents=True))
     stride = TINY.max_seq_len // TINY.num_latents  # 8 bytes per latent
-    assert [model.encoder.active_latents(n) for n in (1, stride, stride + 1, TINY.max_seq_len)] == [1, 1, 2, TINY.num_latents]
+    assert [model.encoder.active_latents(n) for n in (1, stride, stride + 1, TINY.max_seq_len)] == [
+        1,
+        1,
+        2,
+        TINY.num_latents,
+    ]
     full = PerceiverLM(TINY)
     assert full.encoder.active_latents(3) == TINY.num_latents
 

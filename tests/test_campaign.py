@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from glue.glue_files import write_task
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from cli.main import app
+from conftest import letter_lines_corpus
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.interop import export_to_transformers
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.training import TrainingOptions, pretrain
 
-from conftest import letter_lines_corpus
-from glue.glue_files import write_task
-
 TINY = PRESETS["tiny"]
 # The shape transformers can hold (no locality prior, untied queries, its fixed decoder), kept small.
-EXPORTABLE = TINY.replace(locality_bias=False, locality_tiling=False, tie_decoder_queries=False, decoder_heads=8,
-                          decoder_qk_channels=256, decoder_v_channels=64)
+EXPORTABLE = TINY.replace(
+    locality_bias=False,
+    locality_tiling=False,
+    tie_decoder_queries=False,
+    decoder_heads=8,
+    decoder_qk_channels=256,
+    decoder_v_channels=64,
+)
 runner = CliRunner()
 
 
@@ -79,8 +83,19 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w["userdir"] / "tensorboard" / "events").write_bytes(b"\x00events")
 
     w["run"] = root / "run"
-    pretrain(TrainingOptions(data=[str(w["corpus"])], output_dir=str(w["run"]), batch_size=4, max_steps=2, eval_every=2,
-                             save_every=2, eval_windows=2, report_to="none"), TINY)
+    pretrain(
+        TrainingOptions(
+            data=[str(w["corpus"])],
+            output_dir=str(w["run"]),
+            batch_size=4,
+            max_steps=2,
+            eval_every=2,
+            save_every=2,
+            eval_windows=2,
+            report_to="none",
+        ),
+        TINY,
+    )
     w["ckpt"] = w["run"] / "checkpoint-0000002"
     ck = w["ckpt"]
     variants = {
@@ -99,7 +114,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "weights_missing": {"model__safetensors": None},
         "state_no_step": {"trainer_state__json": json.dumps({"eval": {}}).encode()},
         "state_list": {"trainer_state__json": b"[]"},
-        "state_eval_strings": {"trainer_state__json": json.dumps({"step": 2, "eval": {"bits_per_byte": "low"}}).encode()},
+        "state_eval_strings": {
+            "trainer_state__json": json.dumps({"step": 2, "eval": {"bits_per_byte": "low"}}).encode()
+        },
         "state_binary": {"trainer_state__json": b"\xff\xfe\x00"},
     }
     for name, files in variants.items():
@@ -109,9 +126,15 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["clf"] = PerceiverClassifier(TINY, tasks).save_pretrained(root / "clf")
     w["clf_tasks_list"] = _copy_checkpoint(w["clf"], root / "broken" / "clf_tasks_list", tasks__json=b"[]")
     w["clf_tasks_str"] = _copy_checkpoint(
-        w["clf"], root / "broken" / "clf_tasks_str", tasks__json=json.dumps({"tasks": [{"name": "sst2", "num_outputs": "2"}]}).encode())
+        w["clf"],
+        root / "broken" / "clf_tasks_str",
+        tasks__json=json.dumps({"tasks": [{"name": "sst2", "num_outputs": "2"}]}).encode(),
+    )
     w["clf_tasks_huge"] = _copy_checkpoint(
-        w["clf"], root / "broken" / "clf_tasks_huge", tasks__json=json.dumps({"tasks": [{"name": "sst2", "num_outputs": 10**9}]}).encode())
+        w["clf"],
+        root / "broken" / "clf_tasks_huge",
+        tasks__json=json.dumps({"tasks": [{"name": "sst2", "num_outputs": 10**9}]}).encode(),
+    )
 
     w["hf"] = export_to_transformers(PerceiverLM(EXPORTABLE), root / "hf")
     hf_config = json.loads((w["hf"] / "config.json").read_text())
@@ -124,7 +147,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
         w[name] = _copy_checkpoint(w["hf"], root / "broken" / name, config__json=content)
     w["hf_no_weights"] = _copy_checkpoint(w["hf"], root / "broken" / "hf_no_weights", model__safetensors=None)
     w["hf_bad_bin"] = _copy_checkpoint(w["hf"], root / "broken" / "hf_bad_bin", model__safetensors=None)
-    (w["hf_bad_bin"] / "pytorch_model.bin").write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+    (w["hf_bad_bin"] / "pytorch_model.bin").write_bytes(
+        b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03."
+    )
     w["hf_missing_tensor"] = root / "broken" / "hf_missing_tensor"
     w["hf_missing_tensor"].mkdir()
     (w["hf_missing_tensor"] / "config.json").write_text(json.dumps(hf_config))
@@ -219,7 +244,11 @@ CASES = [
     ("workers-huge", _pretrain("--num-workers", "100000"), "--num-workers must be in [0,"),
     ("window-one", _pretrain("--window", "1"), "--window must be at least 2"),
     ("window-word", _pretrain("--window", "wide"), "'--window'"),
-    ("window-too-long", _pretrain("--data", "{corpus}", "--window", "100000", "--output-dir", "{root}/o1"), "longer than the model's max_seq_len"),
+    (
+        "window-too-long",
+        _pretrain("--data", "{corpus}", "--window", "100000", "--output-dir", "{root}/o1"),
+        "longer than the model's max_seq_len",
+    ),
     ("max-minutes-negative", _pretrain("--max-minutes", "-1"), "--max-minutes must be 0 or more"),
     ("eval-windows-zero", _pretrain("--eval-windows", "0"), "--eval-windows must be positive"),
     ("keep-zero", _pretrain("--keep-checkpoints", "0"), "--keep-checkpoints must be positive"),
@@ -230,28 +259,80 @@ CASES = [
     ("preset-unknown", ["pretrain", "--preset", "huge"], "unknown preset 'huge'"),
     ("resume-and-overwrite", _pretrain("--resume", "--overwrite"), "--resume"),
     ("unknown-option", _pretrain("--nope"), "No such option: --nope"),
-    ("fp16-on-cpu", _pretrain("--data", "{corpus}", "--mixed-precision", "fp16", "--cpu", "--output-dir", "{root}/o2"), "fp16"),
+    (
+        "fp16-on-cpu",
+        _pretrain("--data", "{corpus}", "--mixed-precision", "fp16", "--cpu", "--output-dir", "{root}/o2"),
+        "fp16",
+    ),
     ("streaming-without-dataset", _pretrain("--streaming"), "--streaming applies to --dataset"),
     ("data-and-dataset", _pretrain("--data", "{corpus}", "--dataset", "wikitext"), "give either --data or --dataset"),
     # pretrain: the files and folders it reads
     ("data-missing", _pretrain("--data", "{root}/nope.txt", "--output-dir", "{root}/o3"), "no such file or folder"),
     ("data-root", _pretrain("--data", "/", "--output-dir", "{root}/o3"), "the filesystem root is not a corpus"),
     ("data-empty-folder", _pretrain("--data", "{emptydir}", "--output-dir", "{root}/o3"), "folder holds no files"),
-    ("data-glob-nothing", _pretrain("--data", "{root}/*.nothing", "--output-dir", "{root}/o3"), "pattern matches no files"),
+    (
+        "data-glob-nothing",
+        _pretrain("--data", "{root}/*.nothing", "--output-dir", "{root}/o3"),
+        "pattern matches no files",
+    ),
     ("data-empty-file", _pretrain("--data", "{empty}", "--output-dir", "{root}/o3"), "corpus is empty"),
     ("data-too-small", _pretrain("--data", "{small}", "--output-dir", "{root}/o3"), "fewer than two 128-byte windows"),
-    ("data-fewer-windows-than-batch", _pretrain("--data", "{few}", "--batch-size", "16", "--output-dir", "{root}/new/o3"), "fewer than one batch"),
-    ("val-data-missing", _pretrain("--data", "{corpus}", "--val-data", "{root}/nope.txt", "--output-dir", "{root}/o3"), "no such file or folder"),
-    ("dataset-offline", _pretrain("--dataset", "someone/some-corpus", "--output-dir", "{root}/o3"), "--dataset someone/some-corpus: cannot load"),
+    (
+        "data-fewer-windows-than-batch",
+        _pretrain("--data", "{few}", "--batch-size", "16", "--output-dir", "{root}/new/o3"),
+        "fewer than one batch",
+    ),
+    (
+        "val-data-missing",
+        _pretrain("--data", "{corpus}", "--val-data", "{root}/nope.txt", "--output-dir", "{root}/o3"),
+        "no such file or folder",
+    ),
+    (
+        "dataset-offline",
+        _pretrain("--dataset", "someone/some-corpus", "--output-dir", "{root}/o3"),
+        "--dataset someone/some-corpus: cannot load",
+    ),
     # pretrain: the folder it writes
     ("output-is-a-file", _pretrain("--data", "{corpus}", "--output-dir", "{afile}"), "exists and is not a folder"),
     ("output-under-a-file", _pretrain("--data", "{corpus}", "--output-dir", "{afile}/run"), "is a file"),
-    ("output-user-folder", _pretrain("--data", "{corpus}", "--output-dir", "{userdir}"), "folder is not empty (holds notes.txt, tensorboard)"),
-    ("output-holds-run", _pretrain("--data", "{corpus}", "--output-dir", "{run}"), "already holds checkpoints; pass --resume"),
-    ("resume-other-batch", _pretrain("--data", "{corpus}", "--output-dir", "{run}", "--resume", "--batch-size", "8"), "--batch-size 4 -> 8"),
-    ("resume-other-data", _pretrain("--data", "{few}", "--output-dir", "{run}", "--resume", "--batch-size", "4"), "--data"),
-    ("resume-other-model", ["pretrain", "--preset", "small", "--data", "{corpus}", "--output-dir", "{run}", "--resume", "--batch-size", "4",
-                            "--report-to", "none"], "different model config"),
+    (
+        "output-user-folder",
+        _pretrain("--data", "{corpus}", "--output-dir", "{userdir}"),
+        "folder is not empty (holds notes.txt, tensorboard)",
+    ),
+    (
+        "output-holds-run",
+        _pretrain("--data", "{corpus}", "--output-dir", "{run}"),
+        "already holds checkpoints; pass --resume",
+    ),
+    (
+        "resume-other-batch",
+        _pretrain("--data", "{corpus}", "--output-dir", "{run}", "--resume", "--batch-size", "8"),
+        "--batch-size 4 -> 8",
+    ),
+    (
+        "resume-other-data",
+        _pretrain("--data", "{few}", "--output-dir", "{run}", "--resume", "--batch-size", "4"),
+        "--data",
+    ),
+    (
+        "resume-other-model",
+        [
+            "pretrain",
+            "--preset",
+            "small",
+            "--data",
+            "{corpus}",
+            "--output-dir",
+            "{run}",
+            "--resume",
+            "--batch-size",
+            "4",
+            "--report-to",
+            "none",
+        ],
+        "different model config",
+    ),
     # pretrain: config files
     ("config-missing", _pretrain("--config", "{root}/nope.toml"), "no such file or folder"),
     ("config-folder", _pretrain("--config", "{configdir}"), "is a folder"),
@@ -259,7 +340,11 @@ CASES = [
     ("config-invalid-json", _pretrain("--config", "{c_invalid_json}"), "not valid JSON"),
     ("config-invalid-toml", _pretrain("--config", "{c_invalid_toml}"), "not valid TOML"),
     ("config-list", _pretrain("--config", "{c_list_json}"), "expected a JSON table of options, got list"),
-    ("config-data-string", _pretrain("--config", "{c_data_string_toml}"), "data must be a list of strings, got 'corpus.txt'"),
+    (
+        "config-data-string",
+        _pretrain("--config", "{c_data_string_toml}"),
+        "data must be a list of strings, got 'corpus.txt'",
+    ),
     ("config-data-root", _pretrain("--config", "{c_data_root_toml}"), "data must be a list of strings, got '/'"),
     ("config-data-ints", _pretrain("--config", "{c_data_ints_json}"), "data must be a list of strings"),
     ("config-batch-string", _pretrain("--config", "{c_batch_string_toml}"), "batch_size must be an integer, got '4'"),
@@ -274,10 +359,18 @@ CASES = [
     ("config-model-string", _pretrain("--config", "{c_model_dmodel_toml}"), "d_model must be an integer, got '768'"),
     ("config-model-unknown", _pretrain("--config", "{c_model_unknown_toml}"), "unknown model config field(s): colour"),
     ("config-model-huge", _pretrain("--config", "{c_model_huge_toml}"), "more than this toolkit builds"),
-    ("config-model-layers", _pretrain("--config", "{c_model_layers_toml}"), "num_self_layers must be a positive integer of at most 1,024"),
+    (
+        "config-model-layers",
+        _pretrain("--config", "{c_model_layers_toml}"),
+        "num_self_layers must be a positive integer of at most 1,024",
+    ),
     ("config-model-dropout", _pretrain("--config", "{c_model_dropout_toml}"), "attention_dropout must be in [0, 1)"),
     ("config-preset-int", ["pretrain", "--config", "{c_preset_int_toml}"], "`preset` a string"),
-    ("config-optimizer", _pretrain("--config", "{c_optimizer_toml}"), "optimizer must be one of adamw, lamb, got 'sgd'"),
+    (
+        "config-optimizer",
+        _pretrain("--config", "{c_optimizer_toml}"),
+        "optimizer must be one of adamw, lamb, got 'sgd'",
+    ),
     # fill-mask: text, options, and every checkpoint file
     ("fill-missing", ["fill-mask", "{root}/nope", "a [MASK]"], "no such checkpoint or run directory"),
     ("fill-file-as-checkpoint", ["fill-mask", "{afile}", "a [MASK]"], "not a checkpoint"),
@@ -294,8 +387,16 @@ CASES = [
     ("fill-config-null", ["fill-mask", "{cfg_null}", "a [MASK]"], "expected a table of model config fields"),
     ("fill-config-list", ["fill-mask", "{cfg_list}", "a [MASK]"], "expected a table of model config fields"),
     ("fill-config-string-int", ["fill-mask", "{cfg_string_int}", "a [MASK]"], "d_model must be an integer, got '64'"),
-    ("fill-config-string-bool", ["fill-mask", "{cfg_string_bool}", "a [MASK]"], "locality_bias must be true or false, got 'false'"),
-    ("fill-config-string-float", ["fill-mask", "{cfg_string_float}", "a [MASK]"], "layer_norm_eps must be a finite number"),
+    (
+        "fill-config-string-bool",
+        ["fill-mask", "{cfg_string_bool}", "a [MASK]"],
+        "locality_bias must be true or false, got 'false'",
+    ),
+    (
+        "fill-config-string-float",
+        ["fill-mask", "{cfg_string_float}", "a [MASK]"],
+        "layer_norm_eps must be a finite number",
+    ),
     ("fill-config-huge", ["fill-mask", "{cfg_huge}", "a [MASK]"], "more than this toolkit builds"),
     ("fill-config-other-shape", ["fill-mask", "{cfg_shape}", "a [MASK]"], "weights do not match the model config"),
     ("fill-config-missing", ["fill-mask", "{cfg_missing}", "a [MASK]"], "holds no checkpoint-N directories"),
@@ -316,26 +417,86 @@ CASES = [
     ("info-state-binary", ["info", "{state_binary}"], "not a trainer state file (not UTF-8 text"),
     # convert: what it reads and where it writes
     ("convert-no-direction", ["convert", "{root}/c1"], "give exactly one of"),
-    ("convert-both-directions", ["convert", "{root}/c1", "--from-transformers", "{hf}", "--to-transformers", "{run}"], "give exactly one of"),
-    ("convert-into-user-folder", ["convert", "{userdir}", "--from-transformers", "{hf}"], "folder is not empty (holds notes.txt"),
-    ("convert-overwrite-user-folder", ["convert", "{userdir}", "--from-transformers", "{hf}", "--overwrite"], "holds files that are not ours"),
+    (
+        "convert-both-directions",
+        ["convert", "{root}/c1", "--from-transformers", "{hf}", "--to-transformers", "{run}"],
+        "give exactly one of",
+    ),
+    (
+        "convert-into-user-folder",
+        ["convert", "{userdir}", "--from-transformers", "{hf}"],
+        "folder is not empty (holds notes.txt",
+    ),
+    (
+        "convert-overwrite-user-folder",
+        ["convert", "{userdir}", "--from-transformers", "{hf}", "--overwrite"],
+        "holds files that are not ours",
+    ),
     ("convert-onto-a-file", ["convert", "{afile}", "--from-transformers", "{hf}"], "exists and is not a folder"),
     ("convert-under-a-file", ["convert", "{afile}/out", "--from-transformers", "{hf}"], "is a file"),
     ("export-over-its-run", ["convert", "{run}", "--to-transformers", "{run}"], "is (or holds) the source"),
-    ("export-over-its-run-overwrite", ["convert", "{run}", "--to-transformers", "{run}", "--overwrite"], "is (or holds) the source"),
-    ("export-over-its-checkpoint", ["convert", "{ckpt}", "--to-transformers", "{run}", "--overwrite"], "is (or holds) the source"),
-    ("export-into-run-parent", ["convert", "{root}", "--to-transformers", "{run}", "--overwrite"], "is (or holds) the source"),
+    (
+        "export-over-its-run-overwrite",
+        ["convert", "{run}", "--to-transformers", "{run}", "--overwrite"],
+        "is (or holds) the source",
+    ),
+    (
+        "export-over-its-checkpoint",
+        ["convert", "{ckpt}", "--to-transformers", "{run}", "--overwrite"],
+        "is (or holds) the source",
+    ),
+    (
+        "export-into-run-parent",
+        ["convert", "{root}", "--to-transformers", "{run}", "--overwrite"],
+        "is (or holds) the source",
+    ),
     ("export-unexportable", ["convert", "{root}/c2", "--to-transformers", "{run}"], "cannot export to transformers"),
     ("export-missing", ["convert", "{root}/c2", "--to-transformers", "{root}/nope"], "no such checkpoint"),
-    ("import-config-binary", ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_binary}"], "not a transformers config file"),
-    ("import-config-list", ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_list}"], "not a transformers config"),
-    ("import-config-string", ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_string}"], "d_model must be an integer, got '64'"),
-    ("import-config-blocks", ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_blocks}"], "num_blocks=2, expected 1"),
-    ("import-no-weights", ["convert", "{root}/c3", "--from-transformers", "{hf_no_weights}"], "no model.safetensors or pytorch_model.bin"),
-    ("import-pickle-bin", ["convert", "{root}/c3", "--from-transformers", "{hf_bad_bin}"], "not a weights-only PyTorch state dict"),
-    ("import-missing-tensors", ["convert", "{root}/c3", "--from-transformers", "{hf_missing_tensor}"], "weights missing"),
-    ("import-not-a-folder", ["convert", "{root}/c3", "--from-transformers", "{root}/a/b/c"], "not a folder with a transformers checkpoint"),
-    ("import-hub-offline", ["convert", "{root}/c3", "--from-transformers", "nobody/nothing"], "cannot download from the Hub"),
+    (
+        "import-config-binary",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_binary}"],
+        "not a transformers config file",
+    ),
+    (
+        "import-config-list",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_list}"],
+        "not a transformers config",
+    ),
+    (
+        "import-config-string",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_string}"],
+        "d_model must be an integer, got '64'",
+    ),
+    (
+        "import-config-blocks",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_cfg_blocks}"],
+        "num_blocks=2, expected 1",
+    ),
+    (
+        "import-no-weights",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_no_weights}"],
+        "no model.safetensors or pytorch_model.bin",
+    ),
+    (
+        "import-pickle-bin",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_bad_bin}"],
+        "not a weights-only PyTorch state dict",
+    ),
+    (
+        "import-missing-tensors",
+        ["convert", "{root}/c3", "--from-transformers", "{hf_missing_tensor}"],
+        "weights missing",
+    ),
+    (
+        "import-not-a-folder",
+        ["convert", "{root}/c3", "--from-transformers", "{root}/a/b/c"],
+        "not a folder with a transformers checkpoint",
+    ),
+    (
+        "import-hub-offline",
+        ["convert", "{root}/c3", "--from-transformers", "nobody/nothing"],
+        "cannot download from the Hub",
+    ),
     # plot
     ("plot-missing-run", ["plot", "{root}/nope", "--out", "{root}/p.png"], "no metrics file"),
     ("plot-garbage-line", ["plot", "{plot_garbage}", "--out", "{root}/p.png"], "metrics.jsonl:2: not a JSON record"),
@@ -353,11 +514,19 @@ CASES = [
     ("attention-file-binary", ["attention", "{run}", "--file", "{binary}"], "not valid UTF-8"),
     ("attention-file-folder", ["attention", "{run}", "--file", "{emptydir}"], "is a folder"),
     ("attention-head", ["attention", "{run}", "hello there", "--head", "99"], "--head 99: the model has heads 0..3"),
-    ("attention-query-position", ["attention", "{run}", "hello", "--query", "999"], "--query 999: position outside the text"),
+    (
+        "attention-query-position",
+        ["attention", "{run}", "hello", "--query", "999"],
+        "--query 999: position outside the text",
+    ),
     ("attention-query-task", ["attention", "{run}", "hello", "--query", "sst2"], "a masked LM takes a byte position"),
     ("attention-task-query", ["attention", "{clf}", "hello", "--query", "cola"], "this model has no task 'cola'"),
     ("attention-span", ["attention", "{run}", "hello", "--png", "{root}/a.png", "--span", "x:y"], "expected FIRST:END"),
-    ("attention-span-outside", ["attention", "{run}", "hello", "--png", "{root}/a.png", "--span", "5:2"], "outside the text"),
+    (
+        "attention-span-outside",
+        ["attention", "{run}", "hello", "--png", "{root}/a.png", "--span", "5:2"],
+        "outside the text",
+    ),
     ("attention-long-text", ["attention", "{run}", "x" * 300], "longer than the model's window"),
     ("attention-empty-text", ["attention", "{run}", ""], "empty text"),
     ("attention-top-negative", ["attention", "{run}", "hello", "--top", "-1"], "--top must be 0 or more"),
@@ -367,10 +536,21 @@ CASES = [
     ("attention-tasks-list", ["attention", "{clf_tasks_list}", "hello"], "not a task config"),
     # glue train / eval / predict
     ("glue-task-unknown", ["glue", "train", "--tasks", "nope", "--output-dir", "{root}/g1"], "unknown GLUE task"),
-    ("glue-into-existing-run", ["glue", "train", "--tasks", "sst2", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{glue_run}"],
-     "folder is not empty (holds best, dev_metrics.json)"),
-    ("glue-into-user-folder", ["glue", "train", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{userdir}"], "folder is not empty"),
-    ("glue-output-file", ["glue", "train", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{afile}"], "exists and is not a folder"),
+    (
+        "glue-into-existing-run",
+        ["glue", "train", "--tasks", "sst2", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{glue_run}"],
+        "folder is not empty (holds best, dev_metrics.json)",
+    ),
+    (
+        "glue-into-user-folder",
+        ["glue", "train", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{userdir}"],
+        "folder is not empty",
+    ),
+    (
+        "glue-output-file",
+        ["glue", "train", "--glue-dir", "{glue}", "--preset", "tiny", "--output-dir", "{afile}"],
+        "exists and is not a folder",
+    ),
     ("glue-lr-nan", ["glue", "train", "--lr", "nan"], "--lr must be a finite number"),
     ("glue-epochs-zero", ["glue", "train", "--epochs", "0"], "--epochs must be positive"),
     ("glue-batch-zero", ["glue", "train", "--batch-size", "0"], "--batch-size must be positive"),
@@ -379,30 +559,102 @@ CASES = [
     ("glue-max-length", ["glue", "train", "--max-length", "2"], "--max-length must be at least 4"),
     ("glue-precision", ["glue", "train", "--mixed-precision", "fp8"], "--mixed-precision must be one of"),
     ("glue-config-tasks", ["glue", "train", "--config", "{c_glue_tasks_toml}"], "tasks must be a string, got 3"),
-    ("glue-config-epochs", ["glue", "train", "--config", "{c_glue_epochs_json}"], "epochs must be a finite number, got 'ten'"),
-    ("glue-sweep-grid", ["glue", "train", "--sweep", "--sweep-lrs", "fast", "--output-dir", "{root}/g2"], "expected comma-separated numbers"),
-    ("glue-checkpoint-missing", ["glue", "train", "--checkpoint", "{root}/nope", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"],
-     "no such checkpoint or run directory"),
-    ("glue-checkpoint-fine-tuned", ["glue", "train", "--checkpoint", "{clf}", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"], "already fine-tuned"),
-    ("glue-checkpoint-broken", ["glue", "train", "--checkpoint", "{cfg_null}", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"],
-     "expected a table of model config fields"),
-    ("glue-dir-missing", ["glue", "train", "--glue-dir", "{root}/nope", "--preset", "tiny", "--output-dir", "{root}/g3"], "no SST-2/ folder"),
-    ("glue-bad-row", ["glue", "train", "--glue-dir", "{glue_bad}", "--preset", "tiny", "--output-dir", "{root}/g3"], "label 'maybe' is not one of"),
-    ("glue-eval-missing", ["glue", "eval", "{root}/nope", "--glue-dir", "{glue}"], "no such checkpoint or run directory"),
-    ("glue-eval-mlm", ["glue", "eval", "{run}", "--glue-dir", "{glue}"], "this is a masked LM, not a fine-tuned task model"),
+    (
+        "glue-config-epochs",
+        ["glue", "train", "--config", "{c_glue_epochs_json}"],
+        "epochs must be a finite number, got 'ten'",
+    ),
+    (
+        "glue-sweep-grid",
+        ["glue", "train", "--sweep", "--sweep-lrs", "fast", "--output-dir", "{root}/g2"],
+        "expected comma-separated numbers",
+    ),
+    (
+        "glue-checkpoint-missing",
+        ["glue", "train", "--checkpoint", "{root}/nope", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"],
+        "no such checkpoint or run directory",
+    ),
+    (
+        "glue-checkpoint-fine-tuned",
+        ["glue", "train", "--checkpoint", "{clf}", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"],
+        "already fine-tuned",
+    ),
+    (
+        "glue-checkpoint-broken",
+        ["glue", "train", "--checkpoint", "{cfg_null}", "--glue-dir", "{glue}", "--output-dir", "{root}/g3"],
+        "expected a table of model config fields",
+    ),
+    (
+        "glue-dir-missing",
+        ["glue", "train", "--glue-dir", "{root}/nope", "--preset", "tiny", "--output-dir", "{root}/g3"],
+        "no SST-2/ folder",
+    ),
+    (
+        "glue-bad-row",
+        ["glue", "train", "--glue-dir", "{glue_bad}", "--preset", "tiny", "--output-dir", "{root}/g3"],
+        "label 'maybe' is not one of",
+    ),
+    (
+        "glue-eval-missing",
+        ["glue", "eval", "{root}/nope", "--glue-dir", "{glue}"],
+        "no such checkpoint or run directory",
+    ),
+    (
+        "glue-eval-mlm",
+        ["glue", "eval", "{run}", "--glue-dir", "{glue}"],
+        "this is a masked LM, not a fine-tuned task model",
+    ),
     ("glue-eval-tasks-list", ["glue", "eval", "{clf_tasks_list}", "--glue-dir", "{glue}"], "not a task config"),
     ("glue-eval-tasks-string", ["glue", "eval", "{clf_tasks_str}", "--glue-dir", "{glue}"], "num_outputs an integer"),
-    ("glue-eval-tasks-huge", ["glue", "eval", "{clf_tasks_huge}", "--glue-dir", "{glue}"], "num_outputs an integer in 1..1024"),
-    ("glue-eval-other-task", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--tasks", "cola"], "this model has no task 'cola'"),
+    (
+        "glue-eval-tasks-huge",
+        ["glue", "eval", "{clf_tasks_huge}", "--glue-dir", "{glue}"],
+        "num_outputs an integer in 1..1024",
+    ),
+    (
+        "glue-eval-other-task",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--tasks", "cola"],
+        "this model has no task 'cola'",
+    ),
     ("glue-eval-no-glue-dir", ["glue", "eval", "{clf}", "--glue-dir", "{root}/nope"], "no SST-2/ folder"),
-    ("glue-eval-max-examples", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--max-eval-examples", "-1"],
-     "--max-eval-examples must be positive"),
-    ("glue-sweep-lr-nan", ["glue", "train", "--sweep", "--sweep-lrs", "nan", "--preset", "tiny", "--glue-dir", "{glue}", "--output-dir", "{root}/g5"],
-     "--lr must be a finite number"),
+    (
+        "glue-eval-max-examples",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--max-eval-examples", "-1"],
+        "--max-eval-examples must be positive",
+    ),
+    (
+        "glue-sweep-lr-nan",
+        [
+            "glue",
+            "train",
+            "--sweep",
+            "--sweep-lrs",
+            "nan",
+            "--preset",
+            "tiny",
+            "--glue-dir",
+            "{glue}",
+            "--output-dir",
+            "{root}/g5",
+        ],
+        "--lr must be a finite number",
+    ),
     ("glue-eval-out-folder", ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--out", "{emptydir}"], "is a folder"),
-    ("glue-predict-existing", ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{predictions}"], "already holds SST-2.tsv"),
-    ("glue-predict-out-file", ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{afile}"], "exists and is not a folder"),
-    ("glue-predict-mlm", ["glue", "predict", "{run}", "--glue-dir", "{glue}", "--out", "{root}/g4"], "not a fine-tuned task model"),
+    (
+        "glue-predict-existing",
+        ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{predictions}"],
+        "already holds SST-2.tsv",
+    ),
+    (
+        "glue-predict-out-file",
+        ["glue", "predict", "{clf}", "--glue-dir", "{glue}", "--out", "{afile}"],
+        "exists and is not a folder",
+    ),
+    (
+        "glue-predict-mlm",
+        ["glue", "predict", "{run}", "--glue-dir", "{glue}", "--out", "{root}/g4"],
+        "not a fine-tuned task model",
+    ),
 ]
 
 
@@ -418,7 +670,17 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_campaign_has_a_hundred_cases_over_every_command():
     assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
     commands = {tuple(args[:2]) if args[0] == "glue" else args[0] for _, args, _ in CASES}
-    assert commands >= {"pretrain", "fill-mask", "info", "convert", "plot", "attention", ("glue", "train"), ("glue", "eval"), ("glue", "predict")}
+    assert commands >= {
+        "pretrain",
+        "fill-mask",
+        "info",
+        "convert",
+        "plot",
+        "attention",
+        ("glue", "train"),
+        ("glue", "eval"),
+        ("glue", "predict"),
+    }
 
 
 @pytest.mark.parametrize("case, args, expected", CASES, ids=[c[0] for c in CASES])

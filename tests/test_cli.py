@@ -17,9 +17,29 @@ runner = CliRunner()
 
 def _train(tmp_path, letters_file, *extra):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["pretrain", "--preset", "tiny", "--data", str(letters_file), "--output-dir", str(out),
-                                 "--max-steps", "12", "--eval-every", "6", "--eval-windows", "4", "--save-every", "6",
-                                 "--report-to", "none", *extra])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--data",
+            str(letters_file),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "12",
+            "--eval-every",
+            "6",
+            "--eval-windows",
+            "4",
+            "--save-every",
+            "6",
+            "--report-to",
+            "none",
+            *extra,
+        ],
+    )
     return out, result
 
 
@@ -52,8 +72,24 @@ def test_config_file_sets_options_and_model_overrides(tmp_path, letters_file):
     config = tmp_path / "run.toml"
     config.write_text('preset = "tiny"\nmax_steps = 3\nbatch_size = 2\n[model]\nnum_self_layers = 1\n')
     out = tmp_path / "run"
-    result = runner.invoke(app, ["pretrain", "--config", str(config), "--data", str(letters_file), "--output-dir", str(out),
-                                 "--eval-windows", "2", "--report-to", "none", "--max-steps", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--config",
+            str(config),
+            "--data",
+            str(letters_file),
+            "--output-dir",
+            str(out),
+            "--eval-windows",
+            "2",
+            "--report-to",
+            "none",
+            "--max-steps",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "checkpoint-0000004" / "config.json").read_text())
     assert saved["num_self_layers"] == 1
@@ -65,8 +101,14 @@ def test_config_file_sets_options_and_model_overrides(tmp_path, letters_file):
     "args, message",
     [
         (["pretrain", "--preset", "huge"], "error: unknown preset 'huge'; choose one of: tiny, small, base"),
-        (["pretrain", "--preset", "tiny", "--data", "/no/such/corpus.txt"], "error: --data /no/such/corpus.txt: no such file or folder"),
-        (["pretrain", "--preset", "tiny", "--optimizer", "sgd"], "error: --optimizer must be one of adamw, lamb; got 'sgd'"),
+        (
+            ["pretrain", "--preset", "tiny", "--data", "/no/such/corpus.txt"],
+            "error: --data /no/such/corpus.txt: no such file or folder",
+        ),
+        (
+            ["pretrain", "--preset", "tiny", "--optimizer", "sgd"],
+            "error: --optimizer must be one of adamw, lamb; got 'sgd'",
+        ),
         (["fill-mask", "/no/such/ckpt", "a [MASK]"], "error: /no/such/ckpt: no such checkpoint or run directory"),
         (["info", "/no/such/ckpt"], "error: /no/such/ckpt: no such checkpoint or run directory"),
     ],
@@ -80,7 +122,9 @@ def test_errors_are_one_line(args, message):
 def test_small_corpus_and_bad_config_file(tmp_path):
     tiny_text = tmp_path / "t.txt"
     tiny_text.write_text("too short")
-    result = runner.invoke(app, ["pretrain", "--preset", "tiny", "--data", str(tiny_text), "--output-dir", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["pretrain", "--preset", "tiny", "--data", str(tiny_text), "--output-dir", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2
     assert result.output.strip().startswith(f"error: {tiny_text}: corpus has 10 bytes, fewer than two 128-byte windows")
     bad = tmp_path / "bad.json"
@@ -96,5 +140,7 @@ def test_fill_mask_without_marks(tmp_path, letters_file):
 
 
 def test_console_script_runs_as_module():
-    done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, cwd=REPO, env={**os.environ})
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, cwd=REPO, env={**os.environ}
+    )
     assert done.returncode == 0 and "pretrain" in done.stdout

@@ -106,11 +106,13 @@ def test_hf_dataset_from_local_folder_and_streaming(tmp_path):
     assert len(windows) == sum(len(t.encode()) + 1 for t in texts) // 64
     assert decode(windows[0]).startswith("line number 0 of a local text datasetline number 1")
     skipped = StreamingWindows(stream.texts_factory, 64, MaskingOptions(), 0, skip_windows=2)
-    assert (next(iter(skipped))["input_ids"].shape == (64,))
+    assert next(iter(skipped))["input_ids"].shape == (64,)
 
 
 def test_hf_dataset_errors_are_one_line(tmp_path):
-    with pytest.raises(PerceiverLMError, match="--dataset nobody/no-such-dataset-xyz: cannot load split 'train'") as err:
+    with pytest.raises(
+        PerceiverLMError, match="--dataset nobody/no-such-dataset-xyz: cannot load split 'train'"
+    ) as err:
         load_hf_texts("nobody/no-such-dataset-xyz", None, "train", "text", False)
     assert "\n" not in str(err.value)
     folder = tmp_path / "texts"

@@ -29,8 +29,24 @@ runner = CliRunner()
 
 
 def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--preset", "tiny", "--data", str(corpus), "--output-dir", str(out), "--batch-size", "4",
-            "--eval-windows", "2", "--report-to", "none", "--log-every", "1", *extra]
+    return [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--eval-windows",
+        "2",
+        "--report-to",
+        "none",
+        "--log-every",
+        "1",
+        *extra,
+    ]
 
 
 def _last_error(result) -> str:
@@ -42,6 +58,7 @@ def _last_error(result) -> str:
 
 def _strict_records(path: Path) -> list[dict]:
     """metrics.jsonl as strict JSON: NaN or Infinity (which only Python reads) fail the test."""
+
     def refuse(constant):
         raise AssertionError(f"{path}: bare {constant} is not JSON")
 
@@ -59,8 +76,11 @@ def _tmpfs(path: Path, size: str, read_only: bool = False):
     """Mount a small tmpfs at ``path`` (yields True) where this process may, else yields False."""
     path.mkdir()
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                                   capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -81,8 +101,21 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(letters_file, t
 
             monkeypatch.setattr(ckpt, "save_file", save_file)
         out = tmp_path / "disk" / "run"
-        result = runner.invoke(app, _args(letters_file, out, "--max-steps", "20", "--save-every", "2", "--eval-every", "100",
-                                          "--keep-checkpoints", "10"))
+        result = runner.invoke(
+            app,
+            _args(
+                letters_file,
+                out,
+                "--max-steps",
+                "20",
+                "--save-every",
+                "2",
+                "--eval-every",
+                "100",
+                "--keep-checkpoints",
+                "10",
+            ),
+        )
         line = _last_error(result)
         assert "disk full" in line or "quota" in line, line
         done = ckpt.list_checkpoints(out)
@@ -138,12 +171,18 @@ main()
 """
 
 
-@pytest.mark.parametrize("point, stale", [("before-rename", ".checkpoint-0000004.tmp-"), ("mid-prune", ".checkpoint-0000002.deleting-")])
+@pytest.mark.parametrize(
+    "point, stale", [("before-rename", ".checkpoint-0000004.tmp-"), ("mid-prune", ".checkpoint-0000002.deleting-")]
+)
 def test_sigkill_in_checkpointing_then_resume_cleans_up_and_repeats_no_step(letters_file, tmp_path, point, stale):
     out = tmp_path / "run"
-    args = _args(letters_file, out, "--max-steps", "8", "--save-every", "2", "--eval-every", "4", "--keep-checkpoints", "1")
+    args = _args(
+        letters_file, out, "--max-steps", "8", "--save-every", "2", "--eval-every", "4", "--keep-checkpoints", "1"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, point, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert [p.name for p in out.iterdir() if p.name.startswith(stale)], sorted(p.name for p in out.iterdir())
     for path in ckpt.list_checkpoints(out):  # whatever looks like a checkpoint loads
@@ -169,15 +208,26 @@ def _wait_for(predicate, seconds: float = 120.0) -> None:
 def test_two_runs_on_one_folder_the_second_is_refused_naming_the_first(letters_file, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "cli", *_args(letters_file, out, "--max-steps", "100000", "--save-every", "100000",
-                                                                  "--eval-every", "100000")],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            *_args(letters_file, out, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "100000"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / LOCK_FILE).read_text().strip() == str(first.pid))
         for extra in ([], ["--resume"], ["--overwrite"]):
             second = runner.invoke(app, [*_args(letters_file, out, "--max-steps", "2"), *extra])
             line = _last_error(second)
-            assert len(second.stderr.splitlines()) == 1 and f"another run (pid {first.pid}) is using this folder" in line, line
+            assert (
+                len(second.stderr.splitlines()) == 1 and f"another run (pid {first.pid}) is using this folder" in line
+            ), line
         assert first.poll() is None  # the first run goes on, untouched
     finally:
         first.send_signal(signal.SIGKILL)
@@ -191,18 +241,37 @@ def test_two_runs_on_one_folder_the_second_is_refused_naming_the_first(letters_f
 def test_a_lock_held_in_this_process_refuses_every_writing_command(letters_file, tmp_path):
     out = tmp_path / "held"
     with FolderLock(out):
-        for args in (_args(letters_file, out, "--max-steps", "2"),
-                     ["glue", "train", "--preset", "tiny", "--glue-dir", str(tmp_path), "--output-dir", str(out)]):
+        for args in (
+            _args(letters_file, out, "--max-steps", "2"),
+            ["glue", "train", "--preset", "tiny", "--glue-dir", str(tmp_path), "--output-dir", str(out)],
+        ):
             result = runner.invoke(app, args)
             assert f"another run (pid {os.getpid()})" in _last_error(result)
 
 
 # lr 1000 makes the weights overflow within a few steps: a checkpoint due then is refused, else the next loss stops the run.
-@pytest.mark.parametrize("save_every, message", [("1", "the weights are not finite; not saved"), ("100", "the training loss is not finite")])
+@pytest.mark.parametrize(
+    "save_every, message", [("1", "the weights are not finite; not saved"), ("100", "the training loss is not finite")]
+)
 def test_diverging_run_stops_without_saving_broken_weights(letters_file, tmp_path, save_every, message):
     out = tmp_path / "run"
-    result = runner.invoke(app, _args(letters_file, out, "--max-steps", "30", "--save-every", save_every, "--eval-every", "100",
-                                      "--lr", "1000", "--warmup-steps", "0"))
+    result = runner.invoke(
+        app,
+        _args(
+            letters_file,
+            out,
+            "--max-steps",
+            "30",
+            "--save-every",
+            save_every,
+            "--eval-every",
+            "100",
+            "--lr",
+            "1000",
+            "--warmup-steps",
+            "0",
+        ),
+    )
     line = _last_error(result)
     assert message in line, line
     for path in ckpt.list_checkpoints(out):
@@ -213,7 +282,12 @@ def test_diverging_run_stops_without_saving_broken_weights(letters_file, tmp_pat
 
 def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(letters_file, tmp_path):
     out = tmp_path / "run"
-    assert runner.invoke(app, _args(letters_file, out, "--max-steps", "4", "--save-every", "2", "--keep-checkpoints", "5")).exit_code == 0
+    assert (
+        runner.invoke(
+            app, _args(letters_file, out, "--max-steps", "4", "--save-every", "2", "--keep-checkpoints", "5")
+        ).exit_code
+        == 0
+    )
     (out / "notes.txt").write_text("mine\n")
     again = runner.invoke(app, [*_args(letters_file, out, "--max-steps", "2", "--save-every", "2"), "--overwrite"])
     assert again.exit_code == 0, again.stderr[-3000:]
@@ -226,9 +300,19 @@ def test_convert_overwrite_replaces_only_an_earlier_conversion(tmp_path):
     from perceiver_lm import PRESETS
     from perceiver_lm.interop import export_to_transformers
 
-    source = export_to_transformers(PerceiverLM(PRESETS["tiny"].replace(
-        locality_bias=False, locality_tiling=False, tie_decoder_queries=False, decoder_heads=8, decoder_qk_channels=256,
-        decoder_v_channels=64)), tmp_path / "hf")
+    source = export_to_transformers(
+        PerceiverLM(
+            PRESETS["tiny"].replace(
+                locality_bias=False,
+                locality_tiling=False,
+                tie_decoder_queries=False,
+                decoder_heads=8,
+                decoder_qk_channels=256,
+                decoder_v_channels=64,
+            )
+        ),
+        tmp_path / "hf",
+    )
     out = tmp_path / "ours"
     assert runner.invoke(app, ["convert", str(out), "--from-transformers", str(source)]).exit_code == 0
     refused = runner.invoke(app, ["convert", str(out), "--from-transformers", str(source)])
@@ -248,8 +332,22 @@ def test_glue_overwrite_replaces_best_and_metrics_and_keeps_the_users_files(tmp_
     (out / "best" / "config.json").write_text("{}\n")  # an earlier run's best model, as far as names go
     (out / "dev_metrics.json").write_text('{"best": "earlier"}\n')
     (out / "notes.txt").write_text("mine\n")
-    args = ["glue", "train", "--preset", "tiny", "--glue-dir", str(tmp_path / "glue"), "--output-dir", str(out), "--max-steps", "2",
-            "--batch-size", "4", "--head-hidden", "8"]
+    args = [
+        "glue",
+        "train",
+        "--preset",
+        "tiny",
+        "--glue-dir",
+        str(tmp_path / "glue"),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--head-hidden",
+        "8",
+    ]
     assert "folder is not empty" in _last_error(runner.invoke(app, args))
     result = runner.invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.stderr[-3000:]

@@ -11,9 +11,19 @@ transformers = pytest.importorskip("transformers", reason="transformers not inst
 
 # A small language-shaped config with unequal query/key and value heads, like the 201M checkpoint.
 HF_SMALL = dict(
-    num_latents=16, d_latents=96, d_model=64, num_blocks=1, num_self_attends_per_block=3, num_self_attention_heads=4,
-    num_cross_attention_heads=4, qk_channels=32, v_channels=96, cross_attention_widening_factor=1,
-    self_attention_widening_factor=2, max_position_embeddings=128, vocab_size=262,
+    num_latents=16,
+    d_latents=96,
+    d_model=64,
+    num_blocks=1,
+    num_self_attends_per_block=3,
+    num_self_attention_heads=4,
+    num_cross_attention_heads=4,
+    qk_channels=32,
+    v_channels=96,
+    cross_attention_widening_factor=1,
+    self_attention_widening_factor=2,
+    max_position_embeddings=128,
+    vocab_size=262,
 )
 
 
@@ -41,7 +51,10 @@ def test_converted_model_matches_transformers_logits_and_maps(tmp_path, qk_chann
     ids, mask = _inputs()
     convert_from_transformers(folder, tmp_path / "ours")
     ours = PerceiverLM.from_pretrained(tmp_path / "ours")
-    assert ours.config.qk_channels // ours.config.num_cross_heads == qk_channels // 4 and ours.config.v_channels // ours.config.num_cross_heads == 24
+    assert (
+        ours.config.qk_channels // ours.config.num_cross_heads == qk_channels // 4
+        and ours.config.v_channels // ours.config.num_cross_heads == 24
+    )
     real = mask.bool()
     with torch.no_grad():
         theirs = reference(inputs=ids, attention_mask=mask, output_attentions=True)
@@ -59,7 +72,11 @@ def test_export_loads_in_transformers_and_round_trips_exactly(hf_folder, tmp_pat
     reloaded = transformers.PerceiverForMaskedLM.from_pretrained(tmp_path / "exported").eval()
     ids, mask = _inputs()
     with torch.no_grad():
-        diff = (reloaded(inputs=ids, attention_mask=mask).logits[:, : ids.shape[1]] - ours(ids, mask).logits)[mask.bool()].abs().max()
+        diff = (
+            (reloaded(inputs=ids, attention_mask=mask).logits[:, : ids.shape[1]] - ours(ids, mask).logits)[mask.bool()]
+            .abs()
+            .max()
+        )
     assert diff <= 1e-4
     again = load_from_transformers(tmp_path / "exported")
     assert again.config == ours.config
@@ -97,10 +114,22 @@ def test_public_language_perceiver_config_maps_to_base():
 
     # The fields of deepmind/language-perceiver's config.json that decide the shape.
     public = dict(
-        d_latents=1280, d_model=768, num_latents=256, qk_channels=256, v_channels=1280, num_blocks=1,
-        num_self_attends_per_block=26, num_self_attention_heads=8, num_cross_attention_heads=8,
-        cross_attention_widening_factor=1, self_attention_widening_factor=1, max_position_embeddings=2048,
-        vocab_size=262, attention_probs_dropout_prob=0.1, hidden_act="gelu", use_query_residual=True,
+        d_latents=1280,
+        d_model=768,
+        num_latents=256,
+        qk_channels=256,
+        v_channels=1280,
+        num_blocks=1,
+        num_self_attends_per_block=26,
+        num_self_attention_heads=8,
+        num_cross_attention_heads=8,
+        cross_attention_widening_factor=1,
+        self_attention_widening_factor=1,
+        max_position_embeddings=2048,
+        vocab_size=262,
+        attention_probs_dropout_prob=0.1,
+        hidden_act="gelu",
+        use_query_residual=True,
     )
     assert config_from_transformers(public, "public") == PRESETS["base"]
     exported = config_to_transformers(PRESETS["base"])

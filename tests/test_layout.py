@@ -1,4 +1,6 @@
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,11 +33,34 @@ def test_real_corpus_trains_when_shared_data_is_present(tmp_path):
     from perceiver_lm.training import TrainingOptions, pretrain
 
     result = pretrain(
-        TrainingOptions(data=[str(data / "corpus" / "tinyshakespeare")], output_dir=str(tmp_path / "run"), batch_size=16,
-                        max_steps=40, eval_every=40, save_every=40, eval_windows=32, report_to="none", warmup_steps=5, lr=2e-3),
+        TrainingOptions(
+            data=[str(data / "corpus" / "tinyshakespeare")],
+            output_dir=str(tmp_path / "run"),
+            batch_size=16,
+            max_steps=40,
+            eval_every=40,
+            save_every=40,
+            eval_windows=32,
+            report_to="none",
+            warmup_steps=5,
+            lr=2e-3,
+        ),
         PRESETS["tiny"],
     )
     # 40 steps take `tiny` from uniform (8.03 bits) to within half a bit of the corpus's byte frequencies
     # (measured: 5.12 against 4.86)
     unigram = unigram_bits((data / "corpus" / "tinyshakespeare" / "input.txt").read_bytes())
     assert result.step == 40 and result.eval_metrics["bits_per_byte"] < unigram + 0.5
+
+
+def test_cli_builds_its_commands_without_torch():
+    """`perceiver-lm --help` answers fast: building the commands imports neither torch nor scikit-learn."""
+    code = (
+        "import sys; from typer.testing import CliRunner; import cli.main as m\n"
+        "for args in ([], ['pretrain'], ['glue', 'train']):\n"
+        "    assert CliRunner().invoke(m.app, args + ['--help']).exit_code == 0\n"
+        "heavy = sorted(n for n in ('torch', 'sklearn', 'accelerate', 'datasets') if n in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,9 @@ from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.tokenizer import encode_batch
 
 # Unequal qk/v head sizes like the public checkpoint (32 vs 160 there); no priors, as in `base`.
-PLAIN = PRESETS["tiny"].replace(qk_channels=32, v_channels=96, locality_bias=False, locality_tiling=False, tie_decoder_queries=False)
+PLAIN = PRESETS["tiny"].replace(
+    qk_channels=32, v_channels=96, locality_bias=False, locality_tiling=False, tie_decoder_queries=False
+)
 # qk heads 2/3 of the value heads: the fused path zero-pads q/k heads on CPU (as in `small`).
 PADDED = PLAIN.replace(qk_channels=64)
 
@@ -65,7 +67,9 @@ def test_decodes_only_asked_positions_and_matches_full_decode():
     positions = torch.tensor([[1, 5, 7], [0, 2, 30], [1, 1, 2]])
     some = model(ids, mask, query_positions=positions).logits
     assert some.shape == (3, 3, 262)
-    torch.testing.assert_close(some, torch.gather(full, 1, positions[..., None].expand(-1, -1, 262)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        some, torch.gather(full, 1, positions[..., None].expand(-1, -1, 262)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_padding_does_not_change_real_positions():

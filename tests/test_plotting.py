@@ -8,8 +8,13 @@ from perceiver_lm.plotting import plot_curve, read_metrics
 
 def _run(folder, bits):
     folder.mkdir()
-    records = [{"step": 50 * (i + 1), "elapsed_s": 30.0 * (i + 1), "eval_bits_per_byte": b, "eval_accuracy": 0.1} for i, b in enumerate(bits)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"step": 10, "train_loss": 5.0}, *records]))
+    records = [
+        {"step": 50 * (i + 1), "elapsed_s": 30.0 * (i + 1), "eval_bits_per_byte": b, "eval_accuracy": 0.1}
+        for i, b in enumerate(bits)
+    ]
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [{"step": 10, "train_loss": 5.0}, *records])
+    )
     return folder
 
 

@@ -42,7 +42,14 @@ def test_batch_errors():
         tok.pad_batch([np.array([1, 2, 3])], max_length=1)
 
 
-PARITY_TEXTS = ["Hello, world!", "Grüße aus Köln", "東京は雨です", "emoji 🧠🔥 ok", "العربية", "  spaces\tand\nnewlines  "]
+PARITY_TEXTS = [
+    "Hello, world!",
+    "Grüße aus Köln",
+    "東京は雨です",
+    "emoji 🧠🔥 ok",
+    "العربية",
+    "  spaces\tand\nnewlines  ",
+]
 
 
 def test_ids_equal_transformers_perceiver_tokenizer():
@@ -52,4 +59,6 @@ def test_ids_equal_transformers_perceiver_tokenizer():
         assert tok.encode(text).tolist() == reference(text)["input_ids"], text
     pair = reference("first", "second")["input_ids"]
     assert tok.encode_pair("first", "second").tolist() == pair
-    assert tok.decode(tok.encode(PARITY_TEXTS[2])) == reference.decode(reference(PARITY_TEXTS[2])["input_ids"], skip_special_tokens=True)
+    assert tok.decode(tok.encode(PARITY_TEXTS[2])) == reference.decode(
+        reference(PARITY_TEXTS[2])["input_ids"], skip_special_tokens=True
+    )

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import unigram_bits
-
 from perceiver_lm import PRESETS, PerceiverLMError
 from perceiver_lm.optim import Lamb, warmup_cosine
 from perceiver_lm.training import TrainingOptions, pretrain, resolve_precision
@@ -23,8 +22,16 @@ TINY = PRESETS["tiny"]
 
 def _options(data: Path, out: Path, **overrides) -> TrainingOptions:
     base = dict(
-        data=[str(data)], output_dir=str(out), batch_size=8, max_steps=20, eval_every=10, eval_windows=8,
-        save_every=10, warmup_steps=5, report_to="none", log_every=5,
+        data=[str(data)],
+        output_dir=str(out),
+        batch_size=8,
+        max_steps=20,
+        eval_every=10,
+        eval_windows=8,
+        save_every=10,
+        warmup_steps=5,
+        report_to="none",
+        log_every=5,
     )
     return TrainingOptions(**{**base, **overrides})
 
@@ -38,7 +45,17 @@ def test_tiny_learns_context_far_below_uniform_and_unigram(letters_file, tmp_pat
     # Masked words are uniformly random letters on their own: unigram = ln 26 = 3.26 nats, uniform
     # over the 256 bytes = 5.55 nats. Only the surrounding words give them away.
     result = pretrain(
-        _options(letters_file, tmp_path / "run", batch_size=16, max_steps=300, eval_every=300, save_every=300, eval_windows=64, lr=3e-3, warmup_steps=30),
+        _options(
+            letters_file,
+            tmp_path / "run",
+            batch_size=16,
+            max_steps=300,
+            eval_every=300,
+            save_every=300,
+            eval_windows=64,
+            lr=3e-3,
+            warmup_steps=30,
+        ),
         TINY,
     )
     assert result.eval_metrics["loss"] < 1.2, result.eval_metrics
@@ -105,10 +122,15 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, letters_f
     assert resolve_precision("auto", cpu=False, flags=zen3, gpu=True).mode == "no"
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     # the run says which precision it picked and why, in its first lines
-    pretrain(_options(letters_file, tmp_path / "run", max_steps=2, eval_every=2, save_every=2, mixed_precision="no"), TINY)
+    pretrain(
+        _options(letters_file, tmp_path / "run", max_steps=2, eval_every=2, save_every=2, mixed_precision="no"), TINY
+    )
     assert "fp32 (--mixed-precision no)" in capsys.readouterr().err
     # a second run in the same process may pick another precision (Accelerate's state is per process)
-    pretrain(_options(letters_file, tmp_path / "run_bf16", max_steps=2, eval_every=2, save_every=2, mixed_precision="bf16"), TINY)
+    pretrain(
+        _options(letters_file, tmp_path / "run_bf16", max_steps=2, eval_every=2, save_every=2, mixed_precision="bf16"),
+        TINY,
+    )
     assert "bf16" in capsys.readouterr().err
 
 
@@ -136,12 +158,39 @@ def _cli(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_during_training_then_resume_matches_uninterrupted(letters_file, tmp_path):
-    common = ["pretrain", "--preset", "tiny", "--data", str(letters_file), "--batch-size", "8", "--max-steps", "60",
-              "--save-every", "5", "--eval-every", "1000", "--warmup-steps", "5", "--report-to", "none", "--keep-checkpoints", "100"]
+    common = [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        str(letters_file),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "60",
+        "--save-every",
+        "5",
+        "--eval-every",
+        "1000",
+        "--warmup-steps",
+        "5",
+        "--report-to",
+        "none",
+        "--keep-checkpoints",
+        "100",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli(*common, "--output-dir", str(tmp_path / "full")), check=True, env=env, cwd=REPO, capture_output=True)
+    subprocess.run(
+        _cli(*common, "--output-dir", str(tmp_path / "full")), check=True, env=env, cwd=REPO, capture_output=True
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*common, "--output-dir", str(killed)), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*common, "--output-dir", str(killed)),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not list(killed.glob("checkpoint-00000[1-9]*")) and time.time() < deadline:
         time.sleep(0.05)
@@ -150,8 +199,12 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(letters_file,
     done = sorted(p.name for p in killed.glob("checkpoint-*"))
     assert done and "checkpoint-0000060" not in done  # killed part-way
     # Whatever the kill interrupted is a hidden temporary directory, never a checkpoint-N that loads half-written.
-    assert all(p.name.startswith(("checkpoint-", ".checkpoint-", "metrics", ".perceiver-lm.lock")) for p in killed.iterdir())
-    resumed = subprocess.run(_cli(*common, "--output-dir", str(killed), "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert all(
+        p.name.startswith(("checkpoint-", ".checkpoint-", "metrics", ".perceiver-lm.lock")) for p in killed.iterdir()
+    )
+    resumed = subprocess.run(
+        _cli(*common, "--output-dir", str(killed), "--resume"), env=env, cwd=REPO, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     a, b = _weights(tmp_path / "full"), _weights(killed)
@@ -180,8 +233,23 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tm
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        str(script),
+    ]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -198,8 +266,19 @@ def test_pretrain_from_a_streamed_dataset(tmp_path):
     text = "\n".join(f"streamed line {i} with a few words" for i in range(2000))
     (folder / "part.txt").write_text(text)
     result = pretrain(
-        TrainingOptions(dataset=str(folder), streaming=True, output_dir=str(tmp_path / "run"), batch_size=4, max_steps=30,
-                        eval_every=15, eval_windows=4, save_every=30, report_to="none", warmup_steps=3, lr=2e-3),
+        TrainingOptions(
+            dataset=str(folder),
+            streaming=True,
+            output_dir=str(tmp_path / "run"),
+            batch_size=4,
+            max_steps=30,
+            eval_every=15,
+            eval_windows=4,
+            save_every=30,
+            report_to="none",
+            warmup_steps=3,
+            lr=2e-3,
+        ),
         TINY,
     )
     assert result.step == 30 and result.checkpoint.name == "checkpoint-0000030"
@@ -208,7 +287,19 @@ def test_pretrain_from_a_streamed_dataset(tmp_path):
 
 
 def test_gradient_accumulation_with_lamb_counts_optimizer_steps(letters_file, tmp_path):
-    result = pretrain(_options(letters_file, tmp_path / "run", batch_size=2, grad_accum=2, max_steps=4, optimizer="lamb", save_every=4, eval_every=4), TINY)
+    result = pretrain(
+        _options(
+            letters_file,
+            tmp_path / "run",
+            batch_size=2,
+            grad_accum=2,
+            max_steps=4,
+            optimizer="lamb",
+            save_every=4,
+            eval_every=4,
+        ),
+        TINY,
+    )
     assert result.step == 4
     state = json.loads((result.checkpoint / "trainer_state.json").read_text())
     assert state["options"]["grad_accum"] == 2

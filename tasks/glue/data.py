@@ -72,14 +72,18 @@ def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int
     return header.index(spec)
 
 
-def read_tsv(task: GlueTask, path: Path, columns: Columns, name: str, max_length: int, skip_bad_rows: bool) -> GlueSplit:
+def read_tsv(
+    task: GlueTask, path: Path, columns: Columns, name: str, max_length: int, skip_bad_rows: bool
+) -> GlueSplit:
     """Read one GLUE TSV file of ``task`` laid out as ``columns``."""
     split = GlueSplit(task, name, str(path))
     first_error = None
     try:
         handle = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
-        raise PerceiverLMError(f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})") from None
+        raise PerceiverLMError(
+            f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})"
+        ) from None
     with handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = None
@@ -101,7 +105,9 @@ def read_tsv(task: GlueTask, path: Path, columns: Columns, name: str, max_length
                 except ValueError as err:
                     message = f"{path}: line {reader.line_num}: {err}"
                     if not skip_bad_rows:
-                        raise PerceiverLMError(message + " (pass --skip-bad-rows to count and skip such rows)") from None
+                        raise PerceiverLMError(
+                            message + " (pass --skip-bad-rows to count and skip such rows)"
+                        ) from None
                     split.skipped += 1
                     first_error = first_error or message
                     continue
@@ -125,11 +131,20 @@ def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
         import datasets
 
         # Hub split names; test splits ("test", "test_matched", ...) are named alike.
-        hub_name = {"train": "train", "dev": "validation", "matched": "validation_matched", "mismatched": "validation_mismatched"}.get(name, name)
+        hub_name = {
+            "train": "train",
+            "dev": "validation",
+            "matched": "validation_matched",
+            "mismatched": "validation_mismatched",
+        }.get(name, name)
         rows = datasets.load_dataset(HUB_DATASET, task.hub_config, split=hub_name)
     except Exception as err:  # datasets raises many types when offline or the split is unknown
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        hint = "the Hub is unreachable (offline mode is on)" if offline else (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = (
+            "the Hub is unreachable (offline mode is on)"
+            if offline
+            else (str(err).strip().splitlines() or [type(err).__name__])[0]
+        )
         raise PerceiverLMError(
             f"GLUE {task.name} {name}: no --glue-dir given and {HUB_DATASET} cannot be loaded: {hint}; "
             "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
@@ -144,7 +159,9 @@ def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
     return split
 
 
-def load_split(task: GlueTask, name: str, glue_dir: str | Path | None, max_length: int, skip_bad_rows: bool = False) -> GlueSplit:
+def load_split(
+    task: GlueTask, name: str, glue_dir: str | Path | None, max_length: int, skip_bad_rows: bool = False
+) -> GlueSplit:
     """Load split ``name`` of ``task``: "train", a dev split (see ``task.dev``) or a test file stem.
 
     Args:
@@ -233,7 +250,9 @@ class ProportionalBatches(torch.utils.data.Sampler):
 def eval_loader(split: GlueSplit, task_index: int, batch_size: int) -> torch.utils.data.DataLoader:
     """Batches of one split in order of length (short padding); the ``position`` field restores file order."""
     data = TaskExamples([split], [task_index])
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=np.argsort(data.lengths, kind="stable").tolist(), collate_fn=collate)
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch_size, sampler=np.argsort(data.lengths, kind="stable").tolist(), collate_fn=collate
+    )
 
 
 def collate(items: list[tuple]) -> dict[str, torch.Tensor]:

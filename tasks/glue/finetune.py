@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,61 +27,22 @@ from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.optim import adamw, parameter_groups, warmup_cosine
-from perceiver_lm.run_dir import check_output_folder, claim_folder, refuse_non_empty, remove_tree, write_json_atomic, write_text_atomic
-from perceiver_lm.training import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, make_accelerator, option, options_from_dict, resolve_precision
+from perceiver_lm.run_dir import (
+    check_output_folder,
+    claim_folder,
+    refuse_non_empty,
+    remove_tree,
+    write_json_atomic,
+    write_text_atomic,
+)
+from perceiver_lm.training import make_accelerator, resolve_precision
 from perceiver_lm.validation import check_range
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
+from tasks.glue.options import GlueOptions
 from tasks.glue.tasks import GlueTask, parse_tasks
 
 METRICS_FILE = "dev_metrics.json"
-
-
-@dataclass(frozen=True)
-class GlueOptions:
-    """GLUE fine-tuning options; each field is one ``perceiver-lm glue train`` option of the same name."""
-
-    tasks: str = option("sst2", "Comma-separated GLUE tasks to fine-tune together (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or all.")
-    checkpoint: str | None = option(None, "Pretrained perceiver-lm MLM checkpoint or run directory; without it the model starts from random weights (--preset).")
-    preset: str = option("small", "Model shape when no --checkpoint is given (random-initialisation baseline).")
-    glue_dir: str | None = option(None, "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.")
-    output_dir: str = option("runs/glue", "Run directory: best model, checkpoints, dev metrics JSON.")
-    epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
-    max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
-    batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).")
-    lr: float | None = option(None, "Peak learning rate; default: the model shape's (FINETUNE_DEFAULTS: small 3e-4, base 5e-5 as in the paper's grid 1e-4..1e-5).")
-    warmup_steps: int | None = option(None, "Linear warm-up steps; default: the model shape's (small 60, base 200 as in the paper).")
-    weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices (paper: 0.01).")
-    min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of --lr (cosine decay).")
-    clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
-    max_length: int | None = option(None, "Truncate examples to this many bytes (specials included); default: the model's window.")
-    max_train_examples: int | None = option(None, "Use at most this many training examples per task (a seeded random subset).")
-    max_eval_examples: int | None = option(None, "Evaluate on at most this many dev examples per split (the first ones).")
-    eval_every: int | None = option(None, "Evaluate every N steps; default: at the end of every epoch.")
-    eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
-    head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
-    length_buckets: bool = option(True, "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches shuffled).")
-    skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
-    seed: int = option(0, "Seed for the task heads, data order and dropout.")
-    cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
-    overwrite: bool = option(False, "Fine-tune into a non-empty --output-dir: its earlier best/ and dev_metrics.json are replaced (other files are kept).")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        for name in ("batch_size", "eval_batch_size", "head_hidden", "max_steps", "max_train_examples", "max_eval_examples", "eval_every", "epochs", "lr"):
-            check_range(flag(name), getattr(self, name), 0, low_open=True)
-        for name in ("warmup_steps", "weight_decay", "clip_norm"):
-            check_range(flag(name), getattr(self, name), 0)
-        check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
-        check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
-        check_range("--seed", self.seed, 0, MAX_SEED)
-        check_range("--max-length", self.max_length, 4)
-        parse_tasks(self.tasks)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str) -> "GlueOptions":
-        return options_from_dict(cls, data, source, "GLUE")
 
 
 # Fine-tuning defaults per model shape, measured (README, "Byte encoder"). The paper's lr 5e-5 with 200
@@ -142,7 +103,9 @@ def _subset(split: GlueSplit, limit: int | None, seed: int, first: bool = False)
         return split
     keep = np.arange(limit) if first else np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False))
     return dataclasses.replace(
-        split, ids=[split.ids[i] for i in keep], labels=[split.labels[i] for i in keep] if split.labels else [],
+        split,
+        ids=[split.ids[i] for i in keep],
+        labels=[split.labels[i] for i in keep] if split.labels else [],
         index=[split.index[i] for i in keep] if split.index else [],
     )
 
@@ -159,7 +122,9 @@ def predictions_of(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, accelerator) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    model, loader: DataLoader, task_index: int, task: GlueTask, accelerator
+) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels of every example of one split, in file order, gathered over processes."""
     was_training = model.training
     model.eval()
@@ -175,7 +140,9 @@ def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, ac
     return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
 
 
-def _eval_loaders(splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int) -> dict[tuple[str, str], DataLoader]:
+def _eval_loaders(
+    splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int
+) -> dict[tuple[str, str], DataLoader]:
     return {key: eval_loader(split, task_index[key[0]], batch_size) for key, split in splits.items()}
 
 
@@ -197,7 +164,12 @@ def finetune(options: GlueOptions) -> FinetuneResult:
     output = check_output_folder(options.output_dir, "--output-dir")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
     hint = "pick another --output-dir, or pass --overwrite to replace its best/ and dev_metrics.json"
-    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint), lock=main_rank):
+    with claim_folder(
+        output,
+        "--output-dir",
+        lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint),
+        lock=main_rank,
+    ):
         if options.overwrite and main_rank:
             # Only what fine-tuning writes; a best/ that holds anything else is refused by atomic_directory later.
             (output / METRICS_FILE).unlink(missing_ok=True)
@@ -230,26 +202,46 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     notes += [note] if note else []
     max_length = options.max_length or model.config.max_seq_len
     if max_length > model.config.max_seq_len:
-        raise PerceiverLMError(f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})")
+        raise PerceiverLMError(
+            f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})"
+        )
     task_index = {t.name: i for i, t in enumerate(tasks)}
     tasks_by_name = {t.name: t for t in tasks}
-    train_splits = [_subset(load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows), options.max_train_examples, options.seed) for t in tasks]
+    train_splits = [
+        _subset(
+            load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows),
+            options.max_train_examples,
+            options.seed,
+        )
+        for t in tasks
+    ]
     dev_splits = {
-        (t.name, split): _subset(load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows), options.max_eval_examples, 0, first=True)
-        for t in tasks for split, _ in t.dev
+        (t.name, split): _subset(
+            load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows),
+            options.max_eval_examples,
+            0,
+            first=True,
+        )
+        for t in tasks
+        for split, _ in t.dev
     }
     for note in notes:
         say(note)
     for split in [*train_splits, *dev_splits.values()]:
         cut = sum(len(ids) == max_length for ids in split.ids)
-        say(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}" + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""))
+        say(
+            f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}"
+            + (f" ({cut:,} cut to {max_length} bytes)" if cut else "")
+        )
 
     train_data = TaskExamples(train_splits, [task_index[t.name] for t in tasks])
     sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
     train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
     eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size)
     optimizer = adamw(parameter_groups(model, options.weight_decay), lr=options.lr)
-    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader, *eval_loaders.values())
+    model, optimizer, train_loader, *prepared = accelerator.prepare(
+        model, optimizer, train_loader, *eval_loaders.values()
+    )
     eval_loaders = dict(zip(eval_loaders, prepared))
 
     per_epoch = len(train_loader)
@@ -257,8 +249,10 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     eval_every = options.eval_every or per_epoch
     if main:
         output.mkdir(parents=True, exist_ok=True)
-    say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
-        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)")
+    say(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
+        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)"
+    )
 
     def set_lr(at_step: int) -> None:
         for group in optimizer.param_groups:
@@ -296,26 +290,50 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
             set_lr(step)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix({name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count})
+                progress.set_postfix(
+                    {name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count}
+                )
             if step % eval_every == 0 or step == total:
                 scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
                 losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
                 running = {t.name: [0.0, 0] for t in tasks}
-                history.append({"step": step, "epoch": step / per_epoch, "elapsed_s": time.monotonic() - started, "train_loss": losses, "scores": scores})
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": step / per_epoch,
+                        "elapsed_s": time.monotonic() - started,
+                        "train_loss": losses,
+                        "scores": scores,
+                    }
+                )
                 for name, task_scores in scores.items():
-                    if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(tasks_by_name[name], best[name]["scores"]):
+                    if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(
+                        tasks_by_name[name], best[name]["scores"]
+                    ):
                         best[name] = {"step": step, "scores": task_scores}
                 mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
-                say(f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): " + "; ".join(
-                    f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items()) for n, s in scores.items()))
+                say(
+                    f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): "
+                    + "; ".join(
+                        f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items())
+                        for n, s in scores.items()
+                    )
+                )
                 if mean > best_mean:
                     best_mean = mean
                     if main:
                         accelerator.unwrap_model(model).save_pretrained(best_dir)
                     accelerator.wait_for_everyone()
                 if main:
-                    write_json_atomic(output / METRICS_FILE, {"options": dataclasses.asdict(options), "best": best, "history": history,
-                                                         "num_processes": accelerator.num_processes})
+                    write_json_atomic(
+                        output / METRICS_FILE,
+                        {
+                            "options": dataclasses.asdict(options),
+                            "best": best,
+                            "history": history,
+                            "num_processes": accelerator.num_processes,
+                        },
+                    )
             if step >= total:
                 break
         epoch += 1
@@ -324,8 +342,13 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     return FinetuneResult(output, best, best_dir, step)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names: str | None = None, batch_size: int = 64,
-                        max_eval_examples: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    glue_dir: str | None,
+    task_names: str | None = None,
+    batch_size: int = 64,
+    max_eval_examples: int | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
     check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
     accelerator = make_accelerator()
@@ -333,13 +356,19 @@ def evaluate_checkpoint(checkpoint: str | Path, glue_dir: str | None, task_names
     names = [t.name for t in model.tasks.tasks]
     tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
     task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
-    splits = {(t.name, s): _subset(load_split(t, s, glue_dir, model.config.max_seq_len), max_eval_examples, 0, first=True) for t in tasks for s, _ in t.dev}
+    splits = {
+        (t.name, s): _subset(load_split(t, s, glue_dir, model.config.max_seq_len), max_eval_examples, 0, first=True)
+        for t in tasks
+        for s, _ in t.dev
+    }
     loaders = _eval_loaders(splits, task_index, batch_size)
     model, *prepared = accelerator.prepare(model, *loaders.values())
     return _evaluate(model, dict(zip(loaders, prepared)), {t.name: t for t in tasks}, task_index, accelerator)
 
 
-def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64, overwrite: bool = False) -> list[Path]:
+def predict_test(
+    checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64, overwrite: bool = False
+) -> list[Path]:
     """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``).
 
     Submission files already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
@@ -347,11 +376,16 @@ def predict_test(checkpoint: str | Path, glue_dir: str | None, out_dir: str | Pa
     out = check_output_folder(out_dir, "--out")
     unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
     tasks = parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks))
-    plan = [(task, stem, submission) for task in tasks
-            for stem, submission in (((task.test_files[0][0], task.submission),) if task.submission else task.test_files)]
+    plan = [
+        (task, stem, submission)
+        for task in tasks
+        for stem, submission in (((task.test_files[0][0], task.submission),) if task.submission else task.test_files)
+    ]
     present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
     if present and not overwrite:
-        raise PerceiverLMError(f"--out {out}: already holds {', '.join(present)}; pass --overwrite to replace them, or pick another folder")
+        raise PerceiverLMError(
+            f"--out {out}: already holds {', '.join(present)}; pass --overwrite to replace them, or pick another folder"
+        )
     accelerator = make_accelerator()
     model = accelerator.prepare(unwrapped)
     written = []
@@ -380,21 +414,34 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
     tasks = parse_tasks(options.tasks)
     output = check_output_folder(options.output_dir, "--output-dir")
     hint = "pick another --output-dir, or pass --overwrite to rerun the sweep there"
-    with claim_folder(output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint)):
+    with claim_folder(
+        output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint)
+    ):
         return _sweep(options, tasks, output, batch_sizes, lrs)
 
 
-def _sweep(options: GlueOptions, tasks: list[GlueTask], output: Path, batch_sizes: list[int], lrs: list[float]) -> dict[str, Any]:
+def _sweep(
+    options: GlueOptions, tasks: list[GlueTask], output: Path, batch_sizes: list[int], lrs: list[float]
+) -> dict[str, Any]:
     runs, best = [], {}
     for batch_size, lr in itertools.product(batch_sizes, lrs):
-        point = dataclasses.replace(options, batch_size=batch_size, lr=lr, output_dir=str(Path(options.output_dir) / f"bs{batch_size}_lr{lr:g}"))
+        point = dataclasses.replace(
+            options, batch_size=batch_size, lr=lr, output_dir=str(Path(options.output_dir) / f"bs{batch_size}_lr{lr:g}")
+        )
         result = finetune(point)
         runs.append({"batch_size": batch_size, "lr": lr, "best": result.best, "output_dir": str(result.output_dir)})
         for task in tasks:
             entry = result.best[task.name]
-            if task.name not in best or primary_score(task, entry["scores"]) > primary_score(task, best[task.name]["scores"]):
+            if task.name not in best or primary_score(task, entry["scores"]) > primary_score(
+                task, best[task.name]["scores"]
+            ):
                 best[task.name] = {**entry, "batch_size": batch_size, "lr": lr, "output_dir": str(result.output_dir)}
-    summary = {"options": dataclasses.asdict(options), "grid": {"batch_size": batch_sizes, "lr": lrs}, "best": best, "runs": runs}
+    summary = {
+        "options": dataclasses.asdict(options),
+        "grid": {"batch_size": batch_sizes, "lr": lrs},
+        "best": best,
+        "runs": runs,
+    }
     write_json_atomic(output / "sweep.json", summary)
     return summary
 
@@ -403,8 +450,7 @@ def results_table(best: dict[str, dict[str, Any]]) -> str:
     """Dev scores per task beside the Perceiver IO paper's (single-task and multi-task queries)."""
     from tasks.glue.tasks import TASKS
 
-    lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}",
-             "-" * 70]
+    lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}", "-" * 70]
     for name, entry in best.items():
         task = TASKS[name]
         for split, scores in entry["scores"].items():

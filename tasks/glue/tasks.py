@@ -55,52 +55,120 @@ TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in (
         GlueTask(
-            "cola", "CoLA", "cola", ("sentence",),
-            labeled=Columns(3, None, 1, header=False), test=Columns("sentence", None, None, index="index"),
-            labels=("0", "1"), metrics=("matthews",), submission="CoLA", paper=50.19, paper_multitask=47.88,
+            "cola",
+            "CoLA",
+            "cola",
+            ("sentence",),
+            labeled=Columns(3, None, 1, header=False),
+            test=Columns("sentence", None, None, index="index"),
+            labels=("0", "1"),
+            metrics=("matthews",),
+            submission="CoLA",
+            paper=50.19,
+            paper_multitask=47.88,
         ),
         GlueTask(
-            "sst2", "SST-2", "sst2", ("sentence",),
-            labeled=Columns("sentence", None, "label"), test=Columns("sentence", None, None, index="index"),
-            labels=("0", "1"), metrics=("accuracy",), submission="SST-2", paper=93.17, paper_multitask=93.75,
+            "sst2",
+            "SST-2",
+            "sst2",
+            ("sentence",),
+            labeled=Columns("sentence", None, "label"),
+            test=Columns("sentence", None, None, index="index"),
+            labels=("0", "1"),
+            metrics=("accuracy",),
+            submission="SST-2",
+            paper=93.17,
+            paper_multitask=93.75,
         ),
         GlueTask(
-            "mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"),
-            labeled=Columns("#1 String", "#2 String", "Quality"), test=Columns("#1 String", "#2 String", None, index="index"),
-            labels=("0", "1"), metrics=("accuracy", "f1"), submission="MRPC", paper=87.24, paper_multitask=90.36,
+            "mrpc",
+            "MRPC",
+            "mrpc",
+            ("sentence1", "sentence2"),
+            labeled=Columns("#1 String", "#2 String", "Quality"),
+            test=Columns("#1 String", "#2 String", None, index="index"),
+            labels=("0", "1"),
+            metrics=("accuracy", "f1"),
+            submission="MRPC",
+            paper=87.24,
+            paper_multitask=90.36,
         ),
         GlueTask(
-            "stsb", "STS-B", "stsb", ("sentence1", "sentence2"),
-            labeled=Columns("sentence1", "sentence2", "score"), test=Columns("sentence1", "sentence2", None, index="index"),
-            labels=(), metrics=("pearson", "spearman"), submission="STS-B", paper=86.81, paper_multitask=79.95,
+            "stsb",
+            "STS-B",
+            "stsb",
+            ("sentence1", "sentence2"),
+            labeled=Columns("sentence1", "sentence2", "score"),
+            test=Columns("sentence1", "sentence2", None, index="index"),
+            labels=(),
+            metrics=("pearson", "spearman"),
+            submission="STS-B",
+            paper=86.81,
+            paper_multitask=79.95,
         ),
         GlueTask(
-            "qqp", "QQP", "qqp", ("question1", "question2"),
-            labeled=Columns("question1", "question2", "is_duplicate"), test=Columns("question1", "question2", None, index="id"),
-            labels=("0", "1"), metrics=("accuracy", "f1"), submission="QQP", paper=90.12, paper_multitask=89.49,
+            "qqp",
+            "QQP",
+            "qqp",
+            ("question1", "question2"),
+            labeled=Columns("question1", "question2", "is_duplicate"),
+            test=Columns("question1", "question2", None, index="id"),
+            labels=("0", "1"),
+            metrics=("accuracy", "f1"),
+            submission="QQP",
+            paper=90.12,
+            paper_multitask=89.49,
         ),
         GlueTask(
-            "mnli", "MNLI", "mnli", ("premise", "hypothesis"),
-            labeled=Columns("sentence1", "sentence2", "gold_label"), test=Columns("sentence1", "sentence2", None, index="index"),
-            labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",),
+            "mnli",
+            "MNLI",
+            "mnli",
+            ("premise", "hypothesis"),
+            labeled=Columns("sentence1", "sentence2", "gold_label"),
+            test=Columns("sentence1", "sentence2", None, index="index"),
+            labels=("entailment", "neutral", "contradiction"),
+            metrics=("accuracy",),
             dev=(("matched", "dev_matched"), ("mismatched", "dev_mismatched")),
             test_files=(("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm")),
-            paper=83.22, paper_multitask=82.05,
+            paper=83.22,
+            paper_multitask=82.05,
         ),
         GlueTask(
-            "qnli", "QNLI", "qnli", ("question", "sentence"),
-            labeled=Columns("question", "sentence", "label"), test=Columns("question", "sentence", None, index="index"),
-            labels=("entailment", "not_entailment"), metrics=("accuracy",), submission="QNLI", paper=91.71, paper_multitask=90.37,
+            "qnli",
+            "QNLI",
+            "qnli",
+            ("question", "sentence"),
+            labeled=Columns("question", "sentence", "label"),
+            test=Columns("question", "sentence", None, index="index"),
+            labels=("entailment", "not_entailment"),
+            metrics=("accuracy",),
+            submission="QNLI",
+            paper=91.71,
+            paper_multitask=90.37,
         ),
         GlueTask(
-            "rte", "RTE", "rte", ("sentence1", "sentence2"),
-            labeled=_PAIR_INDEXED, test=Columns("sentence1", "sentence2", None, index="index"),
-            labels=("entailment", "not_entailment"), metrics=("accuracy",), submission="RTE", paper=64.84, paper_multitask=80.08,
+            "rte",
+            "RTE",
+            "rte",
+            ("sentence1", "sentence2"),
+            labeled=_PAIR_INDEXED,
+            test=Columns("sentence1", "sentence2", None, index="index"),
+            labels=("entailment", "not_entailment"),
+            metrics=("accuracy",),
+            submission="RTE",
+            paper=64.84,
+            paper_multitask=80.08,
         ),
         GlueTask(
-            "wnli", "WNLI", "wnli", ("sentence1", "sentence2"),
-            labeled=_PAIR_INDEXED, test=Columns("sentence1", "sentence2", None, index="index"),
-            labels=("0", "1"), metrics=("accuracy",), submission="WNLI",
+            "wnli",
+            "WNLI",
+            "wnli",
+            ("sentence1", "sentence2"),
+            labeled=_PAIR_INDEXED,
+            test=Columns("sentence1", "sentence2", None, index="index"),
+            labels=("0", "1"),
+            metrics=("accuracy",),
+            submission="WNLI",
         ),
     )
 }
@@ -108,10 +176,16 @@ TASKS: dict[str, GlueTask] = {
 
 def parse_tasks(spec: str) -> list[GlueTask]:
     """Tasks from a comma-separated list such as ``sst2,cola`` (or ``all``), in the order given."""
-    names = list(TASKS) if spec.strip() == "all" else [n.strip().lower().replace("-", "") for n in spec.split(",") if n.strip()]
+    names = (
+        list(TASKS)
+        if spec.strip() == "all"
+        else [n.strip().lower().replace("-", "") for n in spec.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
-        raise PerceiverLMError(f"--tasks: unknown GLUE task(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TASKS)} or all")
+        raise PerceiverLMError(
+            f"--tasks: unknown GLUE task(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TASKS)} or all"
+        )
     if len(set(names)) != len(names):
         raise PerceiverLMError(f"--tasks: a task is listed twice ({spec})")
     return [TASKS[n] for n in names]

@@ -10,23 +10,72 @@ import numpy as np
 LAYOUTS = {
     "CoLA": (None, lambda a, b, y, i: ["gj04", y, "", a], ["index", "sentence"], lambda a, b, i: [i, a]),
     "SST-2": (["sentence", "label"], lambda a, b, y, i: [a, y], ["index", "sentence"], lambda a, b, i: [i, a]),
-    "MRPC": (["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda a, b, y, i: [y, "1", "2", a, b],
-             ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda a, b, i: [i, "1", "2", a, b]),
-    "STS-B": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
-              lambda a, b, y, i: [i, "main-news", "f", "2012", "0", "none", "none", a, b, y],
-              ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"],
-              lambda a, b, i: [i, "main-news", "f", "2012", "0", "none", "none", a, b]),
-    "QQP": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], lambda a, b, y, i: [i, "1", "2", a, b, y],
-            ["id", "question1", "question2"], lambda a, b, i: [i, a, b]),
-    "MNLI": (["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
-              "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
-             lambda a, b, y, i: [i, "1", "1e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b, y, y],
-             ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
-              "sentence2_parse", "sentence1", "sentence2"],
-             lambda a, b, i: [i, "1", "1e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b]),
-    "QNLI": (["index", "question", "sentence", "label"], lambda a, b, y, i: [i, a, b, y], ["index", "question", "sentence"], lambda a, b, i: [i, a, b]),
-    "RTE": (["index", "sentence1", "sentence2", "label"], lambda a, b, y, i: [i, a, b, y], ["index", "sentence1", "sentence2"], lambda a, b, i: [i, a, b]),
-    "WNLI": (["index", "sentence1", "sentence2", "label"], lambda a, b, y, i: [i, a, b, y], ["index", "sentence1", "sentence2"], lambda a, b, i: [i, a, b]),
+    "MRPC": (
+        ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        lambda a, b, y, i: [y, "1", "2", a, b],
+        ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        lambda a, b, i: [i, "1", "2", a, b],
+    ),
+    "STS-B": (
+        ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
+        lambda a, b, y, i: [i, "main-news", "f", "2012", "0", "none", "none", a, b, y],
+        ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"],
+        lambda a, b, i: [i, "main-news", "f", "2012", "0", "none", "none", a, b],
+    ),
+    "QQP": (
+        ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+        lambda a, b, y, i: [i, "1", "2", a, b, y],
+        ["id", "question1", "question2"],
+        lambda a, b, i: [i, a, b],
+    ),
+    "MNLI": (
+        [
+            "index",
+            "promptID",
+            "pairID",
+            "genre",
+            "sentence1_binary_parse",
+            "sentence2_binary_parse",
+            "sentence1_parse",
+            "sentence2_parse",
+            "sentence1",
+            "sentence2",
+            "label1",
+            "gold_label",
+        ],
+        lambda a, b, y, i: [i, "1", "1e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b, y, y],
+        [
+            "index",
+            "promptID",
+            "pairID",
+            "genre",
+            "sentence1_binary_parse",
+            "sentence2_binary_parse",
+            "sentence1_parse",
+            "sentence2_parse",
+            "sentence1",
+            "sentence2",
+        ],
+        lambda a, b, i: [i, "1", "1e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b],
+    ),
+    "QNLI": (
+        ["index", "question", "sentence", "label"],
+        lambda a, b, y, i: [i, a, b, y],
+        ["index", "question", "sentence"],
+        lambda a, b, i: [i, a, b],
+    ),
+    "RTE": (
+        ["index", "sentence1", "sentence2", "label"],
+        lambda a, b, y, i: [i, a, b, y],
+        ["index", "sentence1", "sentence2"],
+        lambda a, b, i: [i, a, b],
+    ),
+    "WNLI": (
+        ["index", "sentence1", "sentence2", "label"],
+        lambda a, b, y, i: [i, a, b, y],
+        ["index", "sentence1", "sentence2"],
+        lambda a, b, i: [i, a, b],
+    ),
 }
 
 
@@ -36,14 +85,22 @@ def write_file(path: Path, header: list[str] | None, rows: list[list[str]], trai
     path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""), encoding="utf-8")
 
 
-def write_task(root: Path, directory: str, examples: dict[str, list[tuple[str, str, str]]], tests: dict[str, list[tuple[str, str]]]) -> None:
+def write_task(
+    root: Path, directory: str, examples: dict[str, list[tuple[str, str, str]]], tests: dict[str, list[tuple[str, str]]]
+) -> None:
     """examples: file stem -> (a, b, label) rows; tests: test file stem -> (a, b) rows."""
     header, row, test_header, test_row = LAYOUTS[directory]
     for stem, items in examples.items():
-        write_file(root / directory / f"{stem}.tsv", header, [row(a, b, y, str(i)) for i, (a, b, y) in enumerate(items)],
-                   trailing_newline=directory != "CoLA")  # CoLA's dev file has no final newline
+        write_file(
+            root / directory / f"{stem}.tsv",
+            header,
+            [row(a, b, y, str(i)) for i, (a, b, y) in enumerate(items)],
+            trailing_newline=directory != "CoLA",
+        )  # CoLA's dev file has no final newline
     for stem, items in tests.items():
-        write_file(root / directory / f"{stem}.tsv", test_header, [test_row(a, b, str(i)) for i, (a, b) in enumerate(items)])
+        write_file(
+            root / directory / f"{stem}.tsv", test_header, [test_row(a, b, str(i)) for i, (a, b) in enumerate(items)]
+        )
 
 
 def same_letter_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:

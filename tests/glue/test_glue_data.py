@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
+from glue_files import LAYOUTS, write_file, write_task
 
+from conftest import shared_data
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import CLS_ID, SEP_ID, encode, encode_pair
 from tasks.glue.data import ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
 from tasks.glue.tasks import TASKS, parse_tasks
-
-from glue_files import LAYOUTS, write_file, write_task
-from conftest import shared_data
 
 TEXT_A = 'He said "yes" — café, naïve 🙂'  # literal quotes and multi-byte UTF-8
 TEXT_B = "second ' text"
@@ -22,15 +21,21 @@ def _labeled_rows(task):
 def test_every_task_loads_from_its_original_layout(tmp_path, name):
     task = TASKS[name]
     rows = _labeled_rows(task)
-    write_task(tmp_path, task.directory, {stem: rows for _, stem in task.dev} | {"train": rows},
-               {stem: [(a, b) for a, b, _ in rows] for stem, _ in task.test_files})
+    write_task(
+        tmp_path,
+        task.directory,
+        {stem: rows for _, stem in task.dev} | {"train": rows},
+        {stem: [(a, b) for a, b, _ in rows] for stem, _ in task.test_files},
+    )
     pair = len(task.hub_text) == 2
     for split_name in ["train", *[s for s, _ in task.dev]]:
         split = load_split(task, split_name, tmp_path, 2048)
         assert len(split) == 3 and split.labeled
         for ids, (a, b, label) in zip(split.ids, rows):
             np.testing.assert_array_equal(ids, encode_pair(a, b) if pair else encode(a))
-        expected = [float(y) for _, _, y in rows] if task.is_regression else [float(task.labels.index(y)) for _, _, y in rows]
+        expected = (
+            [float(y) for _, _, y in rows] if task.is_regression else [float(task.labels.index(y)) for _, _, y in rows]
+        )
         assert split.labels == expected
     for stem, _ in task.test_files:
         test = load_split(task, stem, tmp_path, 2048)
@@ -49,7 +54,12 @@ def test_mrpc_byte_order_mark_and_cola_without_header_or_final_newline(tmp_path)
 
 def test_malformed_rows_name_file_and_line_or_are_counted(tmp_path, capsys):
     header, row, _, _ = LAYOUTS["RTE"]
-    rows = [row("a", "b", "entailment", "0"), ["1", "only two"], row("c", "d", "maybe", "2"), row("e", "f", "not_entailment", "3")]
+    rows = [
+        row("a", "b", "entailment", "0"),
+        ["1", "only two"],
+        row("c", "d", "maybe", "2"),
+        row("e", "f", "not_entailment", "3"),
+    ]
     write_file(tmp_path / "RTE" / "train.tsv", header, rows)
     with pytest.raises(PerceiverLMError, match=r"RTE/train.tsv: line 3: expected 4 tab-separated columns, got 2"):
         load_split(TASKS["rte"], "train", tmp_path, 64)

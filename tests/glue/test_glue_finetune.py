@@ -4,18 +4,24 @@ import sys
 
 import pytest
 import torch
+from glue_files import same_letter_pairs, share_scores, write_task
 
+from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.checkpoint import load_any, load_model
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from tasks.glue.data import eval_loader, load_split
-from tasks.glue.finetune import FINETUNE_DEFAULTS, GlueOptions, finetune, finetune_defaults, predict_split, with_defaults
+from tasks.glue.finetune import (
+    FINETUNE_DEFAULTS,
+    GlueOptions,
+    finetune,
+    finetune_defaults,
+    predict_split,
+    with_defaults,
+)
 from tasks.glue.tasks import TASKS
-
-from glue_files import same_letter_pairs, share_scores, write_task
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +29,30 @@ def synthetic_glue(tmp_path_factory):
     """An MRPC-layout pair task (same letter in both texts?) and an STS-B-layout regression task."""
     root = tmp_path_factory.mktemp("glue")
     tests = lambda rows: {"test": [(a, b) for a, b, _ in rows[:20]]}
-    write_task(root, "MRPC", {"train": same_letter_pairs(800, 0), "dev": same_letter_pairs(200, 1)}, tests(same_letter_pairs(20, 2)))
+    write_task(
+        root,
+        "MRPC",
+        {"train": same_letter_pairs(800, 0), "dev": same_letter_pairs(200, 1)},
+        tests(same_letter_pairs(20, 2)),
+    )
     write_task(root, "STS-B", {"train": share_scores(800, 0), "dev": share_scores(200, 1)}, tests(share_scores(20, 2)))
     return root
 
 
 def test_tiny_learns_a_pair_task_and_a_regression_task_together(synthetic_glue, tmp_path):
     # Pair labels need both texts (chance 50 %); scores are 5 x the share of "xxx" words over both texts.
-    options = GlueOptions(tasks="mrpc,stsb", preset="tiny", glue_dir=str(synthetic_glue), output_dir=str(tmp_path / "run"),
-                          max_steps=300, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=100, head_hidden=64)
+    options = GlueOptions(
+        tasks="mrpc,stsb",
+        preset="tiny",
+        glue_dir=str(synthetic_glue),
+        output_dir=str(tmp_path / "run"),
+        max_steps=300,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=20,
+        eval_every=100,
+        head_hidden=64,
+    )
     result = finetune(options)
     mrpc, stsb = result.best["mrpc"]["scores"]["dev"], result.best["stsb"]["scores"]["dev"]
     assert mrpc["accuracy"] > 85.0, mrpc
@@ -52,7 +73,12 @@ def test_from_lm_keeps_the_pretrained_encoder_and_checkpoints_know_their_kind(tm
         torch.testing.assert_close(model.encoder.state_dict()[key], value, rtol=0, atol=0)
     ids = torch.randint(6, 262, (3, 50))
     out = model(ids, task=1, return_attentions=True)
-    assert out.logits.shape == (3, 1) and out.decoder_attention.shape == (3, PRESETS["tiny"].decoder_heads, 1, PRESETS["tiny"].num_latents)
+    assert out.logits.shape == (3, 1) and out.decoder_attention.shape == (
+        3,
+        PRESETS["tiny"].decoder_heads,
+        1,
+        PRESETS["tiny"].num_latents,
+    )
     torch.testing.assert_close(out.logits, model(ids, task=1).logits, atol=1e-5, rtol=1e-5)
     model.save_pretrained(tmp_path / "ft")
     again = load_any(tmp_path / "ft")
@@ -74,7 +100,9 @@ def test_predictions_through_length_sorted_batches_come_back_in_file_order(tmp_p
     config = PRESETS["tiny"].replace(max_seq_len=256, trim_latents=True, locality_bias=True)
     model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("stsb", 1),), head_hidden=16)).eval()
     accelerator = Accelerator(cpu=True)
-    preds, labels = predict_split(model, accelerator.prepare(eval_loader(split, 0, batch_size=3)), 0, TASKS["stsb"], accelerator)
+    preds, labels = predict_split(
+        model, accelerator.prepare(eval_loader(split, 0, batch_size=3)), 0, TASKS["stsb"], accelerator
+    )
     with torch.no_grad():
         one_by_one = torch.tensor([model(torch.from_numpy(ids)[None], task=0).logits[0, 0].item() for ids in split.ids])
     assert labels.tolist() == [i * 0.5 for i in range(7)]
@@ -95,15 +123,37 @@ def test_finetune_defaults_follow_the_model_shape():
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_cli_train_eval_predict(synthetic_glue, tmp_path):
     PerceiverLM(PRESETS["tiny"]).save_pretrained(tmp_path / "lm")
     run = tmp_path / "run"
-    done = _cli("glue", "train", "--tasks", "mrpc,stsb", "--checkpoint", str(tmp_path / "lm"), "--glue-dir", str(synthetic_glue),
-                "--output-dir", str(run), "--max-steps", "12", "--batch-size", "8", "--head-hidden", "16", cwd=tmp_path)
+    done = _cli(
+        "glue",
+        "train",
+        "--tasks",
+        "mrpc,stsb",
+        "--checkpoint",
+        str(tmp_path / "lm"),
+        "--glue-dir",
+        str(synthetic_glue),
+        "--output-dir",
+        str(run),
+        "--max-steps",
+        "12",
+        "--batch-size",
+        "8",
+        "--head-hidden",
+        "16",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "paper multi-task" in done.stdout and "87.24" in done.stdout  # the paper's MRPC score beside ours
     saved = json.loads((run / "dev_metrics.json").read_text())
@@ -111,13 +161,31 @@ def test_cli_train_eval_predict(synthetic_glue, tmp_path):
     # No --lr/--warmup-steps given: the tiny shape's fine-tuning defaults were used, and said so.
     assert (saved["options"]["lr"], saved["options"]["warmup_steps"]) == (5e-4, 60)
     assert "fine-tuning defaults of the tiny shape" in done.stderr
-    done = _cli("glue", "eval", str(run / "best"), "--glue-dir", str(synthetic_glue), "--out", str(tmp_path / "eval.json"), cwd=tmp_path)
+    done = _cli(
+        "glue",
+        "eval",
+        str(run / "best"),
+        "--glue-dir",
+        str(synthetic_glue),
+        "--out",
+        str(tmp_path / "eval.json"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "eval.json").read_text())
     if best["mrpc"]["step"] == best["stsb"]["step"] == 12:  # best/ holds the final model when both peaked there
         assert scores["mrpc"]["dev"]["accuracy"] == pytest.approx(best["mrpc"]["scores"]["dev"]["accuracy"])
     assert set(scores) == {"mrpc", "stsb"} and set(scores["stsb"]["dev"]) == {"pearson", "spearman"}
-    done = _cli("glue", "predict", str(run / "best"), "--glue-dir", str(synthetic_glue), "--out", str(tmp_path / "sub"), cwd=tmp_path)
+    done = _cli(
+        "glue",
+        "predict",
+        str(run / "best"),
+        "--glue-dir",
+        str(synthetic_glue),
+        "--out",
+        str(tmp_path / "sub"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     mrpc = (tmp_path / "sub" / "MRPC.tsv").read_text().splitlines()
     stsb = (tmp_path / "sub" / "STS-B.tsv").read_text().splitlines()
@@ -139,7 +207,9 @@ def test_cli_train_eval_predict(synthetic_glue, tmp_path):
 def test_cli_errors_are_one_line(tmp_path, args, message):
     done = _cli("glue", "train", "--preset", "tiny", "--output-dir", str(tmp_path / "r"), *args, cwd=tmp_path)
     last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2 and last.startswith("error: ") and message in last and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2 and last.startswith("error: ") and message in last and "Traceback" not in done.stderr, (
+        done.stderr
+    )
 
 
 @pytest.mark.slow
@@ -147,11 +217,49 @@ def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
     # Batches of different tasks on the two ranks leave some heads without gradient on each rank.
     import os
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", "-m", "cli", "glue", "train",
-           "--tasks", "mrpc,stsb", "--preset", "tiny", "--glue-dir", str(synthetic_glue), "--output-dir", str(tmp_path / "run"),
-           "--max-steps", "8", "--batch-size", "4", "--head-hidden", "16", "--max-eval-examples", "30"]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29541",
+        "-m",
+        "cli",
+        "glue",
+        "train",
+        "--tasks",
+        "mrpc,stsb",
+        "--preset",
+        "tiny",
+        "--glue-dir",
+        str(synthetic_glue),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "4",
+        "--head-hidden",
+        "16",
+        "--max-eval-examples",
+        "30",
+    ]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())
