@@ -94,7 +94,8 @@ def main() -> None:
     data = TaskExamples([split], [0])
     print(
         f"{args.task} train: {len(split):,} examples, mean {data.lengths.mean():.0f} ids; batch {args.batch_size}, "
-        f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, {torch.get_num_threads()} threads"
+        f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, "
+        f"{torch.get_num_threads()} threads"
     )
     runs = []
     for repeat in range(args.repeats):
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"\n{'setting':<58} | {'examples/s':>10} {'min-max':>13} | {'speed-up':>8} | {'padded ids':>10}")
     for r in rows:
         print(
-            f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | {r['examples_per_s'] / base:>7.2f}x | "
+            f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | "
+            f"{r['examples_per_s'] / base:>7.2f}x | "
             f"{r['mean_padded_length']:>10.0f}"
         )
     out = Path(args.out)

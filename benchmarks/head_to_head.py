@@ -137,7 +137,9 @@ def measure(
     from perceiver_lm.optim import adamw
 
     model, plain_loss, plain_infer = build(impl, length, bert)
-    autocast = lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def autocast():
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def loss_fn(b, labels):
         with autocast():
@@ -219,7 +221,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     for r in runs:
         groups.setdefault((r["impl"], r["precision"], r["mode"], r["length"]), []).append(r)
     rows = []
-    for (impl, precision, mode, length), rs in groups.items():
+    for (_impl, _precision, _mode, length), rs in groups.items():
         seconds = [r["seconds"] for r in rs]
         med = statistics.median(seconds)
         rows.append(
@@ -247,19 +249,19 @@ def plot(rows: list[dict], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
-    for ax, mode in zip(axes, ("train", "infer")):
-        for i, (impl, precision) in enumerate(configs):
+    for ax, mode in zip(axes, ("train", "infer"), strict=True):
+        for impl, precision in configs:
             pts = sorted(
                 (r["length"], r["seconds"], r["seconds_min"], r["seconds_max"])
                 for r in rows
                 if (r["impl"], r["precision"], r["mode"]) == (impl, precision, mode)
             )
             if pts:
-                x, y, lo, hi = map(list, zip(*pts))
+                x, y, lo, hi = map(list, zip(*pts, strict=True))
                 ax.errorbar(
                     x,
                     y,
-                    yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                    yerr=[[a - b for a, b in zip(y, lo, strict=True)], [b - a for a, b in zip(y, hi, strict=True)]],
                     fmt="-o" if precision == "bf16" else "--s",
                     color=f"C{IMPLS.index(impl)}",
                     capsize=3,
@@ -274,7 +276,7 @@ def plot(rows: list[dict], out: Path) -> None:
         )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("Byte-level MLM, batch of %d: time vs input length" % rows[0]["batch_size"])
+    fig.suptitle(f"Byte-level MLM, batch of {rows[0]['batch_size']:d}: time vs input length")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -317,7 +319,8 @@ def main() -> None:
         impl, _, precision = item.partition("@")
         if impl not in IMPLS or precision not in ("fp32", "bf16", "auto"):
             parser.error(
-                f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} and precision fp32, bf16 or auto"
+                f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} "
+                "and precision fp32, bf16 or auto"
             )
         configs.append((impl, precision_of(precision, args.device), precision == "auto"))
     defaults = {
@@ -331,10 +334,12 @@ def main() -> None:
         ).stdout
     )
     print(
-        f"matmul peak on this machine (2048^3, {args.device}): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+        f"matmul peak on this machine (2048^3, {args.device}): "
+        f"fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
     )
     print(
-        f"byte-BERT matched to ours at {args.match_length} bytes ({target / 1e9:.2f} GFLOP forward per sequence): {bert}"
+        f"byte-BERT matched to ours at {args.match_length} bytes "
+        f"({target / 1e9:.2f} GFLOP forward per sequence): {bert}"
     )
     lengths = list(map(int, args.lengths.split(",")))
     modes = args.modes.split(",")
@@ -365,15 +370,16 @@ def main() -> None:
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode:
                         print(
-                            f"{impl} {precision} {mode} {length}: failed ({(done.stderr.strip().splitlines() or ['?'])[-1]})",
+                            f"{impl} {precision} {mode} {length}: failed "
+                            f"({(done.stderr.strip().splitlines() or ['?'])[-1]})",
                             file=sys.stderr,
                         )
                         continue
                     runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     r = runs[-1]
                     print(
-                        f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: {r['seconds']:.3f} s, "
-                        f"{r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB",
+                        f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: "
+                        f"{r['seconds']:.3f} s, {r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB",
                         flush=True,
                     )
     rows = summarise(runs)
@@ -421,14 +427,19 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
                 r = get(impl, precision, mode, length)
                 if r:
                     print(
-                        f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} {r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
-                        f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} {100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
+                        f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} "
+                        f"{r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
+                        f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} "
+                        f"{100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
                         f"{r['step_memory_mib']:>6,.0f}"
                     )
 
     def ratio(a, b):
         """Median ratio of speeds, and the worst and best case from the spreads."""
-        return f"{b['seconds'] / a['seconds']:.2f}x ({b['seconds_min'] / a['seconds_max']:.2f}-{b['seconds_max'] / a['seconds_min']:.2f})"
+        return (
+            f"{b['seconds'] / a['seconds']:.2f}x "
+            f"({b['seconds_min'] / a['seconds_max']:.2f}-{b['seconds_max'] / a['seconds_min']:.2f})"
+        )
 
     print("\nspeed ratios, ours ÷ transformers (median; worst-best from the spreads):")
     for length in lengths:
@@ -447,11 +458,14 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
             o, h = get("ours", "bf16", mode, length), get("transformers", "bf16", mode, length)
             if o and h:
                 parts.append(f"bf16 vs bf16 {ratio(o, h)}")
-            best = lambda impl: min(
-                (r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)),
-                key=lambda r: r["seconds"],
-                default=None,
-            )
+
+            def best(impl, mode=mode, length=length):
+                return min(
+                    (r for r in rows if (r["impl"], r["mode"], r["length"]) == (impl, mode, length)),
+                    key=lambda r: r["seconds"],
+                    default=None,
+                )
+
             o, h = best("ours"), best("transformers")
             if o and h:
                 parts.append(f"best vs best ({o['precision']} vs {h['precision']}) {ratio(o, h)}")

@@ -127,11 +127,15 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     if ours:
-        at = lambda points, m: min(points, key=lambda p: abs(p["minutes"] - m))
+
+        def at(points, m):
+            return min(points, key=lambda p: abs(p["minutes"] - m))
+
         for m in (10, 20, 30):
             if curve and curve[-1]["minutes"] >= m - 1:
                 print(
-                    f"{m} min: byte-BERT {at(curve, m)['bits_per_byte']:.3f}, Perceiver {at(ours, m)['bits_per_byte']:.3f}"
+                    f"{m} min: byte-BERT {at(curve, m)['bits_per_byte']:.3f}, "
+                    f"Perceiver {at(ours, m)['bits_per_byte']:.3f}"
                 )
 
 

@@ -170,7 +170,7 @@ def main() -> None:
                 )
     rows = []
     for preset in args.presets.split(","):
-        for name, precision in precisions:
+        for name, _precision in precisions:
             rs = [r for r in runs if r["preset"] == preset and r["asked"] == name]
             step = statistics.median(r["step_s"] for r in rs)
             rows.append(
@@ -188,13 +188,16 @@ def main() -> None:
         fp32 = next((f for f in rows if f["preset"] == r["preset"] and f["precision"] == "fp32"), None)
         r["speedup_over_fp32"] = fp32["step_s"] / r["step_s"] if fp32 else None
     print(
-        f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} {'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9}"
+        f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} "
+        f"{'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9}"
     )
     for r in rows:
         vs = f"{r['speedup_over_fp32']:.2f}x" if r["speedup_over_fp32"] else "-"
         print(
-            f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} {r['asked'] + ':' + r['precision']:>10} "
-            f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} {r['peak_memory_mib']:>9,.0f}"
+            f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} "
+            f"{r['asked'] + ':' + r['precision']:>10} "
+            f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} "
+            f"{r['peak_memory_mib']:>9,.0f}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

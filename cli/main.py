@@ -198,7 +198,8 @@ def _build_pretrain_command():
                 Annotated[
                     Optional[Path],
                     typer.Option(
-                        help="JSON/TOML file of training options, with optional `preset` and a `model` table of config overrides; options given here win."
+                        help="JSON/TOML file of training options, with optional `preset` and a `model` table of config "
+                        "overrides; options given here win."
                     ),
                 ],
             ),
@@ -225,7 +226,7 @@ def fill_mask_command(
     result = fill_mask(PerceiverLM.from_pretrained(checkpoint), text, top_k=max(1, top_k))
     typer.echo(result.text)
     if top_k:
-        for position, candidates in zip(result.positions, result.candidates):
+        for position, candidates in zip(result.positions, result.candidates, strict=True):
             shown = ", ".join(f"{c!r}:{p:.2f}" for c, p in candidates)
             typer.echo(f"  byte {position}: {shown}")
 
@@ -386,13 +387,15 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
             lrs = [float(x) for x in sweep_lrs.split(",")]
         except ValueError:
             raise PerceiverLMError(
-                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / {sweep_lrs!r}"
+                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / "
+                f"{sweep_lrs!r}"
             ) from None
         summary = run_sweep(options, batch_sizes, lrs)
         typer.echo(results_table(summary["best"]))
         for name, entry in summary["best"].items():
             typer.echo(
-                f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} ({entry['output_dir']})"
+                f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} "
+                f"({entry['output_dir']})"
             )
         typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
         return
@@ -421,7 +424,8 @@ def _build_glue_train_command():
                 Annotated[
                     bool,
                     typer.Option(
-                        help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task."
+                        help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev "
+                        "score per task."
                     ),
                 ],
             ),

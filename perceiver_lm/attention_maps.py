@@ -104,7 +104,7 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
     model.eval()
     window = model.config.max_seq_len
     encoded = [_model_input(model, t) for t in texts]
-    for text, ids in zip(texts, encoded):
+    for ids in encoded:
         if len(ids) > window:
             raise PerceiverLMError(f"text of {len(ids)} ids is longer than the model's window ({window}); shorten it")
         if len(ids) == 0:
@@ -277,6 +277,6 @@ def describe_summary(summary: LatentSummary, labels: list[str]) -> str:
         extra += f", {summary.class_mass[name]:.0%} on {name} ({summary.class_lift[name]:.1f}x their share)"
     reads = " ".join(f"{labels[p]!s}@{p}:{w:.2f}" for p, w in summary.top[:6])
     return (
-        f"head {head:>4} latent {summary.latent:>4}  {summary.kind:<15} centre {summary.centre:7.1f}  spread {summary.spread:6.1f}  "
-        f"entropy {summary.normalized_entropy:.2f}{extra}\n      reads: {reads}"
+        f"head {head:>4} latent {summary.latent:>4}  {summary.kind:<15} centre {summary.centre:7.1f}  "
+        f"spread {summary.spread:6.1f}  entropy {summary.normalized_entropy:.2f}{extra}\n      reads: {reads}"
     )

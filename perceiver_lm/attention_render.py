@@ -331,4 +331,4 @@ renderOverview();
 if (hash.has("latent")) select(Math.min(data.latents - 1, Math.max(0, parseInt(hash.get("latent"), 10) || 0)), true);
 </script>
 </body></html>
-"""
+"""  # noqa: E501 -- the page's inline CSS/JS: its lines are page content, not Python code

@@ -256,7 +256,8 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     state = read_json(directory / STATE_FILE, "trainer state")
     if not isinstance(state, dict) or not matches(int, state.get("step")) or state["step"] < 0:
         raise PerceiverLMError(
-            f"{directory / STATE_FILE}: not a trainer state (expected an object with an integer step >= 0, got {shown(state)})"
+            f"{directory / STATE_FILE}: not a trainer state (expected an object with an integer step >= 0, got "
+            f"{shown(state)})"
         )
     for key, ok, want in (
         (
@@ -287,7 +288,8 @@ def read_training_files(directory: Path) -> tuple[dict[str, Any], dict[str, Any]
         return optimizer_from_safetensors(tensors, meta), trainer_state
     except (TypeError, KeyError, ValueError, AttributeError):
         raise PerceiverLMError(
-            f"{directory}: corrupt training checkpoint (the optimizer entry of {STATE_FILE} does not describe {OPTIMIZER_FILE})"
+            f"{directory}: corrupt training checkpoint (the optimizer entry of {STATE_FILE} does not describe "
+            f"{OPTIMIZER_FILE})"
         ) from None
 
 
@@ -302,7 +304,8 @@ def describe(path: str | Path) -> str:
     if (directory / STATE_FILE).is_file():
         trainer = read_trainer_state(directory)
         lines.append(
-            f"training step: {trainer['step']} ({trainer.get('num_processes', 1)} process(es), {trainer.get('elapsed_s', 0) / 60:.1f} min)"
+            f"training step: {trainer['step']} ({trainer.get('num_processes', 1)} process(es), "
+            f"{trainer.get('elapsed_s', 0) / 60:.1f} min)"
         )
         last = trainer.get("eval") or {}
         if matches(float, last.get("bits_per_byte")) and matches(float, last.get("accuracy")):

@@ -106,7 +106,8 @@ class PerceiverConfig:
                 and not 0 < value <= SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT)
             ):
                 raise PerceiverLMError(
-                    f"model config: {f.name} must be a positive integer of at most {SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):,}, got {value}"
+                    f"model config: {f.name} must be a positive integer of at most "
+                    f"{SIZE_LIMITS.get(f.name, DEFAULT_SIZE_LIMIT):,}, got {value}"
                 )
         if self.vocab_size < VOCAB_SIZE:
             raise PerceiverLMError(f"model config: vocab_size must be at least {VOCAB_SIZE}, got {self.vocab_size}")
@@ -140,16 +141,21 @@ class PerceiverConfig:
             raise PerceiverLMError("model config: locality_bias needs max_seq_len >= num_latents")
         if not 0 < self.layer_norm_eps < 1 or not 0 < self.init_std < 10:
             raise PerceiverLMError(
-                f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, {self.init_std}"
+                f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, "
+                f"{self.init_std}"
             )
         if self.approx_parameters() > MAX_PARAMETERS:
             raise PerceiverLMError(
                 f"model config: about {self.approx_parameters():,} parameters, more than this toolkit builds "
-                f"({MAX_PARAMETERS:,}; the base preset has 201M); check the sizes (d_model, d_latents, num_self_layers, ...)"
+                f"({MAX_PARAMETERS:,}; the base preset has 201M); check the sizes (d_model, d_latents, "
+                "num_self_layers, ...)"
             )
 
     def approx_parameters(self) -> int:
-        """The masked LM's parameter count from the shapes alone (exact up to the locality slopes), without building it."""
+        """The masked LM's parameter count from the shapes alone, without building it.
+
+        Exact up to the locality slopes.
+        """
         c = self
 
         def linear(n_in: int, n_out: int) -> int:

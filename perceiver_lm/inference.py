@@ -38,7 +38,8 @@ def parse_masked_text(text: str, max_length: int | None = None) -> tuple[np.ndar
             raise PerceiverLMError(f"mask mark {match.group(0).decode()} must cover at least one byte")
         if max_length is not None and length + len(before) + count > max_length:
             raise PerceiverLMError(
-                f"text is at least {length + len(before) + count:,} bytes with its masks, longer than the model's window ({max_length})"
+                f"text is at least {length + len(before) + count:,} bytes with its masks, longer than the model's "
+                f"window ({max_length})"
             )
         pieces += [before, np.full(count, MASK_ID, dtype=np.int64)]
         positions.extend(range(length + len(before), length + len(before) + count))
@@ -75,7 +76,7 @@ def fill_mask(model: PerceiverLM, text: str, top_k: int = 3) -> FillMaskResult:
     filled = ids.copy()
     filled[positions] = top.indices[:, 0].cpu().numpy()
     candidates = [
-        [(bytes([i - NUM_SPECIAL]), p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-        for row_i, row_p in zip(top.indices.cpu(), top.values.cpu())
+        [(bytes([i - NUM_SPECIAL]), p) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)]
+        for row_i, row_p in zip(top.indices.cpu(), top.values.cpu(), strict=True)
     ]
     return FillMaskResult(decode_bytes(filled).decode("utf-8", errors="replace"), positions.tolist(), candidates)

@@ -135,7 +135,8 @@ def config_to_transformers(config: PerceiverConfig) -> dict[str, Any]:
         config.d_model,
     ):
         problems.append(
-            f"decoder must have {HF_DECODER_HEADS} heads, {HF_DECODER_QK_CHANNELS} qk channels and d_model value channels"
+            f"decoder must have {HF_DECODER_HEADS} heads, {HF_DECODER_QK_CHANNELS} qk channels and d_model value "
+            "channels"
         )
     if config.vocab_size != VOCAB_SIZE:
         problems.append(f"vocab_size must be {VOCAB_SIZE}")
@@ -217,7 +218,8 @@ def load_from_transformers(source: str | Path) -> PerceiverLM:
     missing = sorted(set(table) - set(weights))
     if missing:
         raise PerceiverLMError(
-            f"{directory}: not a PerceiverForMaskedLM language checkpoint ({len(missing)} weights missing, e.g. {missing[0]})"
+            f"{directory}: not a PerceiverForMaskedLM language checkpoint ({len(missing)} weights missing, e.g. "
+            f"{missing[0]})"
         )
     state = {ours: weights[hf] for hf, ours in table.items()}
     model = PerceiverLM(config)

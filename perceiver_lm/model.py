@@ -182,7 +182,7 @@ class ConvByteEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Contextualise embeddings [B, L, D]; ``keep`` [B, L] is True on real bytes (None: no padding)."""
-        for norm, conv in zip(self.norms, self.convs):
+        for norm, conv in zip(self.norms, self.convs, strict=True):
             h = norm(x)
             if keep is not None:
                 h = h * keep[..., None].to(h.dtype)
@@ -567,7 +567,10 @@ class TaskDecoder(nn.Module):
         latent_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, C] of task ``task_index`` from latents [B, N, D] (``latent_mask`` [B, N] hides some), and the query's weights."""
+        """Logits [B, C] of task ``task_index`` from latents [B, N, D], and the query's weights.
+
+        ``latent_mask`` [B, N] hides some latents.
+        """
         mask = None if latent_mask is None else latent_mask[:, None, None, :]  # [B, 1, 1, N]
         attended = self.cross(self.queries(task_index, latents.shape[0]), latents, mask, return_weights)  # [B, 1, D]
         return self.heads[task_index](attended.hidden[:, 0]), attended.weights

@@ -85,7 +85,8 @@ class TrainingOptions:
     resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
     overwrite: bool = option(
         False,
-        "Start over in a non-empty --output-dir: its earlier checkpoints and metrics.jsonl are replaced (other files are kept).",
+        "Start over in a non-empty --output-dir: its earlier checkpoints and metrics.jsonl are replaced (other files "
+        "are kept).",
     )
     num_workers: int = option(0, "DataLoader worker processes.")
     gradient_checkpointing: bool = option(False, "Recompute processor activations in backward (saves memory).")

@@ -138,7 +138,8 @@ class FolderLock:
         owner = handle.read().strip() or "unknown"
         handle.close()
         raise PerceiverLMError(
-            f"{self.option} {self.folder}: another run (pid {owner}) is using this folder; wait for it to finish, or pick another folder"
+            f"{self.option} {self.folder}: another run (pid {owner}) is using this folder; wait for it to finish, or "
+            "pick another folder"
         )
 
     def probe(self) -> None:

@@ -106,7 +106,7 @@ def encode_batch(
     if pairs is not None:
         if len(pairs) != len(texts):
             raise PerceiverLMError(f"got {len(texts)} texts but {len(pairs)} pair texts")
-        seqs = [encode_pair(a, b) for a, b in zip(texts, pairs)]
+        seqs = [encode_pair(a, b) for a, b in zip(texts, pairs, strict=True)]
     else:
         seqs = [encode(t, add_special_tokens) for t in texts]
     return pad_batch(seqs, max_length)

@@ -97,7 +97,7 @@ def build_data(options: TrainingOptions, window: int) -> PretrainData:
             )
 
         head = StreamingWindows(texts, window, masking, val_seed)
-        val = [example for _, example in zip(range(options.eval_windows), head)]
+        val = [example for _, example in zip(range(options.eval_windows), head, strict=False)]
         if len(val) < options.eval_windows:
             raise PerceiverLMError(
                 f"--dataset {options.dataset}: stream holds fewer than {options.eval_windows + 1} windows"
@@ -180,7 +180,8 @@ def _check_resume_config(saved: PerceiverConfig, config: PerceiverConfig, source
             if getattr(config, k) != v
         ]
         raise PerceiverLMError(
-            f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same --preset/--config"
+            f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same "
+            "--preset/--config"
         )
 
 
@@ -206,8 +207,9 @@ def _check_resume_order(
         changes.append(f"processes {trainer_state['num_processes']} -> {processes}")
     if changes:
         raise PerceiverLMError(
-            f"{source}: cannot resume, {'; '.join(changes)}: which windows each step sees follows from these, so the run "
-            "would not continue the checkpoint's data order; rerun with the checkpoint's values, or start over with --overwrite"
+            f"{source}: cannot resume, {'; '.join(changes)}: which windows each step sees follows from these, "
+            "so the run would not continue the checkpoint's data order; rerun with the checkpoint's values, "
+            "or start over with --overwrite"
         )
 
 
@@ -240,7 +242,8 @@ def _check_output(output: Path, options: TrainingOptions) -> None:
         return
     if ckpt.list_checkpoints(output):
         raise PerceiverLMError(
-            f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick another --output-dir"
+            f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick "
+            "another --output-dir"
         )
     refuse_non_empty(
         output,
@@ -298,7 +301,8 @@ def check_launch(accelerator) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != world:
         raise PerceiverLMError(
-            f"launched {world} processes but Accelerate sees {accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1"
+            f"launched {world} processes but Accelerate sees {accelerator.num_processes}; on CPU set "
+            "ACCELERATE_USE_CPU=1"
         )
 
 
@@ -416,8 +420,9 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     data = build_data(options, window)
     if not isinstance(data.train, StreamingWindows) and len(data.train) < options.batch_size * processes:
         raise PerceiverLMError(
-            f"training data ({data.description}) holds {len(data.train)} window(s) of {window} bytes, fewer than one batch "
-            f"({options.batch_size} x {processes} process(es)); add data, or lower --batch-size or --window"
+            f"training data ({data.description}) holds {len(data.train)} window(s) of {window} bytes, "
+            f"fewer than one batch ({options.batch_size} x {processes} process(es)); "
+            "add data, or lower --batch-size or --window"
         )
     set_seed(options.seed)
     model = PerceiverLM(config)
@@ -458,7 +463,8 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
         dropped = _trim_metrics(metrics_file, step)
         if dropped:
             say(
-                f"note: dropped {dropped} record(s) of {metrics_file} past step {step} (logged after the last checkpoint)"
+                f"note: dropped {dropped} record(s) of {metrics_file} past step {step} (logged after the last "
+                "checkpoint)"
             )
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
     say(
@@ -482,7 +488,8 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
     per_epoch = None if is_streaming else len(train_loader)
     if per_epoch == 0:  # every process needs a full batch, or the loop below would never reach a step
         raise PerceiverLMError(
-            f"training data ({data.description}) gives this process no full batch of {options.batch_size}; add data or lower --batch-size"
+            f"training data ({data.description}) gives this process no full batch of {options.batch_size}; add data or "
+            "lower --batch-size"
         )
     epoch, skip = divmod(micro_step, per_epoch) if per_epoch else (0, micro_step)
     bytes_per_step = window * options.batch_size * processes * options.grad_accum
@@ -502,12 +509,14 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
             last_eval = evaluate(model, val_loader, accelerator)
             log({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}, "elapsed_s": elapsed})
             say(
-                f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, accuracy {last_eval['accuracy']:.3f}"
+                f"\nstep {step}: eval loss {last_eval['loss']:.4f}, {last_eval['bits_per_byte']:.3f} bits/masked byte, "
+                f"accuracy {last_eval['accuracy']:.3f}"
             )
         if save:
             if not _all_finite(model):
                 raise PerceiverLMError(
-                    f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)}); lower --lr"
+                    f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(output)}); "
+                    "lower --lr"
                 )
             state = {
                 "eval": last_eval,
@@ -559,7 +568,8 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
                 accelerator.end_training()
                 raise PerceiverLMError(
                     f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights "
-                    f"(the newest checkpoint is {_newest(output)}); lower --lr, keep --clip-norm on, or try --mixed-precision no"
+                    f"(the newest checkpoint is {_newest(output)}); lower --lr, keep --clip-norm on, or try "
+                    "--mixed-precision no"
                 )
             if step % options.log_every == 0 or step == options.max_steps:
                 rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)

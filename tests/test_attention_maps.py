@@ -23,7 +23,7 @@ def test_maps_equal_the_models_explicit_attention_and_rows_sum_to_one():
     model = PerceiverLM(PRESETS["tiny"])
     texts = ["short one", "a longer text, with Capitals and 123 digits", "é🙂"]
     maps = attention_maps(model, texts, query=1, batch_size=2)  # batches mix lengths: padding inside
-    for text, m in zip(texts, maps):
+    for text, m in zip(texts, maps, strict=True):
         ids = torch.from_numpy(encode(text, add_special_tokens=False))[None]
         alone = model(ids, query_positions=torch.tensor([[1]]), return_attentions=True)
         np.testing.assert_allclose(m.encoder, alone.encoder_attention[0].detach().numpy(), atol=1e-6)
@@ -212,7 +212,7 @@ def test_page_in_headless_chromium_highlights_the_bytes_a_latent_reads(tmp_path)
             np.testing.assert_allclose(weights, expected, atol=0.01 * max(expected))  # page weights: 8-bit per row
             brightest = spans[int(np.argmax(weights))]
             assert "rgb(255, 90, 0)" in brightest.get_attribute("style")  # full strength at the peak
-            faint = [sp for sp, w in zip(spans, weights) if w < 0.01 * max(weights)]
+            faint = [sp for sp, w in zip(spans, weights, strict=True) if w < 0.01 * max(weights)]
             assert all("background" not in (sp.get_attribute("style") or "") for sp in faint)
             assert f"latent {latent:>4}" in browser.find_element(By.ID, "info").text
             assert browser.execute_script("return location.hash") == f"#head={head}&latent={latent}"

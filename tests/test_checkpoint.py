@@ -14,7 +14,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     loaded = PerceiverLM.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not loaded.training
 

@@ -32,7 +32,10 @@ def test_files_globs_and_folders_concatenate_with_separators(tmp_path):
 
 
 def test_wikiextractor_markup_lines_are_dropped(tmp_path):
-    text = '<doc id="1" url="?curid=1" title="A">\nA\n\nAbout A.\n</doc>\n<doc id="2" url="?curid=2" title="B">\nB\n\nAbout B.\n</doc>\n'
+    text = (
+        '<doc id="1" url="?curid=1" title="A">\nA\n\nAbout A.\n</doc>\n'
+        '<doc id="2" url="?curid=2" title="B">\nB\n\nAbout B.\n</doc>\n'
+    )
     (tmp_path / "wiki.txt").write_text(text)
     corpus = load_files([tmp_path / "wiki.txt"])
     assert corpus.spans.shape == (2, 3)

@@ -232,7 +232,8 @@ def test_two_runs_on_one_folder_the_second_is_refused_naming_the_first(letters_f
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # The OS released the killed run's lock: resuming works, and its metrics past the last checkpoint (none) are dropped.
+    # The OS released the killed run's lock: resuming works, and its metrics past the last checkpoint (none)
+    # are dropped.
     resumed = runner.invoke(app, [*_args(letters_file, out, "--max-steps", "2"), "--resume"])
     assert resumed.exit_code == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in _strict_records(out / "metrics.jsonl") if "train_loss" in r] == [1, 2]
@@ -249,7 +250,8 @@ def test_a_lock_held_in_this_process_refuses_every_writing_command(letters_file,
             assert f"another run (pid {os.getpid()})" in _last_error(result)
 
 
-# lr 1000 makes the weights overflow within a few steps: a checkpoint due then is refused, else the next loss stops the run.
+# lr 1000 makes the weights overflow within a few steps: a checkpoint due then is refused, else the next loss
+# stops the run.
 @pytest.mark.parametrize(
     "save_every, message", [("1", "the weights are not finite; not saved"), ("100", "the training loss is not finite")]
 )

@@ -80,7 +80,7 @@ def test_export_loads_in_transformers_and_round_trips_exactly(hf_folder, tmp_pat
     assert diff <= 1e-4
     again = load_from_transformers(tmp_path / "exported")
     assert again.config == ours.config
-    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values(), strict=True))
 
 
 def test_unconvertible_configs_are_refused_by_field(tmp_path):

@@ -55,7 +55,7 @@ def test_bf16_training_with_learned_bias_matches_sdpa(monkeypatch):
     sdpa_logits, sdpa_grads = run()
     torch.testing.assert_close(explicit_logits, sdpa_logits, atol=0.05, rtol=0.02)
     assert explicit_grads and all(g.abs().sum() > 0 for g in explicit_grads)
-    for a, b in zip(explicit_grads, sdpa_grads):
+    for a, b in zip(explicit_grads, sdpa_grads, strict=True):
         torch.testing.assert_close(a, b, atol=0.02 * b.abs().max().item(), rtol=0.05)
 
 

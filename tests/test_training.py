@@ -226,10 +226,12 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tm
         "    captured['world'] = accelerator.num_processes\n"
         "    captured['rank'] = accelerator.process_index\n"
         "    captured['backend'] = str(torch.distributed.get_backend())\n"
-        "    captured['digest'] = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in accelerator.unwrap_model(model).parameters())).hexdigest()\n"
+        "    captured['digest'] = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in "
+        "accelerator.unwrap_model(model).parameters())).hexdigest()\n"
         "    return original(accelerator, model, *a, **k)\n"
         "t._write_checkpoint = spy\n"
-        f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
+        f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, "
+        "max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

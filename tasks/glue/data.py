@@ -195,10 +195,12 @@ class TaskExamples(torch.utils.data.Dataset):
     def __init__(self, splits: list[GlueSplit], task_indices: list[int]) -> None:
         self.items = []
         self.offsets = []
-        for split, task_index in zip(splits, task_indices):
+        for split, task_index in zip(splits, task_indices, strict=True):
             self.offsets.append(len(self.items))
             labels = split.labels if split.labeled else [float("nan")] * len(split)
-            self.items += [(ids, label, task_index, i) for i, (ids, label) in enumerate(zip(split.ids, labels))]
+            self.items += [
+                (ids, label, task_index, i) for i, (ids, label) in enumerate(zip(split.ids, labels, strict=True))
+            ]
         self.sizes = [len(s) for s in splits]
         self.lengths = np.array([len(item[0]) for item in self.items])
 
@@ -232,7 +234,7 @@ class ProportionalBatches(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = []
         pool = self.batch_size * self.POOL_BATCHES
-        for offset, size in zip(self.dataset.offsets, self.dataset.sizes):
+        for offset, size in zip(self.dataset.offsets, self.dataset.sizes, strict=True):
             order = offset + rng.permutation(size)
             if self.by_length:
                 pools = [order[i : i + pool] for i in range(0, size, pool)]
@@ -257,7 +259,7 @@ def eval_loader(split: GlueSplit, task_index: int, batch_size: int) -> torch.uti
 
 def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
     """Pad a batch of one task to its longest example."""
-    ids, labels, tasks, positions = zip(*items)
+    ids, labels, tasks, positions = zip(*items, strict=True)
     batch = pad_batch(list(ids))
     return {
         "input_ids": torch.from_numpy(batch.input_ids),

@@ -242,7 +242,7 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )
-    eval_loaders = dict(zip(eval_loaders, prepared))
+    eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
 
     per_epoch = len(train_loader)
     total = options.max_steps or max(1, math.ceil(options.epochs * per_epoch))
@@ -251,7 +251,8 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
         output.mkdir(parents=True, exist_ok=True)
     say(
         f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
-        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} examples ({per_epoch} per epoch)"
+        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} "
+        f"examples ({per_epoch} per epoch)"
     )
 
     def set_lr(at_step: int) -> None:
@@ -363,7 +364,9 @@ def evaluate_checkpoint(
     }
     loaders = _eval_loaders(splits, task_index, batch_size)
     model, *prepared = accelerator.prepare(model, *loaders.values())
-    return _evaluate(model, dict(zip(loaders, prepared)), {t.name: t for t in tasks}, task_index, accelerator)
+    return _evaluate(
+        model, dict(zip(loaders, prepared, strict=True)), {t.name: t for t in tasks}, task_index, accelerator
+    )
 
 
 def predict_test(
@@ -401,7 +404,9 @@ def predict_test(
         ids = split.index or [str(i) for i in range(len(split))]
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{submission}.tsv"
-        write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values)))
+        write_text_atomic(
+            path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True))
+        )
         written.append(path)
     return written
 

@@ -18,7 +18,8 @@ class GlueOptions:
     tasks: str = option("sst2", f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all.")
     checkpoint: str | None = option(
         None,
-        "Pretrained perceiver-lm MLM checkpoint or run directory; without it the model starts from random weights (--preset).",
+        "Pretrained perceiver-lm MLM checkpoint or run directory; without it the model starts from random weights "
+        "(--preset).",
     )
     preset: str = option(
         "small", f"Model shape when no --checkpoint is given (random-initialisation baseline): {', '.join(PRESETS)}."
@@ -32,7 +33,8 @@ class GlueOptions:
     batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).")
     lr: float | None = option(
         None,
-        "Peak learning rate; default: the model shape's (FINETUNE_DEFAULTS: small 3e-4, base 5e-5 as in the paper's grid 1e-4..1e-5).",
+        "Peak learning rate; default: the model shape's (FINETUNE_DEFAULTS: small 3e-4, base 5e-5 as in the paper's "
+        "grid 1e-4..1e-5).",
     )
     warmup_steps: int | None = option(
         None, "Linear warm-up steps; default: the model shape's (small 60, base 200 as in the paper)."
@@ -54,7 +56,8 @@ class GlueOptions:
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
     length_buckets: bool = option(
         True,
-        "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches shuffled).",
+        "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches "
+        "shuffled).",
     )
     skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
@@ -62,7 +65,8 @@ class GlueOptions:
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
     overwrite: bool = option(
         False,
-        "Fine-tune into a non-empty --output-dir: its earlier best/ and dev_metrics.json are replaced (other files are kept).",
+        "Fine-tune into a non-empty --output-dir: its earlier best/ and dev_metrics.json are replaced (other files are "
+        "kept).",
     )
 
     def __post_init__(self) -> None:

@@ -184,7 +184,8 @@ def parse_tasks(spec: str) -> list[GlueTask]:
     unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
         raise PerceiverLMError(
-            f"--tasks: unknown GLUE task(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TASKS)} or all"
+            f"--tasks: unknown GLUE task(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(TASKS)} or all"
         )
     if len(set(names)) != len(names):
         raise PerceiverLMError(f"--tasks: a task is listed twice ({spec})")

@@ -110,7 +110,10 @@ def same_letter_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
     for _ in range(n):
         a = chr(97 + rng.integers(6))
         b = a if rng.random() < 0.5 else chr(97 + (ord(a) - 97 + 1 + rng.integers(5)) % 6)
-        words = lambda c: " ".join(c * int(k) for k in rng.integers(1, 5, rng.integers(2, 5)))
+
+        def words(c):
+            return " ".join(c * int(k) for k in rng.integers(1, 5, rng.integers(2, 5)))
+
         out.append((words(a), words(b), "1" if a == b else "0"))
     return out
 

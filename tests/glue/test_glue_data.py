@@ -31,7 +31,7 @@ def test_every_task_loads_from_its_original_layout(tmp_path, name):
     for split_name in ["train", *[s for s, _ in task.dev]]:
         split = load_split(task, split_name, tmp_path, 2048)
         assert len(split) == 3 and split.labeled
-        for ids, (a, b, label) in zip(split.ids, rows):
+        for ids, (a, b, _label) in zip(split.ids, rows, strict=True):
             np.testing.assert_array_equal(ids, encode_pair(a, b) if pair else encode(a))
         expected = (
             [float(y) for _, _, y in rows] if task.is_regression else [float(task.labels.index(y)) for _, _, y in rows]
@@ -133,7 +133,7 @@ def test_length_buckets_keep_similar_lengths_together_and_every_example_once(tmp
     # the batches themselves come in random order, not shortest first
     sampler = ProportionalBatches(data, batch_size=16, seed=1)
     maxima = [data.lengths[b].max() for b in sampler]
-    assert not all(a <= b for a, b in zip(maxima, maxima[1:]))
+    assert not all(a <= b for a, b in zip(maxima, maxima[1:], strict=False))
 
 
 def test_eval_loader_batches_by_length_and_positions_restore_file_order(tmp_path):

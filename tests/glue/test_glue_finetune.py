@@ -28,7 +28,10 @@ from tasks.glue.tasks import TASKS
 def synthetic_glue(tmp_path_factory):
     """An MRPC-layout pair task (same letter in both texts?) and an STS-B-layout regression task."""
     root = tmp_path_factory.mktemp("glue")
-    tests = lambda rows: {"test": [(a, b) for a, b, _ in rows[:20]]}
+
+    def tests(rows):
+        return {"test": [(a, b) for a, b, _ in rows[:20]]}
+
     write_task(
         root,
         "MRPC",
