@@ -308,6 +308,9 @@ class MultiTaskConfig:
 
     tasks: tuple[TaskSpec, ...]
     head_hidden: int = 768  # the Perceiver IO paper's head width
+    # Heads of the task query's cross-attention over the latents (the encoder's qk/v channels split
+    # over them); None: the model's decoder_heads, as in checkpoints written before this field.
+    query_heads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -330,6 +333,22 @@ class MultiTaskConfig:
                 f"task config: head_hidden must be an integer in 1..{DEFAULT_SIZE_LIMIT}, got {shown(self.head_hidden)}"
             )
 
+        if self.query_heads is not None and (not matches(int, self.query_heads) or not 1 <= self.query_heads <= 1024):
+            raise PerceiverLMError(
+                f"task config: query_heads must be an integer in 1..1024, got {shown(self.query_heads)}"
+            )
+
+    def heads_for(self, config: PerceiverConfig) -> int:
+        """The task query's heads on top of ``config``, checked against the channels they split."""
+        heads = config.decoder_heads if self.query_heads is None else self.query_heads
+        for name in ("qk_channels", "v_channels"):
+            if getattr(config, name) % heads:
+                raise PerceiverLMError(
+                    f"task config: the task query's {heads} heads do not divide the encoder's {name}="
+                    f"{getattr(config, name)}; set query_heads to a divisor of qk_channels and v_channels"
+                )
+        return heads
+
     def index(self, name: str) -> int:
         for i, task in enumerate(self.tasks):
             if task.name == name:
@@ -337,7 +356,8 @@ class MultiTaskConfig:
         raise PerceiverLMError(f"this model has no task {name!r}; it has: {', '.join(t.name for t in self.tasks)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": [dataclasses.asdict(t) for t in self.tasks], "head_hidden": self.head_hidden}
+        out = {"tasks": [dataclasses.asdict(t) for t in self.tasks], "head_hidden": self.head_hidden}
+        return out if self.query_heads is None else {**out, "query_heads": self.query_heads}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "task config") -> MultiTaskConfig:
@@ -348,7 +368,7 @@ class MultiTaskConfig:
         ):
             raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:
-            return cls(tuple(TaskSpec(**t) for t in tasks), data.get("head_hidden", 768))
+            return cls(tuple(TaskSpec(**t) for t in tasks), data.get("head_hidden", 768), data.get("query_heads"))
         except PerceiverLMError as err:
             raise PerceiverLMError(f"{source}: {err}") from None
 

@@ -546,7 +546,7 @@ class TaskDecoder(nn.Module):
             kv_dim=c.d_latents,
             qk_channels=c.qk_channels,
             v_channels=c.v_channels,
-            heads=c.decoder_heads,
+            heads=tasks.heads_for(c),
             cross=True,
             dropout=c.attention_dropout,
             eps=c.layer_norm_eps,

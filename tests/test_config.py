@@ -15,7 +15,7 @@ def test_base_is_the_public_language_perceiver_shape():
     assert (base.qk_channels // base.num_cross_heads, base.v_channels // base.num_cross_heads) == (32, 160)
     assert (base.decoder_qk_channels, base.decoder_v_channels, base.max_seq_len) == (256, 768, 2048)
     assert not base.locality_bias and not base.tie_decoder_queries
-    # 201,108,230 parameters, counted from the public deepmind/language-perceiver shape in DESIGN.md.
+    # 201,108,230 parameters, counted from the public deepmind/language-perceiver shape (docs/design.md).
     assert PerceiverLM(base).num_parameters() == 201_108_230
 
 

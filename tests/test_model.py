@@ -127,3 +127,22 @@ def test_locality_heads_read_their_latents_stretch_at_init():
     assert (peaks[2] - centres).abs().max() <= 1  # context head centred on the latent
     # Sharper heads concentrate more: the tiled head puts more weight on its peak than the widest head.
     assert maps[0].max(-1).values.mean() > maps[3].max(-1).values.mean()
+
+
+def test_task_query_heads_are_checked_against_the_encoder():
+    from perceiver_lm import PerceiverLMError
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+
+    # the MLM decoder's heads validate against its own channels, but not the encoder's the task query uses
+    config = PRESETS["tiny"].replace(decoder_heads=3, decoder_qk_channels=33, decoder_v_channels=66)
+    with pytest.raises(PerceiverLMError, match="3 heads do not divide the encoder's qk_channels.*set query_heads"):
+        PerceiverClassifier(config, MultiTaskConfig((TaskSpec("sst2", 2),)))
+    tasks = MultiTaskConfig((TaskSpec("sst2", 2),), query_heads=4)
+    ids, mask = _batch()
+    out = PerceiverClassifier(config, tasks).eval()(ids, mask, return_attentions=True)
+    assert out.logits.shape == (3, 2) and out.decoder_attention.shape[1] == 4
+    assert MultiTaskConfig.from_dict(tasks.to_dict()) == tasks
+    assert "query_heads" not in MultiTaskConfig((TaskSpec("sst2", 2),)).to_dict()  # old tasks.json unchanged
+    with pytest.raises(PerceiverLMError, match="query_heads must be an integer"):
+        MultiTaskConfig((TaskSpec("sst2", 2),), query_heads=0)

@@ -33,11 +33,11 @@ class GlueTask:
     labeled: Columns  # train and dev files
     test: Columns
     labels: tuple[str, ...]  # () = regression
-    metrics: tuple[str, ...]  # the first is the paper's (REFERENCE.md); model selection and the sweep use it
+    metrics: tuple[str, ...]  # the first is the paper's (docs/design.md); model selection and the sweep use it
     dev: tuple[tuple[str, str], ...] = (("dev", "dev"),)  # (split name, file stem), Hub split "validation[_x]"
     test_files: tuple[tuple[str, str], ...] = (("test", "test"),)  # (file stem, submission file stem)
     submission: str = ""  # submission file stem for a single test file
-    paper: float | None = None  # Perceiver IO (single-task, 201M) dev score, REFERENCE.md
+    paper: float | None = None  # Perceiver IO (single-task, 201M) dev score (Jaegle et al., 2021)
     paper_multitask: float | None = None  # Perceiver IO with multi-task queries
 
     @property
