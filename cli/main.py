@@ -315,7 +315,7 @@ def attention_command(
 
     from perceiver_lm.attention_maps import KINDS, attention_maps, describe_summary, summarize
     from perceiver_lm.attention_render import examples_by_kind, render_html, render_png
-    from perceiver_lm.checkpoint import load_any
+    from perceiver_lm.model import load_any
 
     if (text is None) == (file is None):
         raise PerceiverLMError("give the text as an argument or with --file, not both")

@@ -167,29 +167,38 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise PerceiverLMError(f"{source}: weights do not match the model config ({'; '.join(parts)})")
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a ``PerceiverLM`` from a checkpoint directory or a run directory (latest checkpoint)."""
+def read_model_dir(path: str | Path, kind: str = "any") -> tuple[Path, PerceiverConfig, MultiTaskConfig | None]:
+    """The directory, model config and task config (None for a masked LM) of a saved model, checked.
+
+    ``kind`` "lm" or "classifier" refuses the other kind with one line; the model classes build
+    themselves from what this returns (`PerceiverLM.from_pretrained`, `perceiver_lm.model.load_any`).
+    """
     directory = resolve_model_dir(path)
-    if (directory / TASKS_FILE).is_file():
+    has_tasks = (directory / TASKS_FILE).is_file()
+    if kind == "lm" and has_tasks:
         raise PerceiverLMError(
             f"{directory}: a fine-tuned task model, not a masked LM (load it with PerceiverClassifier)"
         )
-    return _load(directory, None, map_location)
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a ``PerceiverClassifier`` (task-query decoder) from a checkpoint or run directory."""
-    directory = resolve_model_dir(path)
-    if not (directory / TASKS_FILE).is_file():
+    if kind == "classifier" and not has_tasks:
         raise PerceiverLMError(f"{directory}: no {TASKS_FILE}; this is a masked LM, not a fine-tuned task model")
-    return _load(directory, MultiTaskConfig.load(directory / TASKS_FILE), map_location)
+    config = PerceiverConfig.load(directory / CONFIG_FILE)
+    # Build nothing bigger than the weights on disk: a config.json that claims a huge model beside a
+    # small weights file is refused before any allocation, not after.
+    stored = stored_parameters(directory / MODEL_FILE)
+    if config.approx_parameters() > 2 * stored + 1_000_000:
+        raise PerceiverLMError(
+            f"{directory / CONFIG_FILE}: describes a model of about {config.approx_parameters():,} parameters, "
+            f"but {MODEL_FILE} holds {stored:,}; config and weights do not belong together"
+        )
+    return directory, config, MultiTaskConfig.load(directory / TASKS_FILE) if has_tasks else None
 
 
-def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load whichever model a checkpoint holds: a ``PerceiverLM`` or a ``PerceiverClassifier``."""
-    directory = resolve_model_dir(path)
-    tasks = MultiTaskConfig.load(directory / TASKS_FILE) if (directory / TASKS_FILE).is_file() else None
-    return _load(directory, tasks, map_location)
+def load_weights(model: torch.nn.Module, directory: Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Fill ``model`` with the weights saved in ``directory`` (names and shapes must match exactly)."""
+    state = load_state_dict(directory, map_location)
+    check_state_dict(model, state, str(directory / MODEL_FILE))
+    model.load_state_dict(state)
+    return model.to(map_location).eval()
 
 
 def stored_parameters(file: Path) -> int:
@@ -201,25 +210,6 @@ def stored_parameters(file: Path) -> int:
         raise PerceiverLMError(f"{file.parent}: {file.name} is missing") from None
     except (SafetensorError, OSError) as err:
         raise PerceiverLMError(f"{file}: unreadable safetensors file ({err})") from None
-
-
-def _load(directory: Path, tasks: MultiTaskConfig | None, map_location: str | torch.device) -> torch.nn.Module:
-    from perceiver_lm.model import PerceiverClassifier, PerceiverLM
-
-    config = PerceiverConfig.load(directory / CONFIG_FILE)
-    # Build nothing bigger than the weights on disk: a config.json that claims a huge model beside a
-    # small weights file is refused before any allocation, not after.
-    stored = stored_parameters(directory / MODEL_FILE)
-    if config.approx_parameters() > 2 * stored + 1_000_000:
-        raise PerceiverLMError(
-            f"{directory / CONFIG_FILE}: describes a model of about {config.approx_parameters():,} parameters, "
-            f"but {MODEL_FILE} holds {stored:,}; config and weights do not belong together"
-        )
-    model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
-    state = load_state_dict(directory, map_location)
-    check_state_dict(model, state, str(directory / MODEL_FILE))
-    model.load_state_dict(state)
-    return model.to(map_location).eval()
 
 
 def optimizer_to_safetensors(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from perceiver_lm.checkpoint import atomic_directory, check_state_dict, load_model, resolve_model_dir, write_model_files
+from perceiver_lm.checkpoint import atomic_directory, check_state_dict, resolve_model_dir, write_model_files
 from perceiver_lm.config import PerceiverConfig, read_json
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
@@ -260,7 +260,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
     never over the checkpoint itself."""
     directory = resolve_model_dir(checkpoint)
     check_convert_output(out, [checkpoint, directory], overwrite)
-    return export_to_transformers(load_model(directory), out)
+    return export_to_transformers(PerceiverLM.from_pretrained(directory), out)
 
 
 def export_to_transformers(model: PerceiverLM, out: str | Path) -> Path:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import NGRAM_SIZES, MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
 
@@ -454,7 +455,25 @@ class MLMDecoder(nn.Module):
         return self.cross(self.queries(positions), latents, bias, return_weights)
 
 
-class PerceiverLM(nn.Module):
+class SavedModel(nn.Module):
+    """What both models share: saving (the loading lives in each class), memory and size helpers."""
+
+    config: PerceiverConfig
+    encoder: PerceiverEncoder
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (+ ``tasks.json``) atomically into ``directory``."""
+        return ckpt.save_model(self, directory)
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute processor activations in backward to save memory."""
+        self.encoder.gradient_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class PerceiverLM(SavedModel):
     """Perceiver IO masked language model over bytes with a tied output embedding."""
 
     def __init__(self, config: PerceiverConfig) -> None:
@@ -464,13 +483,6 @@ class PerceiverLM(nn.Module):
         self.decoder = MLMDecoder(config, self.encoder.position_embedding)
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         _init_weights(self, config)
-
-    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
-        """Recompute processor activations in backward to save memory."""
-        self.encoder.gradient_checkpointing = enabled
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self,
@@ -496,18 +508,11 @@ class PerceiverLM(nn.Module):
         logits = decoded.hidden @ self.encoder.token_embedding.weight.T + self.output_bias  # [B, Q, vocab]
         return PerceiverLMOutput(logits, encoded.weights, decoded.weights)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` atomically into ``directory``."""
-        from perceiver_lm.checkpoint import save_model
-
-        return save_model(self, directory)
-
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverLM:
         """Load a model saved by ``save_pretrained`` or ``pretrain`` (a checkpoint or run directory)."""
-        from perceiver_lm.checkpoint import load_model
-
-        return load_model(path, map_location)
+        directory, config, _ = ckpt.read_model_dir(path, "lm")
+        return ckpt.load_weights(cls(config), directory, map_location)
 
 
 @dataclass
@@ -576,7 +581,7 @@ class TaskDecoder(nn.Module):
         return self.heads[task_index](attended.hidden[:, 0]), attended.weights
 
 
-class PerceiverClassifier(nn.Module):
+class PerceiverClassifier(SavedModel):
     """A Perceiver encoder with the multi-task query decoder (GLUE-style fine-tuning)."""
 
     def __init__(self, config: PerceiverConfig, tasks: MultiTaskConfig) -> None:
@@ -593,10 +598,6 @@ class PerceiverClassifier(nn.Module):
         model = cls(lm.config, tasks)
         model.encoder.load_state_dict(lm.encoder.state_dict())
         return model
-
-    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
-        """Recompute processor activations in backward to save memory."""
-        self.encoder.gradient_checkpointing = enabled
 
     def forward(
         self,
@@ -617,15 +618,15 @@ class PerceiverClassifier(nn.Module):
         logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
         return ClassifierOutput(logits, encoded.weights, weights)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` + ``tasks.json`` atomically into ``directory``."""
-        from perceiver_lm.checkpoint import save_model
-
-        return save_model(self, directory)
-
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverClassifier:
         """Load a model saved by ``save_pretrained`` or GLUE fine-tuning."""
-        from perceiver_lm.checkpoint import load_classifier
+        directory, config, tasks = ckpt.read_model_dir(path, "classifier")
+        return ckpt.load_weights(cls(config, tasks), directory, map_location)
 
-        return load_classifier(path, map_location)
+
+def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverLM | PerceiverClassifier:
+    """Load whichever model a checkpoint or run directory holds: a masked LM or a fine-tuned classifier."""
+    directory, config, tasks = ckpt.read_model_dir(path, "any")
+    model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
+    return ckpt.load_weights(model, directory, map_location)

@@ -64,3 +64,35 @@ def test_cli_builds_its_commands_without_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _library_imports(path: Path) -> set[str]:
+    """The perceiver_lm modules a file imports anywhere (also inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "perceiver_lm":
+            names |= {f"perceiver_lm.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("perceiver_lm."):
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("perceiver_lm.")}
+    return names
+
+
+def test_library_has_no_import_cycle():
+    modules = {f"perceiver_lm.{p.stem}": p for p in (REPO / "perceiver_lm").glob("*.py") if p.stem != "__init__"}
+    graph = {name: _library_imports(path) & set(modules) for name, path in modules.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", " -> ".join([*chain, name])
+        state[name] = "open"
+        for dependency in sorted(graph[name]):
+            visit(dependency, [*chain, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert "perceiver_lm.model" in graph["perceiver_lm.interop"]  # the graph is read, not empty

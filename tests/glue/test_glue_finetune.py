@@ -8,10 +8,9 @@ from glue_files import same_letter_pairs, share_scores, write_task
 
 from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
-from perceiver_lm.checkpoint import load_any, load_model
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.model import PerceiverClassifier, load_any
 from tasks.glue.data import eval_loader, load_split
 from tasks.glue.finetune import (
     FINETUNE_DEFAULTS,
@@ -88,7 +87,7 @@ def test_from_lm_keeps_the_pretrained_encoder_and_checkpoints_know_their_kind(tm
     assert isinstance(again, PerceiverClassifier) and again.tasks == tasks
     torch.testing.assert_close(again(ids, task=0).logits, model(ids, task=0).logits, rtol=0, atol=0)
     with pytest.raises(PerceiverLMError, match="fine-tuned task model, not a masked LM"):
-        load_model(tmp_path / "ft")
+        PerceiverLM.from_pretrained(tmp_path / "ft")
     with pytest.raises(PerceiverLMError, match="already fine-tuned"):
         finetune(GlueOptions(tasks="rte", checkpoint=str(tmp_path / "ft"), glue_dir=str(tmp_path)))
 
