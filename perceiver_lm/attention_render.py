@@ -54,10 +54,8 @@ def render_png(
     ``span`` (first, end) zooms the heatmap to those bytes and the latents that put at least
     SPAN_MASS of their weight there; by default texts longer than 256 bytes show their first 192.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API draws without pyplot, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
     summaries = summarize(maps, head)
     labels = maps.labels()
@@ -78,7 +76,7 @@ def render_png(
     all_labels, labels = labels, labels[first:end]
     width_bytes = end - first
     width = min(28.0, max(10.0, width_bytes * 0.12))
-    fig = plt.figure(figsize=(width, 6 + 1.1 * len(examples)))
+    fig = Figure(figsize=(width, 6 + 1.1 * len(examples)))
     grid_spec = fig.add_gridspec(1 + len(examples), 1, height_ratios=[6] + [1.1] * len(examples), hspace=0.5)
     ax = fig.add_subplot(grid_spec[0])
     shown = ax.imshow(
@@ -136,7 +134,6 @@ def render_png(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # emoji: drawn as boxes
         fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

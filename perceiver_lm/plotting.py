@@ -41,12 +41,11 @@ def plot_curve(
     """
     if x not in ("minutes", "steps"):
         raise PerceiverLMError(f"--x {x!r}: expected minutes or steps")
-    import matplotlib
+    # The object API draws without pyplot, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_bits, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_bits, ax_acc = fig.subplots(1, 2)
     for index, run in enumerate(run_dirs):
         evals = [r for r in read_metrics(run) if "eval_bits_per_byte" in r]
         needed = ("elapsed_s", "eval_bits_per_byte", "eval_accuracy")
@@ -71,5 +70,4 @@ def plot_curve(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -31,3 +31,20 @@ def test_curves_against_steps_or_minutes_and_clear_errors(tmp_path):
         read_metrics(tmp_path / "broken")
     with pytest.raises(PerceiverLMError, match="no evaluations recorded yet"):
         plot_curve([_run(tmp_path / "empty", [])], tmp_path / "y.png")
+
+
+def test_plotting_leaves_the_callers_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    # in a fresh process: a notebook's interactive backend must survive a plot, and pyplot stays unloaded
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg')\n"
+        "from perceiver_lm.plotting import plot_curve\n"
+        f"plot_curve([{str(_run(tmp_path / 'run', [4.9, 4.7]))!r}], {str(tmp_path / 'p.png')!r})\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
