@@ -526,71 +526,73 @@ def _pretrain(options: TrainingOptions, config: PerceiverConfig, window: int, ou
             }
             checkpoint_path = _write_checkpoint(accelerator, model, optimizer, config, options, step, state)
 
-    model.train()
-    set_lr(step)
-    done = step >= options.max_steps
-    while not done:
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        if not is_streaming:
-            # Accelerate's loaders call dataset.set_epoch(their own iteration count) when iterated;
-            # set theirs, so a resumed run's first full pass is epoch `epoch`, not 0.
-            loader.set_epoch(epoch)
-        for batch in loader:
-            torch.manual_seed(_step_seed(options.seed, micro_step, processes, accelerator.process_index))
-            with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
-                loss = masked_lm_loss(logits, batch["labels"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and options.clip_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_step += 1
-            running_loss += loss.detach().float()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-            set_lr(step)
-            elapsed = elapsed_before + time.monotonic() - started
-            out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
-            # One check per step, agreed by all processes, so that they stop together.
-            stop = torch.tensor(
-                [float(out_of_time), float(not torch.isfinite(running_loss).item())], device=accelerator.device
-            )
-            if processes > 1:
-                stop = accelerator.reduce(stop, "max")
-            out_of_time = bool(stop[0].item())
-            if stop[1].item():
-                if progress is not None:
-                    progress.close()
-                accelerator.end_training()
-                raise PerceiverLMError(
-                    f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights "
-                    f"(the newest checkpoint is {_newest(output)}); lower --lr, keep --clip-norm on, or try "
-                    "--mixed-precision no"
+    try:
+        model.train()
+        set_lr(step)
+        done = step >= options.max_steps
+        while not done:
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            if not is_streaming:
+                # Accelerate's loaders call dataset.set_epoch(their own iteration count) when iterated;
+                # set theirs, so a resumed run's first full pass is epoch `epoch`, not 0.
+                loader.set_epoch(epoch)
+            for batch in loader:
+                torch.manual_seed(_step_seed(options.seed, micro_step, processes, accelerator.process_index))
+                with accelerator.accumulate(model):
+                    logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
+                    loss = masked_lm_loss(logits, batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and options.clip_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_step += 1
+                running_loss += loss.detach().float()
+                running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+                set_lr(step)
+                elapsed = elapsed_before + time.monotonic() - started
+                out_of_time = options.max_minutes is not None and elapsed - elapsed_before >= options.max_minutes * 60
+                # One check per step, agreed by all processes, so that they stop together.
+                stop = torch.tensor(
+                    [float(out_of_time), float(not torch.isfinite(running_loss).item())], device=accelerator.device
                 )
-            if step % options.log_every == 0 or step == options.max_steps:
-                rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)
-                train_loss = running_loss.item() / running_count
-                log({"step": step, "train_loss": train_loss, "lr": lr, "bytes_per_s": rate, "elapsed_s": elapsed})
+                if processes > 1:
+                    stop = accelerator.reduce(stop, "max")
+                out_of_time = bool(stop[0].item())
+                if stop[1].item():
+                    raise PerceiverLMError(
+                        f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these "
+                        f"weights (the newest checkpoint is {_newest(output)}); lower --lr, keep --clip-norm on, "
+                        "or try --mixed-precision no"
+                    )
+                if step % options.log_every == 0 or step == options.max_steps:
+                    rate = (step - start_step) * bytes_per_step / max(elapsed - elapsed_before, 1e-9)
+                    train_loss = running_loss.item() / running_count
+                    log({"step": step, "train_loss": train_loss, "lr": lr, "bytes_per_s": rate, "elapsed_s": elapsed})
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{train_loss:.3f}", bytes_s=f"{rate:,.0f}")
+                    running_loss, running_count = torch.zeros_like(running_loss), 0
                 if progress is not None:
-                    progress.set_postfix(loss=f"{train_loss:.3f}", bytes_s=f"{rate:,.0f}")
-                running_loss, running_count = torch.zeros_like(running_loss), 0
-            if progress is not None:
-                progress.update(1)
-            done = step >= options.max_steps or out_of_time
-            evaluate_and_save(elapsed, step % options.eval_every == 0 or done, step % options.save_every == 0 or done)
-            if done:
+                    progress.update(1)
+                done = step >= options.max_steps or out_of_time
+                evaluate_and_save(
+                    elapsed, step % options.eval_every == 0 or done, step % options.save_every == 0 or done
+                )
+                if done:
+                    break
+            if not done and is_streaming:
+                say("note: the stream ended before --max-steps")
+                if step > start_step:
+                    evaluate_and_save(elapsed_before + time.monotonic() - started, True, True)
                 break
-        if not done and is_streaming:
-            say("note: the stream ended before --max-steps")
-            if step > start_step:
-                evaluate_and_save(elapsed_before + time.monotonic() - started, True, True)
-            break
-        epoch, skip = epoch + 1, 0
-    if progress is not None:
-        progress.close()
-    accelerator.end_training()
+            epoch, skip = epoch + 1, 0
+    finally:
+        # closed before any error is reported, so that the error is the last line the user sees
+        if progress is not None:
+            progress.close()
+        accelerator.end_training()
     return PretrainResult(output, step, checkpoint_path, last_eval, main)

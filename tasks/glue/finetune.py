@@ -272,74 +272,79 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
         progress = tqdm(total=total, desc="glue " + options.tasks, dynamic_ncols=True, file=sys.stderr)
     model.train()
     set_lr(0)
-    while step < total:
-        sampler.set_epoch(epoch)
-        for batch in train_loader:
-            task = tasks[int(batch["task"][0])]
-            torch.manual_seed(options.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
-            with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], batch["attention_mask"], task=task_index[task.name]).logits
-                loss = task_loss(task, logits, batch["labels"])
-                accelerator.backward(loss)
-                if options.clip_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running[task.name][0] += loss.item()
-            running[task.name][1] += 1
-            step += 1
-            set_lr(step)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(
-                    {name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count}
+    try:
+        while step < total:
+            sampler.set_epoch(epoch)
+            for batch in train_loader:
+                task = tasks[int(batch["task"][0])]
+                torch.manual_seed(
+                    options.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index
                 )
-            if step % eval_every == 0 or step == total:
-                scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
-                losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
-                running = {t.name: [0.0, 0] for t in tasks}
-                history.append(
-                    {
-                        "step": step,
-                        "epoch": step / per_epoch,
-                        "elapsed_s": time.monotonic() - started,
-                        "train_loss": losses,
-                        "scores": scores,
-                    }
-                )
-                for name, task_scores in scores.items():
-                    if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(
-                        tasks_by_name[name], best[name]["scores"]
-                    ):
-                        best[name] = {"step": step, "scores": task_scores}
-                mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
-                say(
-                    f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): "
-                    + "; ".join(
-                        f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items())
-                        for n, s in scores.items()
+                with accelerator.accumulate(model):
+                    logits = model(batch["input_ids"], batch["attention_mask"], task=task_index[task.name]).logits
+                    loss = task_loss(task, logits, batch["labels"])
+                    accelerator.backward(loss)
+                    if options.clip_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running[task.name][0] += loss.item()
+                running[task.name][1] += 1
+                step += 1
+                set_lr(step)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(
+                        {name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count}
                     )
-                )
-                if mean > best_mean:
-                    best_mean = mean
-                    if main:
-                        accelerator.unwrap_model(model).save_pretrained(best_dir)
-                    accelerator.wait_for_everyone()
-                if main:
-                    write_json_atomic(
-                        output / METRICS_FILE,
+                if step % eval_every == 0 or step == total:
+                    scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
+                    losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
+                    running = {t.name: [0.0, 0] for t in tasks}
+                    history.append(
                         {
-                            "options": dataclasses.asdict(options),
-                            "best": best,
-                            "history": history,
-                            "num_processes": accelerator.num_processes,
-                        },
+                            "step": step,
+                            "epoch": step / per_epoch,
+                            "elapsed_s": time.monotonic() - started,
+                            "train_loss": losses,
+                            "scores": scores,
+                        }
                     )
-            if step >= total:
-                break
-        epoch += 1
-    if progress is not None:
-        progress.close()
+                    for name, task_scores in scores.items():
+                        if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(
+                            tasks_by_name[name], best[name]["scores"]
+                        ):
+                            best[name] = {"step": step, "scores": task_scores}
+                    mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
+                    say(
+                        f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): "
+                        + "; ".join(
+                            f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items())
+                            for n, s in scores.items()
+                        )
+                    )
+                    if mean > best_mean:
+                        best_mean = mean
+                        if main:
+                            accelerator.unwrap_model(model).save_pretrained(best_dir)
+                        accelerator.wait_for_everyone()
+                    if main:
+                        write_json_atomic(
+                            output / METRICS_FILE,
+                            {
+                                "options": dataclasses.asdict(options),
+                                "best": best,
+                                "history": history,
+                                "num_processes": accelerator.num_processes,
+                            },
+                        )
+                if step >= total:
+                    break
+            epoch += 1
+    finally:
+        # closed before any error is reported, so that the error is the last line the user sees
+        if progress is not None:
+            progress.close()
     return FinetuneResult(output, best, best_dir, step)
 
 
