@@ -277,7 +277,7 @@ def plot_command(
     x: Annotated[str, typer.Option(help="x axis: minutes (speed) or steps (learning per step).")] = "minutes",
 ) -> None:
     """Plot validation bits per masked byte and accuracy against training time or steps."""
-    from perceiver_lm.plotting import plot_curve
+    from perceiver_lm.viz.plotting import plot_curve
 
     if label and len(label) != len(runs):
         raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
@@ -313,9 +313,9 @@ def attention_command(
     import dataclasses as dc
     from collections import Counter
 
-    from perceiver_lm.attention_maps import KINDS, attention_maps, describe_summary, summarize
-    from perceiver_lm.attention_render import examples_by_kind, render_html, render_png
     from perceiver_lm.model import load_any
+    from perceiver_lm.viz.attention_maps import KINDS, attention_maps, describe_summary, summarize
+    from perceiver_lm.viz.attention_render import examples_by_kind, render_html, render_png
 
     if (text is None) == (file is None):
         raise PerceiverLMError("give the text as an argument or with --file, not both")

@@ -9,12 +9,12 @@ import torch
 
 from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
-from perceiver_lm.attention_maps import attention_maps, byte_classes, summarize_row
-from perceiver_lm.attention_render import render_html, render_png
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.tokenizer import encode
+from perceiver_lm.viz.attention_maps import attention_maps, byte_classes, summarize_row
+from perceiver_lm.viz.attention_render import render_html, render_png
 
 HOSTILE = 'Ünïcødé 🙂 <script>alert(1)</script></script><img src=x onerror=alert(2)> & "quotes"'
 

@@ -80,7 +80,12 @@ def _library_imports(path: Path) -> set[str]:
 
 
 def test_library_has_no_import_cycle():
-    modules = {f"perceiver_lm.{p.stem}": p for p in (REPO / "perceiver_lm").glob("*.py") if p.stem != "__init__"}
+    library = REPO / "perceiver_lm"
+    modules = {
+        ".".join(("perceiver_lm", *p.relative_to(library).with_suffix("").parts)): p
+        for p in library.rglob("*.py")
+        if p.stem != "__init__"
+    }
     graph = {name: _library_imports(path) & set(modules) for name, path in modules.items()}
     state: dict[str, str] = {}
 

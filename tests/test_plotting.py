@@ -3,7 +3,7 @@ import json
 import pytest
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.plotting import plot_curve, read_metrics
+from perceiver_lm.viz.plotting import plot_curve, read_metrics
 
 
 def _run(folder, bits):
@@ -40,7 +40,7 @@ def test_plotting_leaves_the_callers_backend_alone(tmp_path):
     # in a fresh process: a notebook's interactive backend must survive a plot, and pyplot stays unloaded
     code = (
         "import sys, matplotlib; matplotlib.use('svg')\n"
-        "from perceiver_lm.plotting import plot_curve\n"
+        "from perceiver_lm.viz.plotting import plot_curve\n"
         f"plot_curve([{str(_run(tmp_path / 'run', [4.9, 4.7]))!r}], {str(tmp_path / 'p.png')!r})\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

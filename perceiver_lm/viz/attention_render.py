@@ -12,12 +12,13 @@ import html
 import json
 import warnings
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
-from perceiver_lm.attention_maps import KINDS, AttentionMaps, LatentSummary, describe_summary, summarize
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.viz.attention_maps import KINDS, AttentionMaps, LatentSummary, describe_summary, summarize
 
 SPAN_MASS = 0.3
 KIND_COLOURS = {
@@ -194,138 +195,5 @@ def render_html(maps: AttentionMaps, path: str | Path, title: str = "Perceiver l
     return path
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
-<title>__TITLE__</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; margin: 16px 22px; color: #222; }
-h1 { font-size: 18px; margin: 0 0 8px; }
-#controls { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 8px; }
-#main { display: grid; grid-template-columns: minmax(260px, 330px) 1fr; gap: 18px; }
-#latents { max-height: 74vh; overflow-y: auto; border: 1px solid #ddd; padding: 6px; }
-.latent { display: inline-block; min-width: 40px; margin: 2px; padding: 2px 4px; border-radius: 4px; border: 2px solid transparent;
-  font: 12px monospace; cursor: pointer; color: #fff; text-align: center; }
-.latent.selected { border-color: #000; box-shadow: 0 0 0 2px #ffd400; }
-#text { font: 16px/2.0 ui-monospace, monospace; white-space: pre-wrap; word-break: break-all; border: 1px solid #ddd; padding: 10px; }
-#text span.seg { border-radius: 2px; }
-#text span.special { font-size: 11px; color: #666; border: 1px dotted #999; margin: 0 2px; }
-#overview { width: 100%; height: 180px; image-rendering: pixelated; border: 1px solid #ddd; cursor: crosshair; }
-#info { font: 12px/1.5 monospace; white-space: pre-wrap; background: #f6f6f6; padding: 8px; min-height: 3em; }
-.legend span { display: inline-block; padding: 0 6px; margin-right: 6px; border-radius: 3px; color: #fff; font-size: 12px; }
-</style></head>
-<body>
-<h1>__TITLE__</h1>
-<div id="controls">
-  <label>Head <select id="head"></select></label>
-  <label>Show <select id="filter"><option value="">all latents</option></select></label>
-  <span class="legend" id="legend"></span>
-  <span id="query"></span>
-</div>
-<div id="main">
-  <div><div id="latents"></div></div>
-  <div>
-    <canvas id="overview" title="latents (rows) over bytes (columns); click a row to select that latent"></canvas>
-    <div id="info">Hover or click a latent to see which bytes it reads.</div>
-    <div id="text"></div>
-  </div>
-</div>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("data").textContent);
-const state = { view: 0, latent: null, pinned: null };
-const levels = data.views.map(v => Uint8Array.from(atob(v.levels), c => c.charCodeAt(0)));
-const headSelect = document.getElementById("head"), filter = document.getElementById("filter");
-data.views.forEach((v, i) => headSelect.add(new Option(v.name, String(i))));
-data.kinds.forEach(k => filter.add(new Option(k, k)));
-const classes = ["whitespace", "punctuation", "capitals", "digits", "non-ascii"];
-const marks = { "whitespace": "␣", "punctuation": ".", "capitals": "A", "digits": "9", "non-ascii": "é" };
-classes.forEach(c => filter.add(new Option("prefers " + c, "prefers:" + c)));
-const legend = document.getElementById("legend");
-data.kinds.forEach(k => { const s = document.createElement("span"); s.textContent = k; s.style.background = data.colours[k]; legend.appendChild(s); });
-if (data.query) document.getElementById("query").textContent = "decoder query: " + data.query;
-
-const textBox = document.getElementById("text");
-const spans = data.segments.map(seg => {
-  const span = document.createElement("span");
-  span.className = seg.special ? "seg special" : "seg";
-  span.textContent = seg.t === "\\n" ? "\\u23ce\\n" : seg.t;
-  span.dataset.start = seg.a; span.dataset.end = seg.b;
-  textBox.appendChild(span);
-  return span;
-});
-
-function weights(view, latent) {
-  const row = levels[view].subarray(latent * data.length, (latent + 1) * data.length);
-  const top = data.views[view].tops[latent];
-  return Array.from(row, v => v / 255 * top);
-}
-
-function renderLatents() {
-  const box = document.getElementById("latents");
-  box.textContent = "";
-  data.views[state.view].latents.forEach((info, n) => {
-    if (filter.value.startsWith("prefers:") ? info.prefers !== filter.value.slice(8) : (filter.value && info.kind !== filter.value)) return;
-    const b = document.createElement("span");
-    b.className = "latent" + (state.latent === n ? " selected" : "");
-    b.textContent = String(n) + (info.prefers ? " " + marks[info.prefers] : "");
-    b.dataset.latent = n;
-    b.title = info.kind + (info.prefers ? ", prefers " + info.prefers : "");
-    b.style.background = data.colours[info.kind];
-    b.addEventListener("mouseenter", () => { if (state.pinned === null) select(n, false); });
-    b.addEventListener("click", () => select(n, true));
-    box.appendChild(b);
-  });
-}
-
-function renderOverview() {
-  const canvas = document.getElementById("overview");
-  canvas.width = data.length; canvas.height = data.latents;
-  const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(data.length, data.latents);
-  const lv = levels[state.view];
-  for (let i = 0; i < lv.length; i++) {
-    const v = lv[i], latent = Math.floor(i / data.length), mark = latent === state.latent;
-    image.data[4 * i] = mark ? 255 : 255 - v; image.data[4 * i + 1] = mark ? 212 - v * 0.6 : 255 - v * 0.75;
-    image.data[4 * i + 2] = mark ? 0 : 255 - v * 0.35; image.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(image, 0, 0);
-}
-
-function select(latent, pin) {
-  state.latent = latent;
-  if (pin) state.pinned = latent;
-  const w = weights(state.view, latent);
-  const perSegment = spans.map(s => { let t = 0; for (let p = +s.dataset.start; p < +s.dataset.end; p++) t += w[p]; return t; });
-  const peak = Math.max(...perSegment, 1e-12);
-  spans.forEach((s, i) => {
-    const a = perSegment[i] / peak;
-    s.style.background = a > 0.02 ? `rgba(255, 90, 0, ${a.toFixed(3)})` : "";
-    s.dataset.weight = perSegment[i].toFixed(5);
-    const bytes = [];
-    for (let p = +s.dataset.start; p < +s.dataset.end; p++) bytes.push(`byte ${p}: ${w[p].toFixed(4)}`);
-    s.title = bytes.join("\\n");
-  });
-  const info = data.views[state.view].latents[latent];
-  document.getElementById("info").textContent = info.line;
-  document.querySelectorAll(".latent").forEach(b => b.classList.toggle("selected", +b.dataset.latent === latent));
-  renderOverview();
-  if (pin) history.replaceState(null, "", `#head=${state.view}&latent=${latent}`);
-}
-
-headSelect.addEventListener("change", () => { state.view = +headSelect.value; renderLatents(); if (state.latent !== null) select(state.latent, state.pinned !== null); else renderOverview(); });
-filter.addEventListener("change", renderLatents);
-document.getElementById("overview").addEventListener("click", ev => {
-  const rect = ev.target.getBoundingClientRect();
-  select(Math.min(data.latents - 1, Math.floor((ev.clientY - rect.top) / rect.height * data.latents)), true);
-});
-const hash = new URLSearchParams(location.hash.slice(1));
-state.view = Math.min(data.views.length - 1, Math.max(0, parseInt(hash.get("head") || "0", 10) || 0));
-headSelect.value = String(state.view);
-renderLatents();
-renderOverview();
-if (hash.has("latent")) select(Math.min(data.latents - 1, Math.max(0, parseInt(hash.get("latent"), 10) || 0)), true);
-</script>
-</body></html>
-"""  # noqa: E501 -- the page's inline CSS/JS: its lines are page content, not Python code
+# The page template (inline CSS and JS, no network): __TITLE__ and __DATA__ are filled in per render.
+_PAGE = (files("perceiver_lm.viz") / "attention_page.html").read_text(encoding="utf-8")

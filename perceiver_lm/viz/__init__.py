@@ -1,0 +1,1 @@
+"""Pictures of what a model does: attention maps (summaries, PNG, HTML page) and training curves."""
