@@ -13,7 +13,7 @@ from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.tokenizer import encode
-from perceiver_lm.viz.attention_maps import attention_maps, byte_classes, summarize_row
+from perceiver_lm.viz.attention_maps import BYTE_CLASSES, attention_maps, byte_classes, summarize_row
 from perceiver_lm.viz.attention_render import render_html, render_png
 
 HOSTILE = 'Ünïcødé 🙂 <script>alert(1)</script></script><img src=x onerror=alert(2)> & "quotes"'
@@ -202,6 +202,9 @@ def test_page_in_headless_chromium_highlights_the_bytes_a_latent_reads(tmp_path)
             "\n", ""
         )  # escaped text shown, not run (an alert would fail the next call)
         assert browser.execute_script("return document.querySelectorAll('img').length") == 0
+        # the class filter is built from the byte classes the page is given (one source: BYTE_CLASSES)
+        filters = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "filter")).options]
+        assert [f"prefers:{c}" for c in BYTE_CLASSES] == [f for f in filters if f.startswith("prefers:")]
         for head, latent in ((0, 5), (2, 11)):
             Select(browser.find_element(By.ID, "head")).select_by_value(str(head))
             browser.find_element(By.CSS_SELECTOR, f'.latent[data-latent="{latent}"]').click()

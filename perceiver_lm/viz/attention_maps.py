@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import NUM_SPECIAL, encode, pad_batch
+from perceiver_lm.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, encode, pad_batch
 
 LOCAL_MIN_BYTES = 8.0
 LOCAL_FRACTION = 0.05
@@ -40,7 +40,7 @@ PERIODIC_POWER = 0.3
 DIFFUSE_ENTROPY = 0.9
 KINDS = ("local", "class-selective", "periodic", "diffuse", "mixed")
 BYTE_CLASSES = ("whitespace", "punctuation", "capitals", "digits", "non-ascii")
-SPECIAL_NAMES = {0: "[PAD]", 1: "[BOS]", 2: "[EOS]", 3: "[MASK]", 4: "[CLS]", 5: "[SEP]"}
+SPECIAL_NAMES = dict(enumerate(SPECIAL_TOKENS))
 
 
 @dataclass

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.viz.attention_maps import KINDS, AttentionMaps, LatentSummary, describe_summary, summarize
+from perceiver_lm.tokenizer import NUM_SPECIAL
+from perceiver_lm.viz.attention_maps import (
+    BYTE_CLASSES,
+    KINDS,
+    AttentionMaps,
+    LatentSummary,
+    describe_summary,
+    summarize,
+)
 
 SPAN_MASS = 0.3
 KIND_COLOURS = {
@@ -177,13 +185,14 @@ def render_html(maps: AttentionMaps, path: str | Path, title: str = "Perceiver l
                 ],
             }
         )
-    segments = [{"t": t, "a": a, "b": b, "special": bool(maps.ids[a] < 6)} for t, a, b in maps.segments()]
+    segments = [{"t": t, "a": a, "b": b, "special": bool(maps.ids[a] < NUM_SPECIAL)} for t, a, b in maps.segments()]
     data = {
         "segments": segments,
         "length": length,
         "latents": latents,
         "views": views,
         "kinds": list(KINDS),
+        "classes": list(BYTE_CLASSES),  # the page reads the class names from here, not its own copy
         "colours": KIND_COLOURS,
         "query": maps.query,
         "decoder": None if maps.decoder is None else np.round(maps.decoder.mean(0), 5).tolist(),
