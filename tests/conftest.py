@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,12 @@ def unigram_bits(text: bytes) -> float:
     counts = np.bincount(values[~np.isin(values, (9, 10, 13, 32))])
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum())
+
+
+def two_cpu_processes(port: int, *target: str) -> list[str]:
+    """`accelerate launch` of ``target`` as two CPU processes (gloo) on ``port``; run with ACCELERATE_USE_CPU=1."""
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("--main_process_port", str(port), *target),
+    ]

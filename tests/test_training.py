@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import unigram_bits
+from conftest import two_cpu_processes, unigram_bits
 from perceiver_lm import PRESETS, PerceiverLMError
 from perceiver_lm.optim import Lamb, warmup_cosine
 from perceiver_lm.training import TrainingOptions, pretrain, resolve_precision
@@ -235,23 +235,10 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tm
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
+    cmd = two_cpu_processes(
+        29533,
         str(script),
-    ]
+    )
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

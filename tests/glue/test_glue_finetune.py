@@ -6,7 +6,7 @@ import pytest
 import torch
 from glue_files import same_letter_pairs, share_scores, write_task
 
-from conftest import REPO
+from conftest import REPO, two_cpu_processes
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
@@ -226,21 +226,8 @@ def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(REPO),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29541",
+    cmd = two_cpu_processes(
+        29541,
         "-m",
         "cli",
         "glue",
@@ -261,7 +248,7 @@ def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
         "16",
         "--max-eval-examples",
         "30",
-    ]
+    )
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())
