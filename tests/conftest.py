@@ -60,3 +60,23 @@ def two_cpu_processes(port: int, *target: str) -> list[str]:
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
         *("--main_process_port", str(port), *target),
     ]
+
+
+def host_syncs(monkeypatch, run) -> int:
+    """How many calls of the tensor methods that wait for the device (on a GPU, each is a host sync)
+    ``run()`` makes."""
+    calls = 0
+
+    def counting(original):
+        def wrapper(tensor, *args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return original(tensor, *args, **kwargs)
+
+        return wrapper
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__"):
+            patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+        run()
+    return calls

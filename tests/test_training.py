@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from conftest import two_cpu_processes, unigram_bits
 from perceiver_lm import PRESETS, PerceiverLMError
 from perceiver_lm.optim import Lamb, warmup_cosine
-from perceiver_lm.training import TrainingOptions, pretrain, resolve_precision
+from perceiver_lm.trainer import resolve_precision
+from perceiver_lm.training import TrainingOptions, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PRESETS["tiny"]
@@ -219,17 +220,17 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tm
         "from accelerate import Accelerator\n"
         "from perceiver_lm import PRESETS\n"
         "from perceiver_lm.training import TrainingOptions, pretrain\n"
-        "import perceiver_lm.training as t\n"
+        "import perceiver_lm.trainer as t\n"
         "captured = {}\n"
-        "original = t._write_checkpoint\n"
-        "def spy(accelerator, model, *a, **k):\n"
-        "    captured['world'] = accelerator.num_processes\n"
-        "    captured['rank'] = accelerator.process_index\n"
+        "original = t.save_checkpoint\n"
+        "def spy(run, state):\n"
+        "    captured['world'] = run.accelerator.num_processes\n"
+        "    captured['rank'] = run.accelerator.process_index\n"
         "    captured['backend'] = str(torch.distributed.get_backend())\n"
         "    captured['digest'] = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in "
-        "accelerator.unwrap_model(model).parameters())).hexdigest()\n"
-        "    return original(accelerator, model, *a, **k)\n"
-        "t._write_checkpoint = spy\n"
+        "run.accelerator.unwrap_model(run.model).parameters())).hexdigest()\n"
+        "    return original(run, state)\n"
+        "t.save_checkpoint = spy\n"
         f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, "
         "max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"

@@ -67,46 +67,16 @@ def render_png(
     from matplotlib.figure import Figure
 
     summaries = summarize(maps, head)
-    labels = maps.labels()
     full = _head_map(maps, head)  # [N, L]
     examples = [s for group in examples_by_kind(summaries, per_kind).values() for s in group]
     length = full.shape[1]
     first, end = span if span is not None else ((0, length) if length <= 256 else (0, 192))
     if not 0 <= first < end <= length:
         raise PerceiverLMError(f"--span {first}:{end}: outside the text's 0:{length} bytes")
-    rows = (
-        np.flatnonzero(full[:, first:end].sum(1) >= SPAN_MASS)
-        if (first, end) != (0, length)
-        else np.arange(full.shape[0])
-    )
-    if len(rows) == 0:
-        rows = np.argsort(-full[:, first:end].sum(1))[:8]
-    grid = full[rows, first:end]
-    all_labels, labels = labels, labels[first:end]
-    width_bytes = end - first
-    width = min(28.0, max(10.0, width_bytes * 0.12))
-    fig = Figure(figsize=(width, 6 + 1.1 * len(examples)))
+    fig = Figure(figsize=(min(28.0, max(10.0, (end - first) * 0.12)), 6 + 1.1 * len(examples)))
     grid_spec = fig.add_gridspec(1 + len(examples), 1, height_ratios=[6] + [1.1] * len(examples), hspace=0.5)
     ax = fig.add_subplot(grid_spec[0])
-    shown = ax.imshow(
-        grid / np.maximum(grid.max(1, keepdims=True), 1e-12), aspect="auto", cmap="magma", interpolation="nearest"
-    )
-    fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01, label="weight / row max")
-    step = max(1, int(np.ceil(width_bytes / 200)))
-    ax.set_xticks(range(0, width_bytes, step))
-    ax.set_xticklabels(labels[::step], fontsize=7, family="monospace", rotation=0 if step == 1 else 90)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([str(r) for r in rows], fontsize=6 if len(rows) > 40 else 8)
-    ax.set_ylabel("latent")
-    ax.set_xlabel(
-        f"bytes {first}..{end - 1}"
-        + (
-            ""
-            if (first, end) == (0, length)
-            else f" of {length} (latents with >= {SPAN_MASS:.0%} of their weight here)"
-        ),
-        fontsize=8,
-    )
+    _draw_heatmap(fig, ax, full, maps.labels(), first, end)
     counts = Counter(s.kind for s in summaries)
     head_name = "mean over heads" if head == -1 else f"head {head}"
     ax.set_title(
@@ -115,35 +85,61 @@ def render_png(
         fontsize=10,
     )
     for row, summary in enumerate(examples, start=1):
-        axis = fig.add_subplot(grid_spec[row])
-        weights = full[summary.latent]
-        # Local latents are drawn over their own neighbourhood, with the text; the others over all of it.
-        reach = int(max(24, 3 * summary.spread))
-        lo, hi = (
-            (max(0, int(summary.centre) - reach), min(length, int(summary.centre) + reach + 1))
-            if summary.kind == "local"
-            else (0, length)
-        )
-        axis.bar(range(lo, hi), weights[lo:hi], width=1.0, color=KIND_COLOURS[summary.kind])
-        axis.set_xlim(lo - 0.5, hi - 0.5)
-        axis.tick_params(labelsize=7)
-        if hi - lo <= 120:
-            axis.set_xticks(range(lo, hi))
-            axis.set_xticklabels(all_labels[lo:hi], fontsize=7, family="monospace")
-        note = f" period {summary.period:.1f}" if summary.kind == "periodic" else ""
-        note += f", prefers {summary.prefers}" if summary.prefers else ""
-        axis.set_title(
-            f"latent {summary.latent}: {summary.kind}{note} (centre {summary.centre:.0f}, spread {summary.spread:.1f})",
-            fontsize=8,
-            loc="left",
-            color=KIND_COLOURS[summary.kind],
-        )
+        _draw_latent(fig.add_subplot(grid_spec[row]), full[summary.latent], maps.labels(), summary)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # emoji: drawn as boxes
         fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def _draw_heatmap(fig, ax, full: np.ndarray, labels: list[str], first: int, end: int) -> None:
+    """Latents x bytes ``first:end``; a zoomed view shows only the latents that look there."""
+    length = full.shape[1]
+    whole = (first, end) == (0, length)
+    rows = np.arange(full.shape[0]) if whole else np.flatnonzero(full[:, first:end].sum(1) >= SPAN_MASS)
+    if len(rows) == 0:
+        rows = np.argsort(-full[:, first:end].sum(1))[:8]
+    grid = full[rows, first:end]
+    shown = ax.imshow(
+        grid / np.maximum(grid.max(1, keepdims=True), 1e-12), aspect="auto", cmap="magma", interpolation="nearest"
+    )
+    fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01, label="weight / row max")
+    width_bytes = end - first
+    step = max(1, int(np.ceil(width_bytes / 200)))
+    ax.set_xticks(range(0, width_bytes, step))
+    ax.set_xticklabels(labels[first:end][::step], fontsize=7, family="monospace", rotation=0 if step == 1 else 90)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([str(r) for r in rows], fontsize=6 if len(rows) > 40 else 8)
+    ax.set_ylabel("latent")
+    zoom = "" if whole else f" of {length} (latents with >= {SPAN_MASS:.0%} of their weight here)"
+    ax.set_xlabel(f"bytes {first}..{end - 1}{zoom}", fontsize=8)
+
+
+def _draw_latent(axis, weights: np.ndarray, labels: list[str], summary) -> None:
+    """One latent's weights: a local latent over its own neighbourhood, with the text; the others over all of it."""
+    length = len(weights)
+    reach = int(max(24, 3 * summary.spread))
+    lo, hi = (
+        (max(0, int(summary.centre) - reach), min(length, int(summary.centre) + reach + 1))
+        if summary.kind == "local"
+        else (0, length)
+    )
+    axis.bar(range(lo, hi), weights[lo:hi], width=1.0, color=KIND_COLOURS[summary.kind])
+    axis.set_xlim(lo - 0.5, hi - 0.5)
+    axis.tick_params(labelsize=7)
+    if hi - lo <= 120:
+        axis.set_xticks(range(lo, hi))
+        axis.set_xticklabels(labels[lo:hi], fontsize=7, family="monospace")
+    note = f" period {summary.period:.1f}" if summary.kind == "periodic" else ""
+    note += f", prefers {summary.prefers}" if summary.prefers else ""
+    axis.set_title(
+        f"latent {summary.latent}: {summary.kind}{note} (centre {summary.centre:.0f}, spread {summary.spread:.1f})",
+        fontsize=8,
+        loc="left",
+        color=KIND_COLOURS[summary.kind],
+    )
 
 
 def _quantised(grid: np.ndarray) -> tuple[str, list[float]]:

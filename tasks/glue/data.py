@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -257,7 +258,7 @@ def eval_loader(split: GlueSplit, task_index: int, batch_size: int) -> torch.uti
     )
 
 
-def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
+def collate(items: list[tuple]) -> dict[str, Any]:
     """Pad a batch of one task to its longest example."""
     ids, labels, tasks, positions = zip(*items, strict=True)
     batch = pad_batch(list(ids))
@@ -265,6 +266,6 @@ def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
         "input_ids": torch.from_numpy(batch.input_ids),
         "attention_mask": torch.from_numpy(batch.attention_mask),
         "labels": torch.tensor(labels, dtype=torch.float32),
-        "task": torch.tensor(tasks),
+        "task": tasks[0],  # one task per batch; a Python int, so that picking the head needs no device sync
         "position": torch.tensor(positions),
     }

@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +24,27 @@ from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskSpec, get_preset
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
-from perceiver_lm.optim import adamw, parameter_groups, warmup_cosine
+from perceiver_lm.optim import adamw, parameter_groups
 from perceiver_lm.run_dir import (
     check_output_folder,
     claim_folder,
     refuse_non_empty,
-    remove_tree,
     write_json_atomic,
     write_text_atomic,
 )
-from perceiver_lm.training import make_accelerator, resolve_precision
+from perceiver_lm.trainer import METRICS_FILE as TRAIN_METRICS_FILE
+from perceiver_lm.trainer import (
+    Run,
+    Schedule,
+    TrainState,
+    check_resume,
+    fit,
+    make_accelerator,
+    restore,
+    resume_source,
+    run_folder,
+    use_accelerator,
+)
 from perceiver_lm.validation import check_range
 from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
@@ -155,59 +164,118 @@ def _evaluate(model, loaders, tasks_by_name, task_index, accelerator) -> dict[st
     return scores
 
 
-def finetune(options: GlueOptions) -> FinetuneResult:
+# Options that decide which examples each step sees (and from which model): a resumed run must keep them.
+RESUME_OPTIONS = (
+    "tasks",
+    "checkpoint",
+    "preset",
+    "glue_dir",
+    "max_length",
+    "max_train_examples",
+    "batch_size",
+    "grad_accum",
+    "length_buckets",
+    "seed",
+)
+
+
+class GlueTraining:
+    """GLUE fine-tuning as a job of the training loop (`perceiver_lm.trainer.fit`).
+
+    A batch holds one task; each evaluation scores every dev split, keeps the best scores per task in
+    the run's state and the best model (mean of the tasks' primary scores) in ``best/``.
+    """
+
+    def __init__(self, tasks: list[GlueTask], eval_loaders: dict[tuple[str, str], DataLoader], output: Path) -> None:
+        self.tasks, self.eval_loaders, self.output = tasks, eval_loaders, output
+        self.by_name = {t.name: t for t in tasks}
+        self.task_index = {t.name: i for i, t in enumerate(tasks)}
+        self.slots = tuple(self.by_name)
+        self.name = "glue " + ",".join(self.slots)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        index = batch["task"]  # a Python int: choosing the head costs no device sync
+        logits = model(batch["input_ids"], batch["attention_mask"], task=index).logits
+        return task_loss(self.tasks[index], logits, batch["labels"]), index
+
+    def validate(self, run: Run, state: TrainState, train_loss: dict[str, float]) -> dict[str, float]:
+        scores = _evaluate(run.model, self.eval_loaders, self.by_name, self.task_index, run.accelerator)
+        records = state.job
+        records.setdefault("history", []).append(
+            {
+                "step": state.step,
+                "epoch": state.step / run.schedule.steps_per_epoch,
+                "elapsed_s": state.elapsed_s,
+                "train_loss": train_loss,
+                "scores": scores,
+            }
+        )
+        best = records.setdefault("best", {})
+        for name, task_scores in scores.items():
+            task = self.by_name[name]
+            if name not in best or primary_score(task, task_scores) > primary_score(task, best[name]["scores"]):
+                best[name] = {"step": state.step, "scores": task_scores}
+        run.say(
+            f"\nstep {state.step}/{run.schedule.max_steps} ({state.elapsed_s:.0f} s): "
+            + "; ".join(
+                f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items())
+                for n, s in scores.items()
+            )
+        )
+        mean = float(np.mean([primary_score(self.by_name[n], s) for n, s in scores.items()]))
+        if records.get("best_mean") is None or mean > records["best_mean"]:
+            records["best_mean"] = mean
+            if run.accelerator.is_main_process:
+                run.accelerator.unwrap_model(run.model).save_pretrained(self.output / "best")
+            run.accelerator.wait_for_everyone()
+        if run.accelerator.is_main_process:
+            write_json_atomic(
+                self.output / METRICS_FILE,
+                {
+                    "options": dataclasses.asdict(run.options),
+                    "best": best,
+                    "history": records["history"],
+                    "num_processes": run.accelerator.num_processes,
+                },
+            )
+        flat = {f"{n}/{split}/{m}": v for n, s in scores.items() for split, ms in s.items() for m, v in ms.items()}
+        return {k: float(v) for k, v in flat.items() if math.isfinite(v)}
+
+
+def finetune(options: GlueOptions, accelerator: Any = None) -> FinetuneResult:
     """Fine-tune on one or several GLUE tasks at once; keeps the best dev score per task.
+
+    The run holds a lock on ``options.output_dir`` while it runs; ``--resume`` continues its newest
+    checkpoint.
 
     Args:
         options: tasks, data source, model source and the optimisation grid point.
+        accelerator: the Accelerator to train with; default: one built from the options.
     """
-    output = check_output_folder(options.output_dir, "--output-dir")
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # the process that will be Accelerate's main one
-    hint = "pick another --output-dir, or pass --overwrite to replace its best/ and dev_metrics.json"
-    with claim_folder(
-        output,
-        "--output-dir",
-        lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint),
-        lock=main_rank,
-    ):
-        if options.overwrite and main_rank:
-            # Only what fine-tuning writes; a best/ that holds anything else is refused by atomic_directory later.
-            (output / METRICS_FILE).unlink(missing_ok=True)
-            if (output / "best").is_dir() and not {p.name for p in (output / "best").iterdir()} - ckpt.OWN_FILES:
-                remove_tree(output / "best")
-        return _finetune(options, output)
+    from accelerate.utils import DistributedDataParallelKwargs
 
-
-def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-
-    tasks = parse_tasks(options.tasks)
-    precision = resolve_precision(options.mixed_precision, options.cpu)
-    accelerator = make_accelerator(
-        cpu=options.cpu,
-        mixed_precision=precision.mode,
-        # A batch holds one task, so the other tasks' queries and heads get no gradient on that rank.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks) > 1)],
-    )
-    main = accelerator.is_main_process
-
-    def say(message: str) -> None:
-        if main:
-            print(message, file=sys.stderr, flush=True)
-
-    set_seed(options.seed)
-    notes: list[str] = []  # said once the data has loaded: a run that fails on its files says only why
-    model = _load_model(options, tasks, notes)
-    options, note = with_defaults(options, model.config)
-    notes += [note] if note else []
-    max_length = options.max_length or model.config.max_seq_len
-    if max_length > model.config.max_seq_len:
-        raise PerceiverLMError(
-            f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})"
+    with run_folder(options, (METRICS_FILE, TRAIN_METRICS_FILE, "best")) as output:
+        tasks = parse_tasks(options.tasks)
+        accelerator, precision = use_accelerator(
+            accelerator,
+            options.mixed_precision,
+            options.cpu,
+            options.grad_accum,
+            # A batch holds one task, so the other tasks' queries and heads get no gradient on that rank.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(tasks) > 1)],
         )
-    task_index = {t.name: i for i, t in enumerate(tasks)}
-    tasks_by_name = {t.name: t for t in tasks}
-    train_splits = [
+        try:
+            run, job, state = setup(options, tasks, output, accelerator, precision)
+            fit(run, job, state)
+        finally:
+            accelerator.end_training()
+    return FinetuneResult(output, state.job.get("best", {}), output / "best", state.step)
+
+
+def _load_splits(
+    options: GlueOptions, tasks: list[GlueTask], max_length: int
+) -> tuple[list[GlueSplit], dict[tuple[str, str], GlueSplit]]:
+    train = [
         _subset(
             load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows),
             options.max_train_examples,
@@ -215,7 +283,7 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
         )
         for t in tasks
     ]
-    dev_splits = {
+    dev = {
         (t.name, split): _subset(
             load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows),
             options.max_eval_examples,
@@ -225,15 +293,40 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
         for t in tasks
         for split, _ in t.dev
     }
+    return train, dev
+
+
+def setup(
+    options: GlueOptions, tasks: list[GlueTask], output: Path, accelerator: Any, precision: str
+) -> tuple[Run, GlueTraining, TrainState]:
+    """Model, optimizer, data and (with --resume) the checkpoint's state, prepared for `fit`."""
+    from accelerate.utils import set_seed
+
+    processes = accelerator.num_processes
+    set_seed(options.seed)
+    notes: list[str] = []  # said once the data has loaded: a run that fails on its files says only why
+    model = _load_model(options, tasks, notes)
+    source = resume_source(output, options.resume)
+    if source is not None:
+        check_resume(source, model, options, RESUME_OPTIONS, processes)
+    options, note = with_defaults(options, model.config)
+    notes += [note] if note else []
+    max_length = options.max_length or model.config.max_seq_len
+    if max_length > model.config.max_seq_len:
+        raise PerceiverLMError(
+            f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})"
+        )
+    train_splits, dev_splits = _load_splits(options, tasks, max_length)
     for note in notes:
-        say(note)
+        accelerator.print(note, file=sys.stderr)
     for split in [*train_splits, *dev_splits.values()]:
         cut = sum(len(ids) == max_length for ids in split.ids)
-        say(
+        accelerator.print(
             f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}"
-            + (f" ({cut:,} cut to {max_length} bytes)" if cut else "")
+            + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""),
+            file=sys.stderr,
         )
-
+    task_index = {t.name: i for i, t in enumerate(tasks)}
     train_data = TaskExamples(train_splits, [task_index[t.name] for t in tasks])
     sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
     train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
@@ -242,110 +335,27 @@ def _finetune(options: GlueOptions, output: Path) -> FinetuneResult:
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )
-    eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
-
-    per_epoch = len(train_loader)
+    per_epoch = max(1, len(train_loader) // options.grad_accum)  # optimizer steps per epoch
     total = options.max_steps or max(1, math.ceil(options.epochs * per_epoch))
     eval_every = options.eval_every or per_epoch
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-    say(
-        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {accelerator.num_processes} process(es) on "
-        f"{accelerator.device}, {precision.reason}; {total} steps of {options.batch_size}x{accelerator.num_processes} "
+    schedule = Schedule.of(
+        options,
+        max_steps=total,
+        eval_every=eval_every,
+        save_every=options.save_every or eval_every,
+        steps_per_epoch=per_epoch,
+    )
+    examples_per_step = options.batch_size * processes * options.grad_accum
+    run = Run(accelerator, model, optimizer, train_loader, output, schedule, options, ("examples", examples_per_step))
+    run.set_epoch = lambda loader, epoch: sampler.set_epoch(epoch)
+    state = restore(run, source) if source is not None else TrainState()
+    run.say(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {processes} process(es) on "
+        f"{accelerator.device}, {precision}; {total} steps of {options.batch_size}x{processes}x{options.grad_accum} "
         f"examples ({per_epoch} per epoch)"
     )
-
-    def set_lr(at_step: int) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = options.lr * warmup_cosine(at_step, options.warmup_steps, total, options.min_lr_ratio)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, dict[str, Any]] = {}
-    best_mean = -math.inf
-    best_dir = output / "best"
-    step, epoch, started = 0, 0, time.monotonic()
-    running = {t.name: [0.0, 0] for t in tasks}
-    progress = None
-    if main:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=total, desc="glue " + options.tasks, dynamic_ncols=True, file=sys.stderr)
-    model.train()
-    set_lr(0)
-    try:
-        while step < total:
-            sampler.set_epoch(epoch)
-            for batch in train_loader:
-                task = tasks[int(batch["task"][0])]
-                torch.manual_seed(
-                    options.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index
-                )
-                with accelerator.accumulate(model):
-                    logits = model(batch["input_ids"], batch["attention_mask"], task=task_index[task.name]).logits
-                    loss = task_loss(task, logits, batch["labels"])
-                    accelerator.backward(loss)
-                    if options.clip_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), options.clip_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running[task.name][0] += loss.item()
-                running[task.name][1] += 1
-                step += 1
-                set_lr(step)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(
-                        {name: f"{total_loss / count:.3f}" for name, (total_loss, count) in running.items() if count}
-                    )
-                if step % eval_every == 0 or step == total:
-                    scores = _evaluate(model, eval_loaders, tasks_by_name, task_index, accelerator)
-                    losses = {name: total_loss / max(count, 1) for name, (total_loss, count) in running.items()}
-                    running = {t.name: [0.0, 0] for t in tasks}
-                    history.append(
-                        {
-                            "step": step,
-                            "epoch": step / per_epoch,
-                            "elapsed_s": time.monotonic() - started,
-                            "train_loss": losses,
-                            "scores": scores,
-                        }
-                    )
-                    for name, task_scores in scores.items():
-                        if name not in best or primary_score(tasks_by_name[name], task_scores) > primary_score(
-                            tasks_by_name[name], best[name]["scores"]
-                        ):
-                            best[name] = {"step": step, "scores": task_scores}
-                    mean = float(np.mean([primary_score(tasks_by_name[n], s) for n, s in scores.items()]))
-                    say(
-                        f"\nstep {step}/{total} ({time.monotonic() - started:.0f} s): "
-                        + "; ".join(
-                            f"{n} " + ", ".join(f"{m} {v:.2f}" for split in s.values() for m, v in split.items())
-                            for n, s in scores.items()
-                        )
-                    )
-                    if mean > best_mean:
-                        best_mean = mean
-                        if main:
-                            accelerator.unwrap_model(model).save_pretrained(best_dir)
-                        accelerator.wait_for_everyone()
-                    if main:
-                        write_json_atomic(
-                            output / METRICS_FILE,
-                            {
-                                "options": dataclasses.asdict(options),
-                                "best": best,
-                                "history": history,
-                                "num_processes": accelerator.num_processes,
-                            },
-                        )
-                if step >= total:
-                    break
-            epoch += 1
-    finally:
-        # closed before any error is reported, so that the error is the last line the user sees
-        if progress is not None:
-            progress.close()
-    return FinetuneResult(output, best, best_dir, step)
+    job = GlueTraining(tasks, dict(zip(eval_loaders, prepared, strict=True)), output)
+    return run, job, state
 
 
 def evaluate_checkpoint(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from perceiver_lm.config import PRESETS
+from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, option, options_from_dict
 from perceiver_lm.validation import check_range
 from tasks.glue.tasks import TASKS, parse_tasks
@@ -31,6 +32,7 @@ class GlueOptions:
     epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
     batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).")
+    grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.")
     lr: float | None = option(
         None,
         "Peak learning rate; default: the model shape's (FINETUNE_DEFAULTS: small 3e-4, base 5e-5 as in the paper's "
@@ -52,6 +54,11 @@ class GlueOptions:
         None, "Evaluate on at most this many dev examples per split (the first ones)."
     )
     eval_every: int | None = option(None, "Evaluate every N steps; default: at the end of every epoch.")
+    save_every: int | None = option(
+        None, "Write a resumable checkpoint every N steps (and at the end); default: at every evaluation."
+    )
+    keep_checkpoints: int = option(1, "How many recent checkpoints to keep (best/ is kept apart).")
+    log_every: int = option(10, "Log the training loss per task to metrics.jsonl every N steps.")
     eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
     length_buckets: bool = option(
@@ -63,16 +70,21 @@ class GlueOptions:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
     seed: int = option(0, "Seed for the task heads, data order and dropout.")
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
+    resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
     overwrite: bool = option(
         False,
-        "Fine-tune into a non-empty --output-dir: its earlier best/ and dev_metrics.json are replaced (other files are "
-        "kept).",
+        "Start over in a non-empty --output-dir: its earlier checkpoints, best/, dev_metrics.json and metrics.jsonl "
+        "are replaced (other files are kept).",
     )
 
     def __post_init__(self) -> None:
         check_choices(self)
         for name in (
             "batch_size",
+            "grad_accum",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
             "eval_batch_size",
             "head_hidden",
             "max_steps",
@@ -90,6 +102,10 @@ class GlueOptions:
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)
         parse_tasks(self.tasks)
+        if self.resume and self.overwrite:
+            raise PerceiverLMError(
+                "give --resume (continue the run in --output-dir) or --overwrite (start over there), not both"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> GlueOptions:

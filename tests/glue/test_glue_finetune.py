@@ -1,12 +1,15 @@
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from glue_files import same_letter_pairs, share_scores, write_task
+from safetensors.torch import load_file
 
-from conftest import REPO, two_cpu_processes
+from conftest import REPO, host_syncs, two_cpu_processes
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
@@ -254,3 +257,62 @@ def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
     metrics = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())
     assert metrics["num_processes"] == 2 and set(metrics["best"]) == {"mrpc", "stsb"}
     assert PerceiverClassifier.from_pretrained(tmp_path / "run" / "best").tasks.tasks[1].name == "stsb"
+
+
+def test_an_interrupted_fine_tuning_resumes_to_the_same_model_and_history(synthetic_glue, tmp_path):
+    def options(out, **extra):
+        return GlueOptions(
+            tasks="mrpc,stsb",
+            preset="tiny",
+            glue_dir=str(synthetic_glue),
+            output_dir=str(out),
+            max_steps=8,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=2,
+            eval_every=4,
+            keep_checkpoints=2,
+            head_hidden=32,
+            max_train_examples=40,  # 10 batches an epoch: the resumed half crosses an epoch boundary
+            max_eval_examples=32,
+            mixed_precision="no",
+            **extra,
+        )
+
+    whole = finetune(options(tmp_path / "whole"))
+    # The run "stopped" after its first checkpoint: a folder holding only that one.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-0000004", cut / "checkpoint-0000004")
+    resumed = finetune(options(cut, resume=True))
+    assert resumed.steps == whole.steps == 8
+    a = load_file(str(tmp_path / "whole" / "checkpoint-0000008" / "model.safetensors"))
+    b = load_file(str(cut / "checkpoint-0000008" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((cut / "dev_metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [4, 8]  # the first evaluation came with the checkpoint's state
+    assert resumed.best == whole.best
+    # Another batch size would change which examples each step sees: refused, naming the option.
+    with pytest.raises(PerceiverLMError, match="--batch-size 8 -> 16"):
+        finetune(dataclasses.replace(options(cut, resume=True), batch_size=16))
+
+
+def test_fine_tuning_steps_between_logs_do_no_host_sync(monkeypatch, synthetic_glue, tmp_path):
+    def run(steps, out):
+        options = GlueOptions(
+            tasks="mrpc,stsb",
+            preset="tiny",
+            glue_dir=str(synthetic_glue),
+            output_dir=str(tmp_path / out),
+            max_steps=steps,
+            batch_size=8,
+            eval_every=1000,
+            log_every=1000,
+            head_hidden=32,
+            max_eval_examples=16,
+            mixed_precision="no",
+        )
+        return lambda: finetune(options)
+
+    short, long = host_syncs(monkeypatch, run(3, "a")), host_syncs(monkeypatch, run(9, "b"))
+    assert short > 0 and long == short, (short, long)
