@@ -210,6 +210,39 @@ def _build_pretrain_command():
 app.command("pretrain", help=_pretrain.__doc__)(_build_pretrain_command())
 
 
+def _evaluate(checkpoint: Path, **given: Any) -> None:
+    """Score a pretrained checkpoint on held-out text: bits per masked byte and accuracy, per byte class."""
+    from perceiver_lm.evaluation import score_text
+    from perceiver_lm.options import EvalOptions
+
+    options = _options(EvalOptions, None, {}, given, "evaluation")
+    if options.json not in (None, "-"):
+        check_output_file(Path(options.json), "--json")
+    report = score_text(checkpoint, options)
+    if not report.main_process:
+        return
+    record = dataclasses.asdict(report)
+    record.pop("main_process")
+    if options.json == "-":
+        typer.echo(report.table(), err=True)
+        typer.echo(json.dumps(record, indent=2))
+        return
+    typer.echo(report.table())
+    if options.json:
+        write_json_atomic(Path(options.json), record)
+        typer.echo(f"wrote {options.json}")
+
+
+def _build_evaluate_command():
+    from perceiver_lm.options import EvalOptions
+
+    checkpoint = Annotated[Path, typer.Argument(help="Pretrained checkpoint or run directory (its newest checkpoint).")]
+    return _options_command(_evaluate, EvalOptions, [("checkpoint", inspect.Parameter.empty, checkpoint)])
+
+
+app.command("evaluate", help=_evaluate.__doc__)(_build_evaluate_command())
+
+
 @app.command("fill-mask")
 @user_errors
 def fill_mask_command(
@@ -462,12 +495,22 @@ def glue_eval_command(
     max_eval_examples: Annotated[
         Optional[int], typer.Option(help="Evaluate on at most this many examples per split.")
     ] = None,
+    noise: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Corrupt the dev texts first: KIND:RATE, repeatable, applied together in order (drop, add, mutate, "
+            "repeat, uppercase, random_case, antspeak; e.g. drop:0.1)."
+        ),
+    ] = None,
+    noise_seed: Annotated[int, typer.Option(help="Seed of --noise: the same seed corrupts the same way.")] = 0,
 ) -> None:
-    """Score a fine-tuned model on the dev splits of its tasks."""
+    """Score a fine-tuned model on the dev splits of its tasks (optionally with noisy inputs)."""
     from tasks.glue.finetune import evaluate_checkpoint, results_table
 
     check_output_file(out, "--out")
-    scores = evaluate_checkpoint(checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples)
+    scores = evaluate_checkpoint(
+        checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples, noise=noise or (), noise_seed=noise_seed
+    )
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from perceiver_lm import model_card
 from perceiver_lm.config import MultiTaskConfig, PerceiverConfig, read_json
 from perceiver_lm.errors import PerceiverLMError, one_line, os_errno
 from perceiver_lm.validation import expected, matches, shown
@@ -33,7 +34,8 @@ TASKS_FILE = "tasks.json"  # present for task-decoder (fine-tuned) models
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-OWN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, TASKS_FILE, STATE_FILE, OPTIMIZER_FILE})
+CARD_FILE = "README.md"  # the model card (see model_card.py)
+OWN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, TASKS_FILE, STATE_FILE, OPTIMIZER_FILE, CARD_FILE})
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -96,21 +98,46 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_model_files(model: torch.nn.Module, config: PerceiverConfig, directory: Path) -> None:
-    """Write config.json and model.safetensors into an existing (temporary) directory."""
+def write_model_files(
+    model: torch.nn.Module,
+    config: PerceiverConfig,
+    directory: Path,
+    training: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write config.json, model.safetensors (+ tasks.json) and the model card into an existing (temporary)
+    directory.
+
+    Args:
+        model: the (unwrapped) model; its weights are written unless ``state`` is given.
+        config: its shape.
+        directory: the folder to write into.
+        training: what the model card says about how the model was trained.
+        state: the full state dict gathered from a sharded model (see `trainer.gather_state`).
+    """
     config.save(directory / CONFIG_FILE)
     tasks = getattr(model, "tasks", None)
     if isinstance(tasks, MultiTaskConfig):
         tasks.save(directory / TASKS_FILE)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / MODEL_FILE), metadata={"format": "pt", "library": "perceiver-lm"})
+    state = model.state_dict() if state is None else state
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(directory / MODEL_FILE), metadata={"format": "pt", "library": "perceiver-lm"})
+    names = {name for name, _ in model.named_parameters()}
+    parameters = sum(v.numel() for k, v in tensors.items() if k in names)
+    card = model_card.render(config, tasks if isinstance(tasks, MultiTaskConfig) else None, parameters, training)
+    (directory / CARD_FILE).write_text(card)
 
 
-def save_model(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Save a model's weights and config atomically; returns the directory."""
+def save_model(
+    model: torch.nn.Module,
+    directory: str | Path,
+    training: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save a model's weights (or the gathered ``state``), config and model card atomically; returns the directory."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        write_model_files(model, model.config, tmp)
+        write_model_files(model, model.config, tmp, training, state)
     return directory
 
 
@@ -225,13 +252,19 @@ def optimizer_to_safetensors(state_dict: dict[str, Any]) -> tuple[dict[str, torc
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
+def _parameter_key(name: str) -> int | str:
+    # Parameters are named by their index (optimizer.state_dict(), older checkpoints) or by their name in
+    # the model (torch.distributed.checkpoint's full state dict, which sharded training needs).
+    return int(name) if name.isdigit() else name
+
+
 def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for name, value in tensors.items():
-        param_id, key = name.split(".", 1)
-        state.setdefault(int(param_id), {})[key] = value
-    for param_id, entry in meta["scalars"].items():
-        state.setdefault(int(param_id), {}).update(entry)
+        param, key = name.rsplit(".", 1)  # state keys (exp_avg, step) hold no dots; parameter names do
+        state.setdefault(_parameter_key(param), {})[key] = value
+    for param, entry in meta["scalars"].items():
+        state.setdefault(_parameter_key(param), {}).update(entry)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

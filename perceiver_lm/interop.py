@@ -251,7 +251,7 @@ def convert_from_transformers(source: str | Path, out: str | Path, overwrite: bo
     out = check_convert_output(out, [source], overwrite)
     model = load_from_transformers(source)
     with atomic_directory(out) as tmp:
-        write_model_files(model, model.config, tmp)
+        write_model_files(model, model.config, tmp, {"source": f"converted from the transformers checkpoint {source}"})
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -461,9 +462,14 @@ class SavedModel(nn.Module):
     config: PerceiverConfig
     encoder: PerceiverEncoder
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (+ ``tasks.json``) atomically into ``directory``."""
-        return ckpt.save_model(self, directory)
+    def save_pretrained(self, directory: str | Path, training: dict[str, Any] | None = None) -> Path:
+        """Write weights, config (+ task heads) and a model card atomically into ``directory``.
+
+        Args:
+            directory: the folder (replaced only when it holds nothing but a model of ours).
+            training: what the model card says about how the model was trained (options, step, eval, ...).
+        """
+        return ckpt.save_model(self, directory, training)
 
     def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
         """Recompute processor activations in backward to save memory."""

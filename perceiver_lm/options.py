@@ -131,3 +131,40 @@ class TrainingOptions:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> TrainingOptions:
         return options_from_dict(cls, data, source, "training")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Held-out scoring options; each field is one ``perceiver-lm evaluate`` option of the same name."""
+
+    data: list[str] = option([], "Text files, globs or folders to score (raw bytes).")
+    dataset: str | None = option(None, "Hugging Face dataset name to score instead of --data.")
+    dataset_config: str | None = option(None, "Configuration name of --dataset.")
+    dataset_split: str = option("test", "Split of --dataset.")
+    text_column: str = option("text", "Text column of --dataset.")
+    window: int | None = option(None, "Bytes per window; default: the model's max_seq_len (or the whole text).")
+    mask_unit: Literal["word", "byte"] = option("word", "Masking unit: whitespace-delimited words or single bytes.")
+    mask_rate: float = option(0.15, "Fraction of units (words or bytes) masked per window.")
+    seed: int = option(0, "Seed of the masks (and the noise): the same seed scores the same bytes.")
+    max_windows: int = option(512, "Score at most this many windows, spread evenly over the text (0: all).")
+    batch_size: int = option(8, "Windows per batch per process.")
+    noise: list[str] = option(
+        [],
+        "Corrupt the text first, KIND:RATE, repeatable (drop, add, mutate, repeat, uppercase, random_case, "
+        "antspeak; e.g. drop:0.1).",
+    )
+    json: str | None = option(None, "Also write the report as JSON to this file (- for standard output).")
+    mixed_precision: Literal["auto", "no", "bf16"] = option(
+        "no", "fp32 by default, so that numbers compare across machines; auto or bf16 for speed."
+    )
+    cpu: bool = option(False, "Score on the CPU even when a GPU is present.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_range("--batch-size", self.batch_size, 0, low_open=True)
+        check_range("--max-windows", self.max_windows, 0)
+        check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
+        check_range("--seed", self.seed, 0, MAX_SEED)
+        check_range("--window", self.window, 2)
+        if self.data and self.dataset:
+            raise PerceiverLMError("give either --data or --dataset, not both")

@@ -302,14 +302,38 @@ def _newest(output: Path) -> str:
     return str(found[-1]) if found else "none"
 
 
-def _all_finite(model: torch.nn.Module) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all().item())
+def gather_state(model: torch.nn.Module, optimizer: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The whole model (and optimizer) state on the CPU, gathered from every process's shards.
+
+    A collective call under FSDP (every process must make it); the same for DDP and one process.
+    The optimizer state is keyed by parameter name, so it loads into any sharding of the same model.
+    Under FSDP only the main process gets the tensors (the others get empty dicts).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        return get_model_state_dict(model, options=options), {}
+    return get_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
+
+
+def _agree_finite(accelerator: Any, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether the gathered weights are finite, as the main process (which holds them) tells every process."""
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors.values()) if accelerator.is_main_process else True
+    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "sum")
+    return flag.item() == 0
 
 
 def save_checkpoint(run: Run, state: TrainState) -> Path:
-    """Write ``checkpoint-<step>`` (model, optimizer, `TrainState`) atomically; keep the newest few."""
+    """Write ``checkpoint-<step>`` (model, optimizer, `TrainState`) atomically; keep the newest few.
+
+    Every process takes part (the state is gathered from all of them); the main process writes.
+    """
     accelerator, step = run.accelerator, state.step
-    if not _all_finite(run.model):
+    model_state, optimizer_state = gather_state(run.model, run.optimizer)
+    if not _agree_finite(accelerator, model_state):
         raise PerceiverLMError(
             f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(run.output)}); "
             "lower --lr"
@@ -326,13 +350,33 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model)
         with ckpt.atomic_directory(path) as tmp:
-            ckpt.write_model_files(model, model.config, tmp)
-            ckpt.write_training_files(tmp, run.optimizer.state_dict(), finite_json(trainer_state))
+            ckpt.write_model_files(model, model.config, tmp, trainer_state, model_state)
+            ckpt.write_training_files(tmp, optimizer_state, finite_json(trainer_state))
         for old in ckpt.list_checkpoints(run.output)[: -run.schedule.keep_checkpoints]:
             remove_tree(old)
     accelerator.wait_for_everyone()
     state.checkpoint = path
     return path
+
+
+def load_state(
+    model: torch.nn.Module, optimizer: Any, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]
+) -> None:
+    """Load a whole (gathered) model and optimizer state into a model that may be sharded, on every process.
+
+    Call it after `accelerator.prepare`: the optimizer's tensors then land where the prepared
+    optimizer keeps its own (AdamW's step counters among them).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if all(isinstance(k, int) for k in optimizer_state.get("state", {})):
+        # Written by optimizer.state_dict() (parameters by index, as older checkpoints are): load the usual way.
+        set_model_state_dict(model, model_state, options=options)
+        inner.load_state_dict(optimizer_state)
+        return
+    set_state_dict(model, inner, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options)
 
 
 # ---- resuming ------------------------------------------------------------------------------------------------
@@ -384,12 +428,10 @@ def restore(run: Run, source: Path) -> TrainState:
     counters among them) land where the prepared optimizer keeps its own.
     """
     optimizer_state, trainer_state = ckpt.read_training_files(source)
-    model = run.accelerator.unwrap_model(run.model)
-    state = ckpt.load_state_dict(source)
-    ckpt.check_state_dict(model, state, str(source / ckpt.MODEL_FILE))
-    model.load_state_dict(state)
+    weights = ckpt.load_state_dict(source)
+    ckpt.check_state_dict(run.accelerator.unwrap_model(run.model), weights, str(source / ckpt.MODEL_FILE))
     try:
-        run.optimizer.load_state_dict(optimizer_state)
+        load_state(run.model, run.optimizer, weights, optimizer_state)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise PerceiverLMError(f"{source}: optimizer state does not fit this model and optimizer ({err})") from None
     step = trainer_state["step"]

@@ -28,6 +28,7 @@ from perceiver_lm.data import (
     split_corpus,
 )
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.evaluation import masked_byte_stats, summarize
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, adamw, parameter_groups
 from perceiver_lm.options import TrainingOptions
@@ -127,23 +128,10 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[str, float]:
     """Masked-byte loss (nats), bits per masked byte and accuracy over the validation loader."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    for batch in loader:
-        logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
-        labels = batch["labels"]
-        valid = labels != -100
-        per_byte = masked_lm_loss(logits, labels, reduction="none").view(labels.shape)  # [B, Q]
-        stats = torch.stack(
-            [per_byte.sum(1), ((logits.argmax(-1) == labels) & valid).sum(1).float(), valid.sum(1).float()], dim=1
-        )  # [B, 3]
-        totals += accelerator.gather_for_metrics(stats).sum(0).double().cpu()
-    model.train()
-    loss = (totals[0] / totals[2].clamp(min=1)).item()
-    return {"loss": loss, "bits_per_byte": loss / LN2, "accuracy": (totals[1] / totals[2].clamp(min=1)).item()}
+    scores = summarize(masked_byte_stats(model, loader, accelerator))
+    return {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"], "accuracy": scores["accuracy"]}
 
 
 def _tracker_config(options: TrainingOptions, config: PerceiverConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from perceiver_lm import checkpoint as ckpt
 def test_save_and_from_pretrained_round_trip(tmp_path):
     model = PerceiverLM(PRESETS["tiny"])
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = PerceiverLM.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):

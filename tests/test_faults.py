@@ -321,7 +321,7 @@ def test_convert_overwrite_replaces_only_an_earlier_conversion(tmp_path):
     assert "pass --overwrite" in _last_error(refused)
     replaced = runner.invoke(app, ["convert", str(out), "--from-transformers", str(source), "--overwrite"])
     assert replaced.exit_code == 0, replaced.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_glue_overwrite_replaces_best_and_metrics_and_keeps_the_users_files(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.noise import Noise, apply_all, example_seed
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
 from tasks.glue.tasks import Columns, GlueTask
 
@@ -73,11 +74,37 @@ def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int
     return header.index(spec)
 
 
+@dataclass(frozen=True)
+class Corruption:
+    """Noise applied to every example's texts before encoding; example i's text k draws from (seed, 2 i + k)."""
+
+    noises: tuple[Noise, ...] = ()
+    seed: int = 0
+
+    def encode(self, a: str, b: str | None, example: int, max_length: int) -> np.ndarray:
+        if self.noises:
+            a = apply_all(a, self.noises, example_seed(self.seed, 2 * example))
+            b = None if b is None else apply_all(b, self.noises, example_seed(self.seed, 2 * example + 1))
+        return encode_example(a, b, max_length)
+
+    def describe(self) -> str:
+        return "" if not self.noises else " with noise " + "+".join(f"{n.kind}:{n.rate:g}" for n in self.noises)
+
+
+CLEAN = Corruption()
+
+
 def read_tsv(
-    task: GlueTask, path: Path, columns: Columns, name: str, max_length: int, skip_bad_rows: bool
+    task: GlueTask,
+    path: Path,
+    columns: Columns,
+    name: str,
+    max_length: int,
+    skip_bad_rows: bool,
+    corruption: Corruption = CLEAN,
 ) -> GlueSplit:
     """Read one GLUE TSV file of ``task`` laid out as ``columns``."""
-    split = GlueSplit(task, name, str(path))
+    split = GlueSplit(task, name, str(path) + corruption.describe())
     first_error = None
     try:
         handle = open(path, encoding="utf-8-sig", newline="")
@@ -112,7 +139,9 @@ def read_tsv(
                     split.skipped += 1
                     first_error = first_error or message
                     continue
-                ids = encode_example(row[a_col], row[b_col] if b_col is not None else None, max_length)
+                ids = corruption.encode(
+                    row[a_col], row[b_col] if b_col is not None else None, len(split.ids), max_length
+                )
                 split.ids.append(ids)
                 if label is not None:
                     split.labels.append(label)
@@ -127,7 +156,7 @@ def read_tsv(
     return split
 
 
-def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
+def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruption) -> GlueSplit:
     try:
         import datasets
 
@@ -150,10 +179,10 @@ def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
             f"GLUE {task.name} {name}: no --glue-dir given and {HUB_DATASET} cannot be loaded: {hint}; "
             "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
         ) from None
-    split = GlueSplit(task, name, f"{HUB_DATASET}/{task.hub_config}:{hub_name}")
+    split = GlueSplit(task, name, f"{HUB_DATASET}/{task.hub_config}:{hub_name}{corruption.describe()}")
     a_key, b_key = task.hub_text[0], (task.hub_text[1] if len(task.hub_text) > 1 else None)
     for row in rows:
-        split.ids.append(encode_example(row[a_key], row[b_key] if b_key else None, max_length))
+        split.ids.append(corruption.encode(row[a_key], row[b_key] if b_key else None, len(split.ids), max_length))
         split.index.append(str(row["idx"]))
         if row["label"] != -1:  # the Hub's test splits carry label -1
             split.labels.append(float(row["label"]))
@@ -161,7 +190,12 @@ def _hub_split(task: GlueTask, name: str, max_length: int) -> GlueSplit:
 
 
 def load_split(
-    task: GlueTask, name: str, glue_dir: str | Path | None, max_length: int, skip_bad_rows: bool = False
+    task: GlueTask,
+    name: str,
+    glue_dir: str | Path | None,
+    max_length: int,
+    skip_bad_rows: bool = False,
+    corruption: Corruption = CLEAN,
 ) -> GlueSplit:
     """Load split ``name`` of ``task``: "train", a dev split (see ``task.dev``) or a test file stem.
 
@@ -172,6 +206,7 @@ def load_split(
         glue_dir: the GLUE distribution directory; None loads from the Hugging Face Hub.
         max_length: truncate every example to this many ids (specials included).
         skip_bad_rows: count and skip malformed rows instead of failing.
+        corruption: noise applied to the texts before encoding (robustness evaluation, augmentation).
     """
     if max_length < 4:
         raise PerceiverLMError(f"--max-length must be at least 4, got {max_length}")
@@ -180,14 +215,14 @@ def load_split(
     if name != "train" and name not in dev and name not in tests:
         raise PerceiverLMError(f"GLUE {task.name} has no split {name!r} (train, {', '.join([*dev, *tests])})")
     if glue_dir is None:
-        return _hub_split(task, name, max_length)
+        return _hub_split(task, name, max_length, corruption)
     folder = Path(glue_dir) / task.directory
     if not folder.is_dir():
         raise PerceiverLMError(f"--glue-dir {glue_dir}: no {task.directory}/ folder for task {task.name}")
     if name in tests:
-        return read_tsv(task, folder / f"{name}.tsv", task.test, name, max_length, skip_bad_rows)
+        return read_tsv(task, folder / f"{name}.tsv", task.test, name, max_length, skip_bad_rows, corruption)
     stem = dev.get(name, "train")
-    return read_tsv(task, folder / f"{stem}.tsv", task.labeled, name, max_length, skip_bad_rows)
+    return read_tsv(task, folder / f"{stem}.tsv", task.labeled, name, max_length, skip_bad_rows, corruption)
 
 
 class TaskExamples(torch.utils.data.Dataset):

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskSpec, get_preset
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
+from perceiver_lm.noise import parse_noise
 from perceiver_lm.optim import adamw, parameter_groups
 from perceiver_lm.run_dir import (
     check_output_folder,
@@ -39,6 +41,7 @@ from perceiver_lm.trainer import (
     TrainState,
     check_resume,
     fit,
+    gather_state,
     make_accelerator,
     restore,
     resume_source,
@@ -46,7 +49,7 @@ from perceiver_lm.trainer import (
     use_accelerator,
 )
 from perceiver_lm.validation import check_range
-from tasks.glue.data import GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
+from tasks.glue.data import Corruption, GlueSplit, ProportionalBatches, TaskExamples, collate, eval_loader, load_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.options import GlueOptions
 from tasks.glue.tasks import GlueTask, parse_tasks
@@ -222,11 +225,21 @@ class GlueTraining:
                 for n, s in scores.items()
             )
         )
+        flat = {f"{n}/{split}/{m}": v for n, s in scores.items() for split, ms in s.items() for m, v in ms.items()}
+        finite = {k: float(v) for k, v in flat.items() if math.isfinite(v)}
         mean = float(np.mean([primary_score(self.by_name[n], s) for n, s in scores.items()]))
         if records.get("best_mean") is None or mean > records["best_mean"]:
             records["best_mean"] = mean
+            weights, _ = gather_state(run.model)  # every process takes part: the model may be sharded
             if run.accelerator.is_main_process:
-                run.accelerator.unwrap_model(run.model).save_pretrained(self.output / "best")
+                card = {
+                    "options": dataclasses.asdict(run.options),
+                    "step": state.step,
+                    "elapsed_s": state.elapsed_s,
+                    "num_processes": run.accelerator.num_processes,
+                    "eval": finite,
+                }
+                ckpt.save_model(run.accelerator.unwrap_model(run.model), self.output / "best", card, weights)
             run.accelerator.wait_for_everyone()
         if run.accelerator.is_main_process:
             write_json_atomic(
@@ -238,8 +251,7 @@ class GlueTraining:
                     "num_processes": run.accelerator.num_processes,
                 },
             )
-        flat = {f"{n}/{split}/{m}": v for n, s in scores.items() for split, ms in s.items() for m, v in ms.items()}
-        return {k: float(v) for k, v in flat.items() if math.isfinite(v)}
+        return finite
 
 
 def finetune(options: GlueOptions, accelerator: Any = None) -> FinetuneResult:
@@ -275,9 +287,10 @@ def finetune(options: GlueOptions, accelerator: Any = None) -> FinetuneResult:
 def _load_splits(
     options: GlueOptions, tasks: list[GlueTask], max_length: int
 ) -> tuple[list[GlueSplit], dict[tuple[str, str], GlueSplit]]:
+    augment = Corruption(tuple(parse_noise(spec) for spec in options.train_noise), options.seed)
     train = [
         _subset(
-            load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows),
+            load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows, augment),
             options.max_train_examples,
             options.seed,
         )
@@ -364,16 +377,24 @@ def evaluate_checkpoint(
     task_names: str | None = None,
     batch_size: int = 64,
     max_eval_examples: int | None = None,
+    noise: Sequence[str] = (),
+    noise_seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them)."""
+    """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them).
+
+    ``noise`` ("KIND:RATE" specs, applied together in order) corrupts the dev texts first, the same
+    way for the same ``noise_seed``: robustness to typos, casing and spacing.
+    """
     check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
+    corruption = Corruption(tuple(parse_noise(spec) for spec in noise), noise_seed)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
     names = [t.name for t in model.tasks.tasks]
     tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
     task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
+    length = model.config.max_seq_len
     splits = {
-        (t.name, s): _subset(load_split(t, s, glue_dir, model.config.max_seq_len), max_eval_examples, 0, first=True)
+        (t.name, s): _subset(load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True)
         for t in tasks
         for s, _ in t.dev
     }

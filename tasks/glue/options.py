@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from perceiver_lm.config import PRESETS
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.noise import parse_noise
 from perceiver_lm.options import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, option, options_from_dict
 from perceiver_lm.validation import check_range
 from tasks.glue.tasks import TASKS, parse_tasks
@@ -66,6 +67,11 @@ class GlueOptions:
         "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches "
         "shuffled).",
     )
+    train_noise: list[str] = option(
+        [],
+        "Augment: corrupt the training texts with KIND:RATE noise (repeatable, applied together; each example once, "
+        "seeded by --seed), e.g. drop:0.05.",
+    )
     skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
     seed: int = option(0, "Seed for the task heads, data order and dropout.")
@@ -102,6 +108,8 @@ class GlueOptions:
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)
         parse_tasks(self.tasks)
+        for spec in self.train_noise:
+            parse_noise(spec, "--train-noise")
         if self.resume and self.overwrite:
             raise PerceiverLMError(
                 "give --resume (continue the run in --output-dir) or --overwrite (start over there), not both"

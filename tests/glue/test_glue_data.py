@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
-from glue_files import LAYOUTS, write_file, write_task
+from glue_files import LAYOUTS, same_letter_pairs, write_file, write_task
 
 from conftest import shared_data
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import CLS_ID, SEP_ID, encode, encode_pair
-from tasks.glue.data import ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
+from perceiver_lm.noise import parse_noise
+from perceiver_lm.tokenizer import CLS_ID, SEP_ID, decode, encode, encode_pair
+from tasks.glue.data import Corruption, ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
 from tasks.glue.tasks import TASKS, parse_tasks
 
 TEXT_A = 'He said "yes" — café, naïve 🙂'  # literal quotes and multi-byte UTF-8
@@ -154,3 +155,24 @@ def test_real_glue_files_load_with_official_row_counts():
         assert len(load_split(TASKS[name], "train", root / "glue", 2048)) == train
         split = load_split(TASKS[name], "dev", root / "glue", 2048)
         assert len(split) == dev and split.labeled
+
+
+def test_noise_corrupts_each_example_the_same_way_every_time(tmp_path):
+    write_task(tmp_path, "MRPC", {"dev": same_letter_pairs(60, 3)}, {})
+    task = TASKS["mrpc"]
+    clean = load_split(task, "dev", tmp_path, 128)
+    upper = Corruption((parse_noise("uppercase:1"),), seed=0)
+    shouted = load_split(task, "dev", tmp_path, 128, corruption=upper)
+    assert shouted.source.endswith("with noise uppercase:1") and shouted.labels == clean.labels
+    for a, b in zip(clean.ids, shouted.ids, strict=True):
+        assert decode(b) == decode(a).upper()  # both texts of the pair, the specials kept
+    drops = Corruption((parse_noise("drop:0.3"),), seed=5)
+    first, again = (
+        load_split(task, "dev", tmp_path, 128, corruption=drops),
+        load_split(task, "dev", tmp_path, 128, corruption=drops),
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(first.ids, again.ids, strict=True))
+    other = load_split(task, "dev", tmp_path, 128, corruption=Corruption(drops.noises, seed=6))
+    assert any(not np.array_equal(a, b) for a, b in zip(first.ids, other.ids, strict=True))
+    kept = sum(len(ids) for ids in first.ids) - 3 * len(first.ids)  # minus [CLS] and two [SEP]
+    assert kept == pytest.approx(0.7 * (sum(len(ids) for ids in clean.ids) - 3 * len(clean.ids)), rel=0.08)

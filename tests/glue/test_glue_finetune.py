@@ -181,6 +181,17 @@ def test_cli_train_eval_predict(synthetic_glue, tmp_path):
     if best["mrpc"]["step"] == best["stsb"]["step"] == 12:  # best/ holds the final model when both peaked there
         assert scores["mrpc"]["dev"]["accuracy"] == pytest.approx(best["mrpc"]["scores"]["dev"]["accuracy"])
     assert set(scores) == {"mrpc", "stsb"} and set(scores["stsb"]["dev"]) == {"pearson", "spearman"}
+    noisy = []
+    for _ in range(2):
+        args = ["--glue-dir", str(synthetic_glue), "--noise", "mutate:0.5", "--noise", "drop:0.2", "--out"]
+        done = _cli("glue", "eval", str(run / "best"), *args, str(tmp_path / "noisy.json"), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        noisy.append(json.loads((tmp_path / "noisy.json").read_text()))
+    assert noisy[0] == noisy[1] and noisy[0] != scores  # deterministic, and not the clean inputs
+    done = _cli(
+        "glue", "eval", str(run / "best"), "--glue-dir", str(synthetic_glue), "--noise", "blur:0.1", cwd=tmp_path
+    )
+    assert done.returncode == 2 and "--noise blur:0.1: unknown noise kind" in done.stderr.strip().splitlines()[-1]
     done = _cli(
         "glue",
         "predict",
@@ -292,6 +303,8 @@ def test_an_interrupted_fine_tuning_resumes_to_the_same_model_and_history(synthe
     history = json.loads((cut / "dev_metrics.json").read_text())["history"]
     assert [h["step"] for h in history] == [4, 8]  # the first evaluation came with the checkpoint's state
     assert resumed.best == whole.best
+    card = (cut / "best" / "README.md").read_text()
+    assert "Fine-tuned on GLUE tasks: mrpc,stsb" in card and "Last evaluation: mrpc/dev/accuracy" in card
     # Another batch size would change which examples each step sees: refused, naming the option.
     with pytest.raises(PerceiverLMError, match="--batch-size 8 -> 16"):
         finetune(dataclasses.replace(options(cut, resume=True), batch_size=16))

@@ -1,0 +1,206 @@
+"""Held-out scoring of a masked byte LM: bits per masked byte and accuracy, overall and per byte class.
+
+The masks are a pure function of ``--seed`` and the text, so two checkpoints scored with the same
+options are compared on the same masked bytes, and scoring one checkpoint twice gives the same
+numbers. Noise (``--noise KIND:RATE``) corrupts the text before masking: the model is then scored
+on predicting the noisy bytes, which measures how well it copes with text unlike its training data.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from perceiver_lm.data import (
+    ByteCorpus,
+    CorpusRange,
+    MaskedWindows,
+    MaskingOptions,
+    collate_masked,
+    corpus_from_texts,
+    load_files,
+    load_hf_texts,
+)
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.noise import Noise, noisy_texts, parse_noise
+from perceiver_lm.options import EvalOptions
+from perceiver_lm.tokenizer import NUM_SPECIAL
+
+LN2 = math.log(2.0)
+# What a masked byte is; "special" is the [SEP] between documents.
+BYTE_CLASSES = ("letters", "digits", "whitespace", "punctuation", "non-ascii", "control", "special")
+
+
+def _class_of_id() -> torch.Tensor:
+    """[vocab] class index of each token id."""
+    byte = np.arange(256)
+    ascii_class = np.select(
+        [
+            np.isin(byte, [9, 10, 11, 12, 13, 32]),
+            ((byte >= 65) & (byte <= 90)) | ((byte >= 97) & (byte <= 122)),
+            (byte >= 48) & (byte <= 57),
+            (byte > 32) & (byte < 127),
+            byte >= 128,
+        ],
+        [2, 0, 1, 3, 4],
+        default=5,
+    )
+    return torch.from_numpy(np.concatenate([np.full(NUM_SPECIAL, 6), ascii_class]))
+
+
+@torch.no_grad()
+def masked_byte_stats(model: torch.nn.Module, loader: DataLoader, accelerator: Any) -> torch.Tensor:
+    """[classes, 3] sums over the loader and all processes: loss (nats), correct predictions, masked bytes."""
+    was_training = model.training
+    model.eval()
+    table = _class_of_id().to(accelerator.device)
+    totals = torch.zeros(len(BYTE_CLASSES), 3, dtype=torch.float64)
+    for batch in loader:
+        logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
+        labels = batch["labels"]
+        valid = labels != -100
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
+        ).view(labels.shape)  # [B, Q]
+        correct = (logits.argmax(-1) == labels) & valid
+        member = F.one_hot(table[labels.clamp(min=0)], len(BYTE_CLASSES)) * valid[..., None]  # [B, Q, C]
+        stats = torch.stack(
+            [(member * loss[..., None]).sum(1), (member * correct[..., None]).sum(1), member.sum(1)], dim=-1
+        ).float()  # [B, C, 3]
+        totals += accelerator.gather_for_metrics(stats).sum(0).double().cpu()
+    model.train(was_training)
+    return totals
+
+
+def summarize(totals: torch.Tensor) -> dict[str, Any]:
+    """Bits per masked byte, accuracy and counts from `masked_byte_stats`, overall and per class."""
+
+    def numbers(loss: float, correct: float, count: float) -> dict[str, float]:
+        count = max(count, 1.0)
+        return {"bits_per_byte": loss / count / LN2, "accuracy": correct / count, "loss": loss / count}
+
+    overall = totals.sum(0).tolist()
+    classes = {
+        name: {**numbers(*row), "masked_bytes": int(row[2])}
+        for name, row in zip(BYTE_CLASSES, totals.tolist(), strict=True)
+        if row[2] > 0
+    }
+    return {**numbers(*overall), "masked_bytes": int(overall[2]), "classes": classes}
+
+
+def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int) -> ByteCorpus:
+    """The corpus with every line corrupted by ``noises`` (line i of the whole corpus draws from (seed, i))."""
+    docs = []
+    for buffer_index, start, end in corpus.spans.tolist():
+        # Bytes that are not UTF-8 pass through unchanged (surrogateescape) instead of being replaced.
+        docs.append(bytes(corpus.buffers[buffer_index][start:end]).decode("utf-8", "surrogateescape"))
+    lines = [line for doc in docs for line in doc.split("\n")]
+    noisy = iter(noisy_texts(lines, noises, seed))
+    rebuilt = ["\n".join(next(noisy) for _ in doc.split("\n")) for doc in docs]
+    encoded = [doc.encode("utf-8", "surrogateescape") for doc in rebuilt]
+    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    spans = np.column_stack([np.zeros(len(ends), dtype=np.int64), ends - lengths, ends])
+    noise_name = ", ".join(f"{n.kind}:{n.rate:g}" for n in noises)
+    return ByteCorpus((np.frombuffer(b"".join(encoded), dtype=np.uint8),), spans, f"{corpus.name} ({noise_name})")
+
+
+def _load_corpus(options: EvalOptions) -> ByteCorpus:
+    if options.dataset:
+        texts = load_hf_texts(
+            options.dataset, options.dataset_config, options.dataset_split, options.text_column, False
+        )
+        return corpus_from_texts(texts, f"--dataset {options.dataset}")
+    if not options.data:
+        raise PerceiverLMError("give the text to score: --data FILES or --dataset NAME")
+    return load_files(options.data)
+
+
+@dataclass
+class TextScore:
+    """What `score_text` returns: the numbers and what they were measured on."""
+
+    checkpoint: str
+    step: int | None
+    text: str
+    window: int
+    windows: int
+    windows_total: int
+    mask_unit: str
+    mask_rate: float
+    seed: int
+    noise: list[str]
+    precision: str
+    metrics: dict[str, Any]
+    main_process: bool = True
+
+    def table(self) -> str:
+        """The report as a plain-text table."""
+        m = self.metrics
+        lines = [
+            f"{self.checkpoint}{'' if self.step is None else f' (step {self.step})'} on {self.text}",
+            f"{self.windows} of {self.windows_total} windows of {self.window} bytes; {self.mask_unit} masking at "
+            f"{self.mask_rate:g}, seed {self.seed}; {self.precision}",
+            "",
+            f"{'bytes':<12} {'masked':>9} {'bits/byte':>10} {'accuracy':>9}",
+            f"{'all':<12} {m['masked_bytes']:>9,} {m['bits_per_byte']:>10.4f} {m['accuracy']:>9.4f}",
+        ]
+        for name, c in m["classes"].items():
+            lines.append(f"{name:<12} {c['masked_bytes']:>9,} {c['bits_per_byte']:>10.4f} {c['accuracy']:>9.4f}")
+        return "\n".join(lines)
+
+
+def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = None) -> TextScore:
+    """Bits per masked byte and masked-byte accuracy of a pretrained checkpoint on held-out text.
+
+    Args:
+        checkpoint: an MLM checkpoint folder, or a run folder (its newest checkpoint).
+        options: the text, masking, noise and batch options.
+        accelerator: the Accelerator to score with; default: a new one (several processes share the windows).
+    """
+    from perceiver_lm import checkpoint as ckpt
+    from perceiver_lm.model import PerceiverLM
+    from perceiver_lm.trainer import use_accelerator
+
+    noises = [parse_noise(spec) for spec in options.noise]
+    directory = ckpt.resolve_model_dir(checkpoint)
+    model = PerceiverLM.from_pretrained(directory)
+    step = ckpt.read_trainer_state(directory)["step"] if (directory / ckpt.STATE_FILE).is_file() else None
+    corpus = _load_corpus(options)
+    if noises:
+        corpus = noisy_corpus(corpus, noises, options.seed)
+    window = min(options.window or model.config.max_seq_len, len(corpus))
+    if window > model.config.max_seq_len:
+        raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({model.config.max_seq_len})")
+    masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
+    windows = MaskedWindows(CorpusRange(corpus, 0, len(corpus)), window, masking, options.seed, shuffle=False)
+    count = len(windows) if not options.max_windows else min(options.max_windows, len(windows))
+    picks = np.unique(np.linspace(0, len(windows) - 1, count).round().astype(int)).tolist()
+    accelerator, precision = use_accelerator(accelerator, options.mixed_precision, options.cpu)
+    loader = DataLoader(Subset(windows, picks), batch_size=options.batch_size, collate_fn=collate_masked)
+    model, loader = accelerator.prepare(model, loader)
+    accelerator.print(f"scoring {len(picks)} windows of {window} bytes from {corpus.name}", file=sys.stderr)
+    metrics = summarize(masked_byte_stats(model, loader, accelerator))
+    return TextScore(
+        checkpoint=str(directory),
+        step=step,
+        text=corpus.name,
+        window=window,
+        windows=len(picks),
+        windows_total=len(windows),
+        mask_unit=options.mask_unit,
+        mask_rate=options.mask_rate,
+        seed=options.seed,
+        noise=[f"{n.kind}:{n.rate:g}" for n in noises],
+        precision=precision,
+        metrics=metrics,
+        main_process=accelerator.is_main_process,
+    )

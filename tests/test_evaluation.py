@@ -1,0 +1,111 @@
+"""Held-out scoring (`perceiver-lm evaluate`): same masks every time, parity with the training loop's evaluation."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from conftest import letter_lines_corpus
+from perceiver_lm import PRESETS, PerceiverLMError
+from perceiver_lm.evaluation import BYTE_CLASSES, score_text
+from perceiver_lm.options import EvalOptions
+from perceiver_lm.training import TrainingOptions, pretrain
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained 30 steps on letter lines, its run folder, and a held-out text it never saw."""
+    root = tmp_path_factory.mktemp("scored")
+    train, held_out = root / "train.txt", root / "held_out.txt"
+    train.write_text(letter_lines_corpus(seed=0))
+    held_out.write_text(letter_lines_corpus(seed=1, lines=120) + "Digits 0123 and, punctuation! café\n")
+    options = TrainingOptions(
+        data=[str(train)],
+        val_data=[str(held_out)],
+        output_dir=str(root / "run"),
+        batch_size=8,
+        max_steps=30,
+        eval_every=30,
+        eval_windows=1000,  # every validation window: the same windows `evaluate` scores with max_windows 0
+        save_every=15,
+        keep_checkpoints=2,
+        warmup_steps=5,
+        report_to="none",
+        mixed_precision="no",
+    )
+    result = pretrain(options, PRESETS["tiny"])
+    return result, held_out
+
+
+def _score(checkpoint, text, **overrides):
+    return score_text(checkpoint, EvalOptions(data=[str(text)], **overrides))
+
+
+def test_scoring_agrees_with_the_training_loops_evaluation(trained):
+    result, held_out = trained
+    # The training loop masks validation windows with seed + 7919 and scores all of them here.
+    report = _score(result.checkpoint, held_out, seed=7919, max_windows=0)
+    assert report.windows == report.windows_total
+    assert report.metrics["bits_per_byte"] == pytest.approx(result.eval_metrics["bits_per_byte"], rel=1e-5)
+    assert report.metrics["accuracy"] == pytest.approx(result.eval_metrics["accuracy"], abs=1e-6)
+
+
+def test_same_number_twice_other_number_for_another_checkpoint(trained):
+    result, held_out = trained
+    first, again = _score(result.checkpoint, held_out), _score(result.checkpoint, held_out)
+    assert first.metrics == again.metrics
+    earlier = _score(result.output_dir / "checkpoint-0000015", held_out)
+    assert earlier.step == 15 and first.step == 30
+    assert earlier.metrics["masked_bytes"] == first.metrics["masked_bytes"]  # the same masked bytes ...
+    assert earlier.metrics["bits_per_byte"] != first.metrics["bits_per_byte"]  # ... scored differently
+
+
+def test_per_class_breakdown_adds_up_and_masking_units_differ(trained):
+    result, held_out = trained
+    report = _score(result.checkpoint, held_out, max_windows=0)
+    classes = report.metrics["classes"]
+    assert set(classes) <= set(BYTE_CLASSES) and "letters" in classes
+    assert sum(c["masked_bytes"] for c in classes.values()) == report.metrics["masked_bytes"]
+    total_bits = sum(c["bits_per_byte"] * c["masked_bytes"] for c in classes.values())
+    assert total_bits / report.metrics["masked_bytes"] == pytest.approx(report.metrics["bits_per_byte"], rel=1e-6)
+    bytes_masked = _score(result.checkpoint, held_out, max_windows=0, mask_unit="byte")
+    # Whole-word masking masks the bytes of words; single-byte masking any byte, spaces and newlines too.
+    assert "whitespace" not in classes and "whitespace" in bytes_masked.metrics["classes"]
+    # Letters inside a word are easier once the word's other letters are visible.
+    assert bytes_masked.metrics["classes"]["letters"]["bits_per_byte"] < classes["letters"]["bits_per_byte"]
+
+
+def test_noise_changes_the_text_deterministically(trained):
+    result, held_out = trained
+    clean = _score(result.checkpoint, held_out)
+    noisy = _score(result.checkpoint, held_out, noise=["mutate:0.2"])
+    again = _score(result.checkpoint, held_out, noise=["mutate:0.2"])
+    assert noisy.metrics == again.metrics and noisy.noise == ["mutate:0.2"]
+    assert noisy.metrics["bits_per_byte"] > clean.metrics["bits_per_byte"]  # random letters are harder to predict
+
+
+def test_cli_prints_a_table_and_writes_json(trained, tmp_path):
+    result, held_out = trained
+    out = tmp_path / "score.json"
+    done = runner.invoke(app, ["evaluate", str(result.output_dir), "--data", str(held_out), "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "bits/byte" in done.stdout and "letters" in done.stdout
+    saved = json.loads(out.read_text())
+    assert saved["step"] == 30 and saved["metrics"]["masked_bytes"] > 0
+    piped = runner.invoke(app, ["evaluate", str(result.checkpoint), "--data", str(held_out), "--json", "-"])
+    assert json.loads(piped.stdout)["metrics"] == saved["metrics"]
+
+
+def test_bad_requests_are_one_line_errors(trained, tmp_path):
+    result, held_out = trained
+    with pytest.raises(PerceiverLMError, match="give the text to score"):
+        score_text(result.checkpoint, EvalOptions())
+    with pytest.raises(PerceiverLMError, match="--noise"):
+        _score(result.checkpoint, held_out, noise=["shout:0.1"])
+    with pytest.raises(PerceiverLMError, match="longer than the model's max_seq_len"):
+        _score(result.checkpoint, held_out, window=PRESETS["tiny"].max_seq_len + 1)
+    done = runner.invoke(app, ["evaluate", str(tmp_path / "nothing"), "--data", str(held_out)])
+    assert done.exit_code == 2 and "no such checkpoint" in done.stderr
