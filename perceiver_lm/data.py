@@ -295,17 +295,25 @@ class MaskedWindows(Dataset):
 class StreamingWindows(IterableDataset):
     """Windows cut from a stream of texts (e.g. a streaming Hugging Face dataset), masked on the fly.
 
-    The first ``skip_windows`` windows are skipped (they are held out for validation).
+    The first ``skip_windows`` windows are skipped (they are held out for validation). With several
+    processes (``rank`` of ``world``) and DataLoader workers, window i of the stream goes to one
+    (process, worker) shard, and only whole rounds are kept (one window for every shard), so that
+    every process gets the same number of windows and none waits for another at the stream's end.
+    Each process reads the stream itself: no process feeds the others.
     """
 
-    def __init__(self, texts_factory, window: int, masking: MaskingOptions, seed: int, skip_windows: int = 0) -> None:
-        self.texts_factory, self.window, self.masking, self.seed, self.skip = (
-            texts_factory,
-            window,
-            masking,
-            seed,
-            skip_windows,
-        )
+    def __init__(
+        self,
+        texts_factory,
+        window: int,
+        masking: MaskingOptions,
+        seed: int,
+        skip_windows: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.texts_factory, self.window, self.masking, self.seed = texts_factory, window, masking, seed
+        self.skip, self.rank, self.world = skip_windows, rank, world
 
     def windows(self) -> Iterator[np.ndarray]:
         pending: list[np.ndarray] = []
@@ -321,9 +329,20 @@ class StreamingWindows(IterableDataset):
                 pending, size = [rest], len(rest)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        worker = torch.utils.data.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        shards, shard = self.world * workers, self.rank * workers + worker_id
+        mine = None
         for index, ids in enumerate(self.windows()):
             if index < self.skip:
                 continue
-            rng = np.random.default_rng([self.seed, index, 1])
-            masked = mask_tokens(ids, rng, self.masking.rate, self.masking.whole_words)
-            yield {"input_ids": masked.input_ids, "positions": masked.positions, "labels": masked.labels}
+            turn = (index - self.skip) % shards
+            if turn == shard:
+                mine = (index, ids)
+            if turn == shards - 1:  # the round is complete: every shard has its window
+                yield self._masked(*mine)
+
+    def _masked(self, index: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index, 1])
+        masked = mask_tokens(ids, rng, self.masking.rate, self.masking.whole_words)
+        return {"input_ids": masked.input_ids, "positions": masked.positions, "labels": masked.labels}

@@ -5,6 +5,7 @@ Axis vocabulary in shape comments: B batch, L bytes, N latents, Q queries, H hea
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +120,21 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype (bf16 under autocast)
+        if mask is not None and mask.stride(-1) != 1:
+            mask = mask.contiguous()  # the fused GPU kernels read the mask with stride 1 along the keys
         weights = None
         if return_weights or _explicit_is_faster(q, mask):
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Q, K]
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-            weights = scores.softmax(dim=-1)
-            context = F.dropout(weights, dropout, self.training) @ v
+            # Maps in fp32: bf16 scores would move the weights by ~1 % from the fused path's.
+            exact = torch.autocast(q.device.type, enabled=False) if return_weights else contextlib.nullcontext()
+            with exact:
+                if return_weights:
+                    q, k, v = q.float(), k.float(), v.float()
+                    mask = mask.float() if mask is not None and mask.is_floating_point() else mask
+                scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Q, K]
+                if mask is not None:
+                    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+                weights = scores.softmax(dim=-1)
+                context = F.dropout(weights, dropout, self.training) @ v
         else:
             scale = q.shape[-1] ** -0.5
             if _pad_for_fused_cpu_kernel(q, v, mask, dropout):
@@ -251,8 +260,22 @@ class LocalityBias(nn.Module):
             offsets[:tiles] = index[:tiles] - (tiles - 1) / 2  # neighbouring latents
             slopes[:tiles] = 2.0
         self.slopes = nn.Parameter(slopes)
-        self.register_buffer("offsets", offsets * self.stride, persistent=False)
-        self.register_buffer("centres", (torch.arange(num_latents) + 0.5) * self.stride, persistent=False)
+        self._geometry = (offsets * self.stride).tolist(), num_latents
+        self.register_buffer("offsets", torch.empty(heads), persistent=False)
+        self.register_buffer("centres", torch.empty(num_latents), persistent=False)
+        self._set_geometry(torch.device("cpu"))
+
+    def _set_geometry(self, device: torch.device) -> None:
+        offsets, num_latents = self._geometry
+        self.offsets = torch.tensor(offsets, dtype=torch.float32, device=device)
+        self.centres = (torch.arange(num_latents, dtype=torch.float32, device=device) + 0.5) * self.stride
+
+    def _apply(self, fn, recurse=True):
+        # Positions, centres and offsets stay fp32 whatever the model is cast to: bf16 would round a
+        # centre of 1028 to 1024, moving every latent's stretch. Rebuilt exactly on the new device.
+        super()._apply(fn, recurse)
+        self._set_geometry(self.slopes.device)
+        return self
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Bias [..., H, P, N] for positions [..., P] against every latent."""
@@ -337,6 +360,7 @@ class PerceiverEncoder(nn.Module):
             return keep
         positions = torch.arange(length, device=self.latents.device)
         bias = self.locality(positions)[..., :latents].transpose(-1, -2).unsqueeze(0)  # [H, L, N] -> [1, H, N, L]
+        bias = bias.contiguous()  # fused GPU kernels need stride 1 along the keys, else SDPA falls back to math
         return bias if keep is None else bias.masked_fill(~keep, float("-inf"))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

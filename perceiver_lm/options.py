@@ -88,7 +88,9 @@ class TrainingOptions:
         "Start over in a non-empty --output-dir: its earlier checkpoints and metrics.jsonl are replaced (other files "
         "are kept).",
     )
-    num_workers: int = option(0, "DataLoader worker processes.")
+    num_workers: int | None = option(
+        None, "DataLoader worker processes; default: 4 on a GPU (data preparation overlaps the step), 0 on a CPU."
+    )
     gradient_checkpointing: bool = option(False, "Recompute processor activations in backward (saves memory).")
     report_to: Literal["auto", "tensorboard", "none"] = option(
         "auto", "Tracker: TensorBoard when installed (auto), or none."

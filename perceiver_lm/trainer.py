@@ -114,6 +114,7 @@ class Run:
     throughput: tuple[str, int]  # ("bytes", bytes per optimizer step) for the logged rate
     set_epoch: Callable[[Any, int], None] = _set_epoch
     streaming: bool = False
+    place_batches: bool = False  # the train loader is not Accelerate's: move its batches to the device here
 
     def say(self, message: str) -> None:
         self.accelerator.print(message, file=sys.stderr, flush=True)
@@ -247,7 +248,13 @@ def _batches(run: Run, state: TrainState) -> Iterator[dict[str, Any]]:
     while True:
         loader = run.accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
         run.set_epoch(loader, epoch)
-        yield from loader
+        if run.place_batches:
+            from accelerate.utils import send_to_device
+
+            device = run.accelerator.device
+            yield from (send_to_device(batch, device, non_blocking=device.type == "cuda") for batch in loader)
+        else:
+            yield from loader
         if run.streaming:
             return
         epoch, skip = epoch + 1, 0
@@ -537,7 +544,7 @@ def use_accelerator(
         mixed_precision, cpu, grad_accum: the run's options (``--mixed-precision``, ``--cpu``, ``--grad-accum``).
         kwargs: more arguments for a new Accelerator (trackers, DDP settings).
     """
-    from accelerate.utils import GradientAccumulationPlugin
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
     if accelerator is not None:
         if accelerator.gradient_accumulation_steps != grad_accum:
@@ -548,10 +555,13 @@ def use_accelerator(
         check_launch(accelerator)
         return accelerator, f"{accelerator.mixed_precision} (the caller's Accelerator)"
     precision = resolve_precision(mixed_precision, cpu)
+    gpu = torch.cuda.is_available() and not _cpu_forced(cpu)
     accelerator = make_accelerator(
         cpu=cpu,
         mixed_precision=precision.mode,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
+        # Copies from pinned memory overlap the GPU's work instead of blocking the host.
+        dataloader_config=DataLoaderConfiguration(non_blocking=gpu),
         **kwargs,
     )
     return accelerator, precision.reason
@@ -605,8 +615,28 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def default_workers(gpu: bool) -> int:
+    """DataLoader workers when none are asked for: on a GPU, workers prepare batches while it computes."""
+    return min(4, os.cpu_count() or 1) if gpu else 0
+
+
+def _cpu_forced(cpu: bool) -> bool:
+    return cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+def gpu_has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
+    """Whether the GPU computes in bf16 natively (Ampere, compute capability 8.0, and later); older GPUs
+    (V100 7.0, T4 7.5) emulate it, slower than fp16. ``capability`` defaults to the current device's."""
+    major, _ = torch.cuda.get_device_capability() if capability is None else capability
+    return major >= 8
+
+
 def resolve_precision(
-    mixed_precision: str, cpu: bool, flags: frozenset[str] | None = None, gpu: bool | None = None
+    mixed_precision: str,
+    cpu: bool,
+    flags: frozenset[str] | None = None,
+    gpu: bool | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> Precision:
     """Pick the autocast mode for ``--mixed-precision`` (``auto`` decides by the hardware).
 
@@ -615,9 +645,9 @@ def resolve_precision(
         cpu: the run is forced onto the CPU (``--cpu`` or ``ACCELERATE_USE_CPU``).
         flags: CPU feature flags; default: this machine's (tests inject them).
         gpu: whether a CUDA GPU is there; default: ask torch.
+        capability: the GPU's compute capability; default: ask torch (tests inject it).
     """
-    cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    on_gpu = (torch.cuda.is_available() if gpu is None else gpu) and not cpu
+    on_gpu = (torch.cuda.is_available() if gpu is None else gpu) and not _cpu_forced(cpu)
     if not on_gpu and mixed_precision == "fp16":
         raise PerceiverLMError(
             "--mixed-precision fp16: CPU autocast has no fp16 path (it would silently run fp32); use bf16, no or auto"
@@ -626,13 +656,17 @@ def resolve_precision(
     native = [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
     if mixed_precision == "no":
         return Precision("no", "fp32 (--mixed-precision no)")
-    if mixed_precision in ("bf16", "fp16"):
-        slow = "" if on_gpu or native else "; this CPU has no native bf16, so expect it slower than fp32"
-        return Precision(mixed_precision, f"{mixed_precision} autocast (--mixed-precision {mixed_precision}{slow})")
     if on_gpu:
-        if torch.cuda.is_bf16_supported():
-            return Precision("bf16", "bf16 autocast (auto: a GPU with bf16)")
-        return Precision("no", "fp32 (auto: this GPU has no bf16)")
+        native_gpu = gpu_has_native_bf16(capability)
+        if mixed_precision == "auto":
+            if native_gpu:
+                return Precision("bf16", "bf16 autocast (auto: a GPU with native bf16)")
+            return Precision("fp16", "fp16 autocast with a loss scaler (auto: this GPU has no native bf16)")
+        slow = "" if native_gpu or mixed_precision == "fp16" else "; this GPU emulates bf16, so expect it slow"
+        return Precision(mixed_precision, f"{mixed_precision} autocast (--mixed-precision {mixed_precision}{slow})")
+    if mixed_precision == "bf16":
+        slow = "" if native else "; this CPU has no native bf16, so expect it slower than fp32"
+        return Precision("bf16", f"bf16 autocast (--mixed-precision bf16{slow})")
     if native:
         return Precision("bf16", f"bf16 autocast (auto: this CPU has native bf16, {native[0]})")
     return Precision(

@@ -38,6 +38,7 @@ from perceiver_lm.trainer import (
     Schedule,
     TrainState,
     check_resume,
+    default_workers,
     fit,
     restore,
     resume_source,
@@ -83,8 +84,8 @@ class PretrainData:
     description: str
 
 
-def build_data(options: TrainingOptions, window: int) -> PretrainData:
-    """Training windows and fixed validation windows from the configured source."""
+def build_data(options: TrainingOptions, window: int, rank: int = 0, world: int = 1) -> PretrainData:
+    """Training windows and fixed validation windows from the configured source (a stream split by ``rank``)."""
     masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
     val_seed = options.seed + 7919  # validation masking never changes between evaluations
     if options.dataset and options.streaming:
@@ -100,7 +101,7 @@ def build_data(options: TrainingOptions, window: int) -> PretrainData:
             raise PerceiverLMError(
                 f"--dataset {options.dataset}: stream holds fewer than {options.eval_windows + 1} windows"
             )
-        train = StreamingWindows(texts, window, masking, options.seed, skip_windows=len(val))
+        train = StreamingWindows(texts, window, masking, options.seed, len(val), rank, world)
         return PretrainData(train, val, f"{options.dataset} (streaming)")
     if options.dataset:
         corpus = corpus_from_texts(
@@ -219,7 +220,7 @@ def setup(
         check_resume(source, model, options, DATA_ORDER_OPTIONS, processes)
     elif options.resume:
         accelerator.print(f"note: no checkpoint in {output} yet; starting from scratch", file=sys.stderr)
-    data = build_data(options, window)
+    data = build_data(options, window, accelerator.process_index, processes)
     streaming = isinstance(data.train, StreamingWindows)
     if not streaming and len(data.train) < options.batch_size * processes:
         raise PerceiverLMError(
@@ -230,15 +231,21 @@ def setup(
     model.gradient_checkpointing_enable(options.gradient_checkpointing)
     groups = parameter_groups(model, options.weight_decay)
     optimizer = (Lamb if options.optimizer == "lamb" else adamw)(groups, lr=options.lr)
-    loader_args = dict(batch_size=options.batch_size, collate_fn=collate_masked, num_workers=options.num_workers)
+    gpu = accelerator.device.type == "cuda"
+    workers = default_workers(gpu) if options.num_workers is None else options.num_workers
+    loader_args = dict(batch_size=options.batch_size, collate_fn=collate_masked, num_workers=workers, pin_memory=gpu)
     # Full batches only: every step sees the same number of windows, in a resumed run too.
     train_loader = DataLoader(data.train, drop_last=not streaming, **loader_args)
     val_loader = DataLoader(data.val, **loader_args)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if streaming:  # the stream splits itself by process; Accelerate would dispatch every batch from process 0
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    else:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     schedule = Schedule.of(options)
     bytes_per_step = window * options.batch_size * processes * options.grad_accum
     run = Run(accelerator, model, optimizer, train_loader, output, schedule, options, ("bytes", bytes_per_step))
     run.streaming = streaming
+    run.place_batches = streaming
     state = restore(run, source) if source is not None else TrainState()
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
     run.say(

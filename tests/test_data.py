@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from perceiver_lm.data import (
     MaskedWindows,
@@ -123,3 +124,24 @@ def test_hf_dataset_errors_are_one_line(tmp_path):
     (folder / "part.txt").write_text("a\nb\n")
     with pytest.raises(PerceiverLMError, match="no column 'body' \\(columns: text\\)"):
         load_hf_texts(str(folder), None, "train", "body", False)
+
+
+def test_a_stream_splits_by_process_and_worker_into_equal_whole_rounds():
+    texts = [f"text {i} " + "abc " * (i % 7) for i in range(300)]
+    whole = StreamingWindows(lambda: iter(texts), 32, MaskingOptions(), 0, skip_windows=3)
+    everything = [w["input_ids"] for w in whole]
+    shards = [list(StreamingWindows(lambda: iter(texts), 32, MaskingOptions(), 0, 3, rank, 3)) for rank in range(3)]
+    rounds = len(everything) // 3
+    assert [len(s) for s in shards] == [rounds] * 3  # equal: no process waits for another at the end
+    for rank, shard in enumerate(shards):  # window i goes to process i % 3, masked as in one process
+        for r, window in enumerate(shard):
+            assert np.array_equal(window["input_ids"], everything[3 * r + rank])
+    # DataLoader workers split a process's share further: process 1 of 3 with 2 workers holds shards 2 and 3 of 6.
+    loader = torch.utils.data.DataLoader(
+        StreamingWindows(lambda: iter(texts), 32, MaskingOptions(), 0, 3, 1, 3),
+        batch_size=None,
+        num_workers=2,
+    )
+    seen = sorted(bytes(w["input_ids"].numpy()) for w in loader)
+    expected = sorted(bytes(everything[6 * r + s]) for r in range(len(everything) // 6) for s in (2, 3))
+    assert seen == expected

@@ -146,3 +146,62 @@ def test_task_query_heads_are_checked_against_the_encoder():
     assert "query_heads" not in MultiTaskConfig((TaskSpec("sst2", 2),)).to_dict()  # old tasks.json unchanged
     with pytest.raises(PerceiverLMError, match="query_heads must be an integer"):
         MultiTaskConfig((TaskSpec("sst2", 2),), query_heads=0)
+
+
+def test_every_mask_sdpa_receives_has_stride_one_along_the_keys(monkeypatch):
+    # CUDA's fused SDPA kernels need it; a transposed bias would silently send every step to the math kernel.
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append(None if attn_mask is None else (tuple(attn_mask.shape), attn_mask.stride(-1)))
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    config = PRESETS["small"].replace(num_self_layers=1, max_seq_len=256, num_latents=16)
+    assert config.locality_bias and config.trim_latents
+    batch = encode_batch(["a short one", "a longer text " * 12])
+    ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+    lm = PerceiverLM(config).eval()
+    lm(ids, mask, query_positions=torch.tensor([[1, 2], [3, 40]]))
+    lm(ids)
+    heads = MultiTaskConfig((TaskSpec("sst2", 2),), 16)
+    PerceiverClassifier(config, heads).eval()(ids, mask, task=0)
+    masks = [m for m in seen if m is not None]
+    assert len(masks) >= 5  # encoder cross (bias + padding), processor (trimmed latents), decoders
+    assert all(stride == 1 for _, stride in masks), masks
+
+
+def test_locality_geometry_stays_fp32_when_the_model_is_cast_to_bf16():
+    from perceiver_lm.model import LocalityBias
+
+    # `base`'s geometry: latents own 8 bytes, centres 4, 12, ..., 2044; bf16 would hold 2044 as 2048.
+    bias = LocalityBias(8, 256, 2048, "encoder", tiled=True)
+    centres, offsets = bias.centres.clone(), bias.offsets.clone()
+    assert not torch.equal(centres.bfloat16().float(), centres)
+    positions = torch.arange(2048)
+    expected = bias(positions)
+    bias.to(torch.bfloat16)
+    assert bias.slopes.dtype == torch.bfloat16  # the learned slopes follow the model's dtype ...
+    assert bias.centres.dtype == bias.offsets.dtype == torch.float32  # ... the geometry does not
+    assert torch.equal(bias.centres, centres) and torch.equal(bias.offsets, offsets)
+    torch.testing.assert_close(bias(positions).float(), expected, rtol=1e-2, atol=0)  # only the slopes rounded
+
+
+def test_attention_maps_under_bf16_autocast_are_fp32_and_agree_with_the_fused_path():
+    from perceiver_lm.model import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(q_dim=64, kv_dim=32, qk_channels=32, v_channels=64, heads=4, cross=True).eval()
+    x, kv = torch.randn(2, 8, 64), torch.randn(2, 300, 32)
+    bias = torch.randn(1, 4, 8, 300) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = attention(x, kv, bias).hidden
+        mapped = attention(x, kv, bias, return_weights=True)
+    assert mapped.weights.dtype == torch.float32
+    torch.testing.assert_close(mapped.weights.sum(-1), torch.ones(2, 4, 8))
+    # Both paths now differ only by where the bf16 output projection rounds.
+    torch.testing.assert_close(mapped.hidden.float(), fused.float(), rtol=0, atol=2e-2)

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,11 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, letters_f
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     assert resolve_precision("auto", cpu=False, flags=zen3, gpu=True).mode == "no"
     monkeypatch.delenv("ACCELERATE_USE_CPU")
+    # GPUs: bf16 where it is native (Ampere, 8.0, and later), else fp16 with a loss scaler (V100 7.0, T4 7.5)
+    for capability, mode in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16")):
+        assert resolve_precision("auto", cpu=False, gpu=True, capability=capability).mode == mode
+    assert "emulates bf16" in resolve_precision("bf16", cpu=False, gpu=True, capability=(7, 0)).reason
+    assert resolve_precision("fp16", cpu=False, gpu=True, capability=(9, 0)).mode == "fp16"
     # the run says which precision it picked and why, in its first lines
     pretrain(
         _options(letters_file, tmp_path / "run", max_steps=2, eval_every=2, save_every=2, mixed_precision="no"), TINY
@@ -298,3 +304,46 @@ def test_gradient_accumulation_with_lamb_counts_optimizer_steps(letters_file, tm
     steps = {name: value.item() for name, value in optimizer.items() if name.endswith(".step")}
     assert len(steps) == len(list(PerceiverLM(TINY).parameters())) and set(steps.values()) == {4.0}
     assert "encoder.cross.attention.query.weight.step" in steps  # keyed by parameter name: loads into any sharding
+
+
+@pytest.mark.slow
+def test_two_processes_stream_train_and_resume_without_dispatching_from_rank_0(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "part.txt").write_text("\n".join(f"streamed line {i} with a few words" for i in range(3000)))
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "part.txt").write_text("\n".join(f"short stream {i}" for i in range(150)))
+    script = tmp_path / "stream_run.py"
+    script.write_text(
+        "import sys\n"
+        "from perceiver_lm import PRESETS\n"
+        "from perceiver_lm.training import TrainingOptions, pretrain\n"
+        "data, out, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == 'resume'\n"
+        "pretrain(TrainingOptions(dataset=data, streaming=True, output_dir=out, batch_size=4, max_steps=steps, "
+        "eval_every=4, eval_windows=4, save_every=4, keep_checkpoints=2, report_to='none', mixed_precision='no', "
+        "resume=resume), PRESETS['tiny'])\n"
+    )
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+    def launch(port, *args):
+        done = subprocess.run(
+            two_cpu_processes(port, str(script), *map(str, args)),
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    launch(29541, folder, tmp_path / "whole", 8, "fresh")
+    # Resume a copy of the run from its step-4 checkpoint: it ends with the same weights.
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-0000004", tmp_path / "cut" / "checkpoint-0000004")
+    launch(29542, folder, tmp_path / "cut", 8, "resume")
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A stream that runs out first: both processes stop together (no one waits for a batch that never comes).
+    done = launch(29543, tmp_path / "short", tmp_path / "short_run", 1000, "fresh")
+    assert "the stream ended before --max-steps" in done.stderr
