@@ -25,12 +25,52 @@ def synthetic_batch(batch_size: int, window: int, seed: int = 0) -> dict[str, to
 
 
 def dense_labels(batch: dict[str, torch.Tensor], window: int) -> torch.Tensor:
-    """[B, L] labels with -100 everywhere but the masked positions (what transformers' MLM expects)."""
-    labels = torch.full((batch["labels"].shape[0], window), -100)
-    for row in range(labels.shape[0]):
-        valid = batch["labels"][row] != -100
-        labels[row, batch["query_positions"][row][valid]] = batch["labels"][row][valid]
-    return labels
+    """[B, L] labels with -100 everywhere but the masked positions (what transformers' MLM expects), on the
+    batch's device."""
+    labels, positions = batch["labels"], batch["query_positions"]
+    dense = torch.full((labels.shape[0], window), -100, dtype=labels.dtype, device=labels.device)
+    valid = labels != -100
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
+    dense[rows[valid], positions[valid]] = labels[valid]
+    return dense
+
+
+def matmul_peak(device: str, reps: int = 10) -> dict[str, float]:
+    """GFLOP/s of a square matmul (the best of ``reps``) in fp32 and bf16: the ceiling for everything else."""
+    import time
+
+    size = 8192 if device.startswith("cuda") else 2048
+    peak = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+        best = float("inf")
+        for _ in range(reps + 2):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            a @ b
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        peak[name] = 2 * size**3 / best / 1e9
+    return peak
+
+
+def model_flops(step) -> int:
+    """FLOPs of ``step()`` with every attention on the exact math path and no padded channels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import perceiver_lm.model as model_module
+
+    padding = model_module._pad_for_fused_cpu_kernel
+    model_module._pad_for_fused_cpu_kernel = lambda *_: False  # count model FLOPs, not padded channels
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            step()
+    finally:
+        model_module._pad_for_fused_cpu_kernel = padding
+    return counter.get_total_flops()
 
 
 def peak_memory_bytes(device: str) -> int:

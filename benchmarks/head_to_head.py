@@ -57,24 +57,6 @@ def precision_of(name: str, device: str) -> str:
     return {"no": "fp32", "fp32": "fp32", "bf16": "bf16"}[name]
 
 
-def matmul_peak(device: str, size: int = 2048, reps: int = 10) -> dict[str, float]:
-    """GFLOP/s of a square matmul (the best of ``reps``) in fp32 and bf16: the ceiling for everything else."""
-    import torch
-
-    peak = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-        best = float("inf")
-        for _ in range(reps + 2):
-            start = time.perf_counter()
-            a @ b
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        peak[name] = 2 * size**3 / best / 1e9
-    return peak
-
-
 def build(impl: str, length: int, bert: dict):
     """(model, loss(batch, labels), infer(batch), flops_kwargs) for one implementation."""
     import tempfile
@@ -111,29 +93,19 @@ def build(impl: str, length: int, bert: dict):
     return hf, lambda b, labels: hf(inputs=b["input_ids"], labels=labels).loss, lambda b: hf(inputs=b["input_ids"])
 
 
-def count_flops(step) -> int:
-    """FLOPs of ``step()`` with every attention on the exact math path (fused CPU kernels go uncounted)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import perceiver_lm.model as model_module
-
-    padding = model_module._pad_for_fused_cpu_kernel
-    model_module._pad_for_fused_cpu_kernel = lambda *_: False  # count model FLOPs, not padded channels
-    try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            step()
-    finally:
-        model_module._pad_for_fused_cpu_kernel = padding
-    return counter.get_total_flops()
-
-
 def measure(
     impl: str, precision: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict
 ) -> dict:
     import torch
 
-    from common import dense_labels, memory_now, peak_memory_since_reset, reset_peak_memory, synthetic_batch
+    from common import (
+        dense_labels,
+        memory_now,
+        model_flops,
+        peak_memory_since_reset,
+        reset_peak_memory,
+        synthetic_batch,
+    )
     from perceiver_lm.optim import adamw
 
     model, plain_loss, plain_infer = build(impl, length, bert)
@@ -151,7 +123,7 @@ def measure(
 
     model = model.to(device).train(mode == "train")
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, length).items()}
-    labels = dense_labels(batch, length).to(device)
+    labels = dense_labels(batch, length)  # built on the batch's device
     optimizer = adamw(model.parameters(), lr=1e-4)  # the same fused AdamW for every implementation
 
     def run() -> None:
@@ -181,7 +153,7 @@ def measure(
     peak = max(peak_memory_since_reset(device), with_state)
     # Counted on one row (the math path would materialise byte-BERT's L x L scores) and scaled up.
     row = {k: v[:1] for k, v in batch.items()}
-    flops = batch_size * count_flops(lambda: loss_fn(row, labels[:1]).backward() if mode == "train" else infer_fn(row))
+    flops = batch_size * model_flops(lambda: loss_fn(row, labels[:1]).backward() if mode == "train" else infer_fn(row))
     optimizer.zero_grad(set_to_none=True)
     return {
         "impl": impl,
@@ -312,6 +284,8 @@ def main() -> None:
         )
         return
     if args.peak:
+        from common import matmul_peak
+
         print(json.dumps(matmul_peak(args.device)))
         return
     configs = []

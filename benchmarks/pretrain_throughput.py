@@ -32,15 +32,22 @@ def measure(
     device: str,
     precision: str,
     checkpointing: bool,
+    attention: str = "default",
 ) -> dict:
     import torch
 
-    from common import peak_memory_bytes, synthetic_batch
+    import perceiver_lm.model as model_module
+    from common import matmul_peak, model_flops, peak_memory_bytes, synthetic_batch
     from perceiver_lm.config import get_preset
     from perceiver_lm.model import PerceiverLM
     from perceiver_lm.optim import adamw
     from perceiver_lm.training import masked_lm_loss
 
+    if attention == "padded":
+        # q/k zero-padded to the value head size on every device: equal head sizes let CUDA pick flash attention.
+        model_module._pad_for_fused_cpu_kernel = lambda q, v, mask, dropout: (
+            q.shape[-1] < v.shape[-1] and (mask is None or mask.dtype == torch.bool)
+        )
     torch.manual_seed(0)
     config = get_preset(preset)
     window = window or config.max_seq_len
@@ -50,11 +57,14 @@ def measure(
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, window).items()}
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def step() -> None:
+    def step_on(b) -> None:
         with autocast:
-            logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
-            loss = masked_lm_loss(logits, batch["labels"])
+            logits = model(b["input_ids"], query_positions=b["query_positions"]).logits
+            loss = masked_lm_loss(logits, b["labels"])
         loss.backward()
+
+    def step() -> None:
+        step_on(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -74,6 +84,9 @@ def measure(
     sync()
     seconds = (time.perf_counter() - start) / steps
     peak = peak_memory_bytes(device)
+    row = {k: v[:1] for k, v in batch.items()}
+    flops = batch_size * model_flops(lambda: step_on(row))
+    ceiling = matmul_peak(device)["bf16" if precision == "bf16" else "fp32"]
     return {
         "preset": preset,
         "parameters": model.num_parameters(),
@@ -87,6 +100,12 @@ def measure(
         "peak_memory_mib": peak / 2**20,
         "masked_bytes_per_window": float((batch["labels"] != -100).sum().item() / batch_size),
         "torch_threads": torch.get_num_threads(),
+        "attention": attention,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "model_tflop_per_step": flops / 1e12,
+        "model_tflop_per_s": flops / 1e12 / seconds,
+        "matmul_peak_tflop_per_s": ceiling / 1e3,
+        "mfu_vs_measured_matmul": flops / 1e9 / seconds / ceiling,
     }
 
 
@@ -103,6 +122,12 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--attention",
+        default="default",
+        help="comma-separated: default (the model's own choice), padded (q/k padded to the value head size)",
+    )
+    parser.add_argument("--peak-tflops", type=float, help="the chip's dense peak at the precision, for MFU vs spec")
     parser.add_argument("--out", default="runs/bench/pretrain_throughput.json")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in this process
     args = parser.parse_args()
@@ -119,6 +144,7 @@ def main() -> None:
                     args.device,
                     args.precisions,
                     args.gradient_checkpointing,
+                    args.attention,
                 )
             )
         )
@@ -136,9 +162,12 @@ def main() -> None:
         )
         precisions.append((name, resolved))
     runs = []
+    variants = [
+        (name, precision, attention) for name, precision in precisions for attention in args.attention.split(",")
+    ]
     for repeat in range(args.repeats):
         for preset in args.presets.split(","):
-            for name, precision in precisions:
+            for name, precision, attention in variants:
                 cmd = [
                     sys.executable,
                     __file__,
@@ -157,21 +186,23 @@ def main() -> None:
                     args.device,
                     "--precisions",
                     precision,
+                    "--attention",
+                    attention,
                 ]
                 if args.gradient_checkpointing:
                     cmd.append("--gradient-checkpointing")
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{preset}: benchmark failed:\n{done.stderr.strip()}")
-                runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name})
+                runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name + "/" + attention})
                 print(
                     f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}): {runs[-1]['step_s']:.3f} s/step",
                     flush=True,
                 )
     rows = []
     for preset in args.presets.split(","):
-        for name, _precision in precisions:
-            rs = [r for r in runs if r["preset"] == preset and r["asked"] == name]
+        for name, _precision, attention in variants:
+            rs = [r for r in runs if r["preset"] == preset and r["asked"] == name + "/" + attention]
             step = statistics.median(r["step_s"] for r in rs)
             rows.append(
                 {
@@ -182,14 +213,26 @@ def main() -> None:
                     "bytes_per_s": rs[0]["window"] * rs[0]["batch_size"] / step,
                     "repeats": len(rs),
                     "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs),
+                    "model_tflop_per_s": rs[0]["model_tflop_per_step"] / step,
+                    "mfu_vs_measured_matmul": rs[0]["model_tflop_per_step"] / step / rs[0]["matmul_peak_tflop_per_s"],
+                    "mfu_vs_spec": rs[0]["model_tflop_per_step"] / step / args.peak_tflops
+                    if args.peak_tflops
+                    else None,
                 }
             )
     for r in rows:
-        fp32 = next((f for f in rows if f["preset"] == r["preset"] and f["precision"] == "fp32"), None)
+        fp32 = next(
+            (
+                f
+                for f in rows
+                if f["preset"] == r["preset"] and f["precision"] == "fp32" and f["attention"] == r["attention"]
+            ),
+            None,
+        )
         r["speedup_over_fp32"] = fp32["step_s"] / r["step_s"] if fp32 else None
     print(
         f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} "
-        f"{'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9}"
+        f"{'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9} {'TFLOP/s':>8} {'MFU':>6}"
     )
     for r in rows:
         vs = f"{r['speedup_over_fp32']:.2f}x" if r["speedup_over_fp32"] else "-"
@@ -197,7 +240,8 @@ def main() -> None:
             f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} "
             f"{r['asked'] + ':' + r['precision']:>10} "
             f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} "
-            f"{r['peak_memory_mib']:>9,.0f}"
+            f"{r['peak_memory_mib']:>9,.0f} {r['model_tflop_per_s']:>8.2f} "
+            f"{r['mfu_vs_spec'] if r['mfu_vs_spec'] is not None else r['mfu_vs_measured_matmul']:>6.1%}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,23 @@ from perceiver_lm.config import NGRAM_SIZES, MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
 
 
+def _tensors_visible_to_hooks(cls: type) -> type:
+    """Make a dataclass of tensors a pytree node, so that code walking a module's outputs finds the tensors
+    in it: FSDP2 registers its pre-backward hooks (which gather a sharded block's weights again) on them."""
+    import torch.utils._pytree as pytree
+
+    pytree.register_dataclass(cls)
+    return cls
+
+
+@_tensors_visible_to_hooks
 @dataclass
 class AttentionOutput:
     hidden: torch.Tensor  # [B, Q, D]
     weights: torch.Tensor | None  # [B, H, Q, K] softmax weights before dropout, when asked for
 
 
+@_tensors_visible_to_hooks
 @dataclass
 class PerceiverLMOutput:
     """What `PerceiverLM.forward` returns."""
@@ -284,6 +295,7 @@ class LocalityBias(nn.Module):
         return -self.slopes[:, None, None] * distance
 
 
+@_tensors_visible_to_hooks
 @dataclass
 class EncoderOutput:
     hidden: torch.Tensor  # [B, N, D] latents after the processor
@@ -545,6 +557,7 @@ class PerceiverLM(SavedModel):
         return ckpt.load_weights(cls(config), directory, map_location)
 
 
+@_tensors_visible_to_hooks
 @dataclass
 class ClassifierOutput:
     """What `PerceiverClassifier.forward` returns."""

@@ -14,7 +14,8 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding (which Accelerate's set_seed call
 MAX_WORKERS = 256
 MAX_LR = 1000.0  # far above any rate that trains; larger ones overflow float32 in the optimizer's update
 PRECISION_HELP = (
-    "auto: bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere; or no, bf16."
+    "auto: bf16 autocast on GPUs and CPUs with native bf16 (Ampere and later; AVX512-BF16 or AMX), fp16 on older "
+    "GPUs, fp32 on other CPUs; or no, bf16, fp16 (GPU only)."
 )
 
 

@@ -42,8 +42,11 @@ def build(sharded: bool):
     if sharded:
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.encoder.layers:
-            fully_shard(layer)
+        from perceiver_lm.model import Block
+
+        # As Accelerate's transformer-based auto wrap with `Block` does: one shard unit per attention block.
+        for block in [m for m in model.modules() if isinstance(m, Block)]:
+            fully_shard(block)
         fully_shard(model)
     return model, adamw(parameter_groups(model, 0.01), lr=3e-3)
 

@@ -205,3 +205,21 @@ def test_attention_maps_under_bf16_autocast_are_fp32_and_agree_with_the_fused_pa
     torch.testing.assert_close(mapped.weights.sum(-1), torch.ones(2, 4, 8))
     # Both paths now differ only by where the bf16 output projection rounds.
     torch.testing.assert_close(mapped.hidden.float(), fused.float(), rtol=0, atol=2e-2)
+
+
+def test_outputs_show_their_tensors_to_code_that_walks_module_outputs():
+    # FSDP2 finds a block's output tensors this way to hook the backward that gathers its sharded weights again;
+    # hidden in an opaque dataclass, the backward of a resharded block reads freed storage (seen on an H200).
+    import torch.utils._pytree as pytree
+
+    from perceiver_lm.model import Block
+
+    model = PerceiverLM(PRESETS["tiny"])
+    ids = torch.randint(6, 262, (2, 32))
+    leaves = pytree.tree_leaves(model(ids, return_attentions=True))
+    assert len(leaves) == 3 and all(isinstance(t, torch.Tensor) for t in leaves)
+    block = model.encoder.layers[0]
+    assert isinstance(block, Block)
+    hidden = torch.randn(2, PRESETS["tiny"].num_latents, PRESETS["tiny"].d_latents)
+    out_leaves = pytree.tree_leaves(block(hidden, None))
+    assert len(out_leaves) == 1 and out_leaves[0].shape == hidden.shape

@@ -285,11 +285,14 @@ class ProportionalBatches(torch.utils.data.Sampler):
         return sum(-(-size // self.batch_size) for size in self.dataset.sizes)
 
 
-def eval_loader(split: GlueSplit, task_index: int, batch_size: int) -> torch.utils.data.DataLoader:
+def eval_loader(
+    split: GlueSplit, task_index: int, batch_size: int, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
     """Batches of one split in order of length (short padding); the ``position`` field restores file order."""
     data = TaskExamples([split], [task_index])
+    order = np.argsort(data.lengths, kind="stable").tolist()
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, sampler=np.argsort(data.lengths, kind="stable").tolist(), collate_fn=collate
+        data, batch_size=batch_size, sampler=order, collate_fn=collate, pin_memory=pin_memory
     )
 
 

@@ -153,9 +153,9 @@ def predict_split(
 
 
 def _eval_loaders(
-    splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int
+    splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int, pin_memory: bool = False
 ) -> dict[tuple[str, str], DataLoader]:
-    return {key: eval_loader(split, task_index[key[0]], batch_size) for key, split in splits.items()}
+    return {key: eval_loader(split, task_index[key[0]], batch_size, pin_memory) for key, split in splits.items()}
 
 
 def _evaluate(model, loaders, tasks_by_name, task_index, accelerator) -> dict[str, dict[str, dict[str, float]]]:
@@ -342,8 +342,9 @@ def setup(
     task_index = {t.name: i for i, t in enumerate(tasks)}
     train_data = TaskExamples(train_splits, [task_index[t.name] for t in tasks])
     sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
-    train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
-    eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size)
+    gpu = accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking the host
+    train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate, pin_memory=gpu)
+    eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size, gpu)
     optimizer = adamw(parameter_groups(model, options.weight_decay), lr=options.lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()

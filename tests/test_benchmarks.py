@@ -1,0 +1,34 @@
+"""The benchmark scripts' shared code runs on any device: nothing on their GPU path is built on the CPU."""
+
+import sys
+
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import dense_labels, synthetic_batch  # noqa: E402
+
+
+def test_dense_labels_are_built_on_the_batchs_device_with_the_masked_bytes_in_place():
+    batch = synthetic_batch(3, 64)
+    dense = dense_labels(batch, 64)
+    assert dense.shape == (3, 64) and dense.device == batch["labels"].device
+    for row in range(3):
+        valid = batch["labels"][row] != -100
+        assert torch.equal(dense[row, batch["query_positions"][row][valid]], batch["labels"][row][valid])
+        assert int((dense[row] != -100).sum()) == int(valid.sum())
+
+
+def test_throughput_measurement_runs_end_to_end_and_counts_flops(monkeypatch):
+    from pretrain_throughput import measure
+
+    import perceiver_lm.model as model_module
+
+    # measure() swaps the padding rule for the process it runs in (the script runs one per process): undo it here.
+    monkeypatch.setattr(model_module, "_pad_for_fused_cpu_kernel", model_module._pad_for_fused_cpu_kernel)
+    default = measure("tiny", 64, 2, 1, 1, "cpu", "fp32", False)
+    padded = measure("tiny", 64, 2, 1, 1, "cpu", "fp32", False, attention="padded")
+    assert default["model_tflop_per_step"] == padded["model_tflop_per_step"] > 0  # padding is not model FLOPs
+    assert 0 < default["mfu_vs_measured_matmul"] < 1.5
