@@ -43,19 +43,32 @@ SETTINGS = {
 
 
 def measure(
-    name: str, preset: str, data: TaskExamples, task_name: str, batch_size: int, steps: int, warmup: int
+    name: str,
+    preset: str,
+    data: TaskExamples,
+    task_name: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: str = "cpu",
 ) -> dict:
     changes, precision, buckets = SETTINGS[name]
     torch.manual_seed(0)
     task = TASKS[task_name]
     config = get_preset(preset).replace(**changes)
-    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),))).train()
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),)))
+    model = model.to(device).train()
     optimizer = adamw(model.parameters(), lr=1e-4)
     batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    gpu = device.startswith("cuda")
 
     def step() -> int:
         batch = collate([data[i] for i in next(batches)])
+        if gpu:  # pinned, so that the copy overlaps the previous step's work
+            batch = {
+                k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
         with autocast:
             loss = task_loss(task, model(batch["input_ids"], batch["attention_mask"], task=0).logits, batch["labels"])
         loss.backward()
@@ -66,8 +79,12 @@ def measure(
 
     for _ in range(warmup):
         step()
+    if gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     widths = [step() for _ in range(steps)]
+    if gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
         "setting": name,
@@ -88,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="runs/bench/finetune_throughput.json")
     args = parser.parse_args()
     split = load_split(TASKS[args.task], "train", args.glue_dir, get_preset(args.preset).max_seq_len)
@@ -100,7 +118,9 @@ def main() -> None:
     runs = []
     for repeat in range(args.repeats):
         for name in SETTINGS:
-            runs.append(measure(name, args.preset, data, args.task, args.batch_size, args.steps, args.warmup))
+            runs.append(
+                measure(name, args.preset, data, args.task, args.batch_size, args.steps, args.warmup, args.device)
+            )
             print(f"  [{repeat + 1}/{args.repeats}] {runs[-1]['examples_per_s']:7.1f} examples/s  {name}", flush=True)
     rows = []
     for name in SETTINGS:

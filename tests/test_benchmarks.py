@@ -32,3 +32,17 @@ def test_throughput_measurement_runs_end_to_end_and_counts_flops(monkeypatch):
     padded = measure("tiny", 64, 2, 1, 1, "cpu", "fp32", False, attention="padded")
     assert default["model_tflop_per_step"] == padded["model_tflop_per_step"] > 0  # padding is not model FLOPs
     assert 0 < default["mfu_vs_measured_matmul"] < 1.5
+
+
+def test_finetune_throughput_measures_on_the_device_it_is_given(tmp_path):
+    from finetune_throughput import SETTINGS, measure
+
+    from tasks.glue.data import TaskExamples, load_split
+    from tasks.glue.tasks import TASKS
+
+    (tmp_path / "SST-2").mkdir()
+    rows = "".join(f"{'text ' * (i % 5 + 1)}{i}\t{i % 2}\n" for i in range(64))
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    data = TaskExamples([load_split(TASKS["sst2"], "train", tmp_path, 64)], [0])
+    row = measure(next(iter(SETTINGS)), "tiny", data, "sst2", 8, 2, 1, "cpu")
+    assert row["examples_per_s"] > 0 and row["mean_padded_length"] <= 64
