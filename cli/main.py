@@ -140,6 +140,7 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
     """Pretrain a byte-level masked LM (defaults: `small` preset on the built-in corpus)."""
     from perceiver_lm.config import PerceiverConfig, get_preset
     from perceiver_lm.options import TrainingOptions
+    from perceiver_lm.trainer import end_processes
     from perceiver_lm.training import pretrain
 
     file_options = _read_config_file(config)
@@ -152,7 +153,10 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
         {**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source
     )
     options = _options(TrainingOptions, config, file_options, given, "training")
-    result = pretrain(options, model_config)
+    try:
+        result = pretrain(options, model_config)
+    finally:
+        end_processes()
     if result.eval_metrics and result.main_process:
         m = result.eval_metrics
         typer.echo(
@@ -409,6 +413,7 @@ app.add_typer(glue_app, name="glue")
 
 def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, sweep_lrs: str, **given: Any) -> None:
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
+    from perceiver_lm.trainer import end_processes
     from tasks.glue.finetune import finetune, results_table
     from tasks.glue.finetune import sweep as run_sweep
     from tasks.glue.options import GlueOptions
@@ -423,7 +428,10 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
                 f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / "
                 f"{sweep_lrs!r}"
             ) from None
-        summary = run_sweep(options, batch_sizes, lrs)
+        try:
+            summary = run_sweep(options, batch_sizes, lrs)
+        finally:
+            end_processes()
         typer.echo(results_table(summary["best"]))
         for name, entry in summary["best"].items():
             typer.echo(
@@ -432,7 +440,10 @@ def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, swe
             )
         typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
         return
-    result = finetune(options)
+    try:
+        result = finetune(options)
+    finally:
+        end_processes()
     typer.echo(results_table(result.best))
     typer.echo(f"best model: {result.best_model}; dev metrics: {result.output_dir / 'dev_metrics.json'}")
 

@@ -26,7 +26,8 @@ def _tensors_visible_to_hooks(cls: type) -> type:
     in it: FSDP2 registers its pre-backward hooks (which gather a sharded block's weights again) on them."""
     import torch.utils._pytree as pytree
 
-    pytree.register_dataclass(cls)
+    if cls not in pytree.SUPPORTED_NODES:  # a reloaded module must not register it twice
+        pytree.register_dataclass(cls)
     return cls
 
 
@@ -261,20 +262,19 @@ class LocalityBias(nn.Module):
         super().__init__()
         self.stride = max_seq_len / num_latents
         tiles = heads // 2 if tiled else 0
-        index = torch.arange(heads, dtype=torch.float32)
-        slopes = 2.0 * 0.5 ** (index - tiles)  # context heads: 2, 1, 0.5, ...
-        offsets = torch.zeros(heads)
-        if tiles and role == "encoder":
-            offsets[:tiles] = (index[:tiles] + 0.5) / tiles - 0.5  # sub-cells of the latent's stretch
-            slopes[:tiles] = 2.0 * tiles
-        elif tiles:
-            offsets[:tiles] = index[:tiles] - (tiles - 1) / 2  # neighbouring latents
-            slopes[:tiles] = 2.0
-        self.slopes = nn.Parameter(slopes)
-        self._geometry = (offsets * self.stride).tolist(), num_latents
+        # Plain Python, so that a model can be built on the meta device too.
+        slopes = [2.0 * 0.5 ** (h - tiles) for h in range(heads)]  # context heads: 2, 1, 0.5, ...
+        offsets = [0.0] * heads
+        for h in range(tiles):
+            if role == "encoder":
+                offsets[h], slopes[h] = (h + 0.5) / tiles - 0.5, 2.0 * tiles  # sub-cells of the latent's stretch
+            else:
+                offsets[h], slopes[h] = h - (tiles - 1) / 2, 2.0  # neighbouring latents
+        self.slopes = nn.Parameter(torch.tensor(slopes))
+        self._geometry = [o * self.stride for o in offsets], num_latents
         self.register_buffer("offsets", torch.empty(heads), persistent=False)
         self.register_buffer("centres", torch.empty(num_latents), persistent=False)
-        self._set_geometry(torch.device("cpu"))
+        self._set_geometry(self.slopes.device)
 
     def _set_geometry(self, device: torch.device) -> None:
         offsets, num_latents = self._geometry

@@ -93,9 +93,12 @@ class Job(Protocol):
         """Evaluate, record and report; returns the numbers a checkpoint keeps as its last evaluation."""
 
 
-def _set_epoch(loader: Any, epoch: int) -> None:
-    # Accelerate's loaders call dataset.set_epoch(their own iteration count) when iterated; set theirs,
-    # so that a resumed run's first full pass is epoch `epoch`, not 0.
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Tell a (prepared) loader which epoch it starts.
+
+    Accelerate's loaders call set_epoch(their own iteration count) on their dataset and sampler when
+    iterated; setting theirs makes a resumed run's first full pass epoch ``epoch``, not 0.
+    """
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
 
@@ -112,7 +115,7 @@ class Run:
     schedule: Schedule
     options: Any  # the job's options dataclass, stored with every checkpoint
     throughput: tuple[str, int]  # ("bytes", bytes per optimizer step) for the logged rate
-    set_epoch: Callable[[Any, int], None] = _set_epoch
+    set_epoch: Callable[[Any, int], None] = set_loader_epoch
     streaming: bool = False
     place_batches: bool = False  # the train loader is not Accelerate's: move its batches to the device here
 
@@ -173,7 +176,10 @@ def fit(run: Run, job: Job, state: TrainState) -> TrainState:
     losses = _RunningLoss(job.slots, accelerator.device)
     progress = _progress_bar(run, job, state)
     micro_step = state.step * accelerator.gradient_accumulation_steps
-    _trim_metrics(run.output / METRICS_FILE, state.step, run)
+    on_main(accelerator, lambda: _trim_metrics(run.output / METRICS_FILE, state.step, run), "tidying metrics.jsonl")
+    if state.step >= schedule.max_steps:  # a finished run resumed: nothing left to train
+        run.say(f"note: the run is at step {state.step}, its --max-steps; nothing to train")
+        return state
     try:
         model.train()
         _set_lr(run, state.step)
@@ -333,6 +339,29 @@ def _agree_finite(accelerator: Any, tensors: dict[str, torch.Tensor]) -> bool:
     return flag.item() == 0
 
 
+def on_main(accelerator: Any, action: Callable[[], Any], what: str) -> Any:
+    """Run ``action`` on the main process only, and let every process know whether it failed.
+
+    A write that fails on the main process (full disk, permissions) would otherwise leave the other
+    processes waiting in their next collective until the timeout; here all of them stop together.
+    """
+    error, result = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except Exception as err:  # re-raised below, after the other processes have heard of it
+            error = err
+    failed = error is not None
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([float(failed)], device=accelerator.device)
+        failed = bool(accelerator.reduce(flag, "sum").item())
+    if error is not None:
+        raise error
+    if failed:
+        raise PerceiverLMError(f"{what} failed on the main process (its error is in that process's output)")
+    return result
+
+
 def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Write ``checkpoint-<step>`` (model, optimizer, `TrainState`) atomically; keep the newest few.
 
@@ -354,14 +383,16 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
         "num_processes": accelerator.num_processes,
         "elapsed_s": state.elapsed_s,
     }
-    if accelerator.is_main_process:
+
+    def write() -> None:
         model = accelerator.unwrap_model(run.model)
         with ckpt.atomic_directory(path) as tmp:
             ckpt.write_model_files(model, model.config, tmp, trainer_state, model_state)
             ckpt.write_training_files(tmp, optimizer_state, finite_json(trainer_state))
         for old in ckpt.list_checkpoints(run.output)[: -run.schedule.keep_checkpoints]:
             remove_tree(old)
-    accelerator.wait_for_everyone()
+
+    on_main(accelerator, write, f"writing {path}")
     state.checkpoint = path
     return path
 
@@ -440,7 +471,8 @@ def restore(run: Run, source: Path) -> TrainState:
     try:
         load_state(run.model, run.optimizer, weights, optimizer_state)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-        raise PerceiverLMError(f"{source}: optimizer state does not fit this model and optimizer ({err})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PerceiverLMError(f"{source}: state does not fit this model and optimizer ({first[:300]})") from None
     step = trainer_state["step"]
     run.say(f"resuming from {source} at step {step}")
     return TrainState(
@@ -455,7 +487,7 @@ def restore(run: Run, source: Path) -> TrainState:
 def _trim_metrics(path: Path, step: int, run: Run) -> None:
     """Keep the metrics records up to ``step``: a killed run may have logged past its last checkpoint,
     and may have left half a line."""
-    if not run.accelerator.is_main_process or not path.is_file():
+    if not path.is_file():
         return
     kept, dropped = [], 0
     for line in path.read_text(errors="replace").splitlines():
@@ -552,6 +584,12 @@ def use_accelerator(
                 f"--grad-accum {grad_accum}, but the Accelerator given accumulates "
                 f"{accelerator.gradient_accumulation_steps} step(s); build it with the same number"
             )
+        if grad_accum > 1 and getattr(accelerator.gradient_state, "sync_with_dataloader", True):
+            raise PerceiverLMError(
+                "the Accelerator given syncs gradients at the end of each dataloader pass, so optimizer steps would "
+                "not fall every --grad-accum batches (and a resumed run would start elsewhere); build it with "
+                f"GradientAccumulationPlugin(num_steps={grad_accum}, sync_with_dataloader=False)"
+            )
         check_launch(accelerator)
         return accelerator, f"{accelerator.mixed_precision} (the caller's Accelerator)"
     precision = resolve_precision(mixed_precision, cpu)
@@ -565,6 +603,19 @@ def use_accelerator(
         **kwargs,
     )
     return accelerator, precision.reason
+
+
+def finish_trackers(accelerator: Any) -> None:
+    """End a run's trackers. Not `accelerator.end_training()`: that also ends the process group, which the
+    caller's Accelerator (or the next run of a sweep under `accelerate launch`) still needs."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
+def end_processes() -> None:
+    """End the process group at the end of a launched command (the CLI's, once its work is done)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def make_accelerator(**kwargs):

@@ -39,6 +39,7 @@ from perceiver_lm.trainer import (
     TrainState,
     check_resume,
     default_workers,
+    finish_trackers,
     fit,
     restore,
     resume_source,
@@ -191,7 +192,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig, accelerator: Any
             run, job, state = setup(options, config, window, output, accelerator, precision)
             fit(run, job, state)
         finally:
-            accelerator.end_training()
+            finish_trackers(accelerator)
     return PretrainResult(output, state.step, state.checkpoint, state.last_eval, accelerator.is_main_process)
 
 
@@ -217,7 +218,9 @@ def setup(
     model = PerceiverLM(config)
     source = resume_source(output, options.resume)
     if source is not None:  # refuse a checkpoint that cannot continue this run before loading any data
-        check_resume(source, model, options, DATA_ORDER_OPTIONS, processes)
+        # A stream's training part starts after the --eval-windows validation windows.
+        order = DATA_ORDER_OPTIONS + (("eval_windows",) if options.streaming else ())
+        check_resume(source, model, options, order, processes)
     elif options.resume:
         accelerator.print(f"note: no checkpoint in {output} yet; starting from scratch", file=sys.stderr)
     data = build_data(options, window, accelerator.process_index, processes)
@@ -247,6 +250,13 @@ def setup(
     run.streaming = streaming
     run.place_batches = streaming
     state = restore(run, source) if source is not None else TrainState()
+    if streaming:  # the stream is split over processes x workers: a resumed run must split it the same way
+        saved = state.job.setdefault("stream_workers", workers)
+        if saved != workers:
+            raise PerceiverLMError(
+                f"{source}: cannot resume, the stream was split over {saved} DataLoader worker(s) per process and "
+                f"would now be split over {workers}; pass --num-workers {saved}"
+            )
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
     run.say(
         f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "

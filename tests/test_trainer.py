@@ -80,3 +80,35 @@ def test_optimizer_state_is_where_the_prepared_optimizer_keeps_it_after_resume(l
     assert seen["devices"] == seen["params"] == {"cpu"}
     assert seen["dtypes"] == {"torch.float32"}
     assert load_file(str(out / "checkpoint-0000004" / "optimizer.safetensors"))
+
+
+def test_resuming_a_finished_run_trains_no_further(letters_file, tmp_path):
+    out = tmp_path / "run"
+    pretrain(_options(letters_file, out, max_steps=3, save_every=3), TINY)
+    again = pretrain(_options(letters_file, out, max_steps=3, save_every=3, resume=True), TINY)
+    assert again.step == 3 and [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-0000003"]
+
+
+def test_a_callers_accelerator_must_not_sync_with_the_dataloader_when_accumulating(letters_file, tmp_path):
+    from accelerate.utils import GradientAccumulationPlugin
+
+    syncing = make_accelerator(cpu=True, gradient_accumulation_steps=2)
+    with pytest.raises(PerceiverLMError, match="sync_with_dataloader=False"):
+        pretrain(_options(letters_file, tmp_path / "a", grad_accum=2), TINY, accelerator=syncing)
+    plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
+    fitting = make_accelerator(cpu=True, gradient_accumulation_plugin=plugin)
+    assert (
+        pretrain(_options(letters_file, tmp_path / "b", grad_accum=2, max_steps=2), TINY, accelerator=fitting).step == 2
+    )
+
+
+def test_a_model_builds_on_the_meta_device_and_materialises_exactly():
+    from perceiver_lm import PerceiverLM
+
+    reference = PerceiverLM(PRESETS["small"])
+    with torch.device("meta"):
+        model = PerceiverLM(PRESETS["small"])
+    assert model.encoder.locality.centres.is_meta
+    model = model.to_empty(device="cpu")
+    for name in ("centres", "offsets"):
+        assert torch.equal(getattr(model.encoder.locality, name), getattr(reference.encoder.locality, name))

@@ -250,8 +250,9 @@ class TaskExamples(torch.utils.data.Dataset):
 class ProportionalBatches(torch.utils.data.Sampler):
     """Batches of one task each; every epoch shuffles each task and interleaves all batches at random.
 
-    Each task contributes ceil(size / batch_size) batches per epoch, so tasks are sampled in
-    proportion to their size and every example is seen once per epoch. With ``by_length``, each
+    Each task contributes ceil(size / batch_size) full batches per epoch (the last one filled up
+    with the task's first examples), so tasks are sampled in proportion to their size and every
+    example is seen once per epoch, a few twice. With ``by_length``, each
     task's shuffled examples are sorted by length within pools of `POOL_BATCHES` batches before they
     are cut into batches: a batch holds examples of similar length, so padding (and, with trimmed
     latents, the latents run) follows its own examples, while pools and batches stay in random
@@ -275,7 +276,10 @@ class ProportionalBatches(torch.utils.data.Sampler):
             if self.by_length:
                 pools = [order[i : i + pool] for i in range(0, size, pool)]
                 order = np.concatenate([p[np.argsort(self.dataset.lengths[p], kind="stable")] for p in pools])
-            batches += [order[i : i + self.batch_size].tolist() for i in range(0, size, self.batch_size)]
+            # The last batch is filled up from the task's start: with every batch full, Accelerate's per-process
+            # sharding drops none, and every process sees the same number of batches.
+            order = np.resize(order, -(-size // self.batch_size) * self.batch_size)
+            batches += [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self):

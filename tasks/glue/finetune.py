@@ -40,12 +40,15 @@ from perceiver_lm.trainer import (
     Schedule,
     TrainState,
     check_resume,
+    finish_trackers,
     fit,
     gather_state,
     make_accelerator,
+    on_main,
     restore,
     resume_source,
     run_folder,
+    set_loader_epoch,
     use_accelerator,
 )
 from perceiver_lm.validation import check_range
@@ -179,6 +182,9 @@ RESUME_OPTIONS = (
     "grad_accum",
     "length_buckets",
     "seed",
+    "train_noise",
+    "skip_bad_rows",
+    "max_eval_examples",  # the restored best scores were measured on these dev examples
 )
 
 
@@ -231,26 +237,24 @@ class GlueTraining:
         if records.get("best_mean") is None or mean > records["best_mean"]:
             records["best_mean"] = mean
             weights, _ = gather_state(run.model)  # every process takes part: the model may be sharded
-            if run.accelerator.is_main_process:
-                card = {
-                    "options": dataclasses.asdict(run.options),
-                    "step": state.step,
-                    "elapsed_s": state.elapsed_s,
-                    "num_processes": run.accelerator.num_processes,
-                    "eval": finite,
-                }
-                ckpt.save_model(run.accelerator.unwrap_model(run.model), self.output / "best", card, weights)
-            run.accelerator.wait_for_everyone()
-        if run.accelerator.is_main_process:
-            write_json_atomic(
-                self.output / METRICS_FILE,
-                {
-                    "options": dataclasses.asdict(run.options),
-                    "best": best,
-                    "history": records["history"],
-                    "num_processes": run.accelerator.num_processes,
-                },
-            )
+            card = {
+                "options": dataclasses.asdict(run.options),
+                "step": state.step,
+                "elapsed_s": state.elapsed_s,
+                "num_processes": run.accelerator.num_processes,
+                "eval": finite,
+            }
+            model = run.accelerator.unwrap_model(run.model)
+            best_dir = self.output / "best"
+            on_main(run.accelerator, lambda: ckpt.save_model(model, best_dir, card, weights), f"writing {best_dir}")
+        summary = {
+            "options": dataclasses.asdict(run.options),
+            "best": best,
+            "history": records["history"],
+            "num_processes": run.accelerator.num_processes,
+        }
+        path = self.output / METRICS_FILE
+        on_main(run.accelerator, lambda: write_json_atomic(path, summary), f"writing {path}")
         return finite
 
 
@@ -280,7 +284,7 @@ def finetune(options: GlueOptions, accelerator: Any = None) -> FinetuneResult:
             run, job, state = setup(options, tasks, output, accelerator, precision)
             fit(run, job, state)
         finally:
-            accelerator.end_training()
+            finish_trackers(accelerator)
     return FinetuneResult(output, state.job.get("best", {}), output / "best", state.step)
 
 
@@ -361,7 +365,7 @@ def setup(
     )
     examples_per_step = options.batch_size * processes * options.grad_accum
     run = Run(accelerator, model, optimizer, train_loader, output, schedule, options, ("examples", examples_per_step))
-    run.set_epoch = lambda loader, epoch: sampler.set_epoch(epoch)
+    run.set_epoch = lambda loader, epoch: (set_loader_epoch(loader, epoch), sampler.set_epoch(epoch))
     state = restore(run, source) if source is not None else TrainState()
     run.say(
         f"model: {sum(p.numel() for p in model.parameters()):,} parameters; {processes} process(es) on "
