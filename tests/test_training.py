@@ -337,13 +337,13 @@ def test_two_processes_stream_train_and_resume_without_dispatching_from_rank_0(t
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
-    launch(29541, folder, tmp_path / "whole", 8, "fresh")
+    launch(29544, folder, tmp_path / "whole", 8, "fresh")
     # Resume a copy of the run from its step-4 checkpoint: it ends with the same weights.
     (tmp_path / "cut").mkdir()
     shutil.copytree(tmp_path / "whole" / "checkpoint-0000004", tmp_path / "cut" / "checkpoint-0000004")
-    launch(29542, folder, tmp_path / "cut", 8, "resume")
+    launch(29545, folder, tmp_path / "cut", 8, "resume")
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A stream that runs out first: both processes stop together (no one waits for a batch that never comes).
-    done = launch(29543, tmp_path / "short", tmp_path / "short_run", 1000, "fresh")
+    done = launch(29546, tmp_path / "short", tmp_path / "short_run", 1000, "fresh")
     assert "the stream ended before --max-steps" in done.stderr

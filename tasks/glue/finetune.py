@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -460,14 +461,23 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
     tasks = parse_tasks(options.tasks)
     output = check_output_folder(options.output_dir, "--output-dir")
     hint = "pick another --output-dir, or pass --overwrite to rerun the sweep there"
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch` the main process holds the lock
     with claim_folder(
-        output, "--output-dir", lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint)
+        output,
+        "--output-dir",
+        lambda: options.overwrite or refuse_non_empty(output, "--output-dir", hint),
+        lock=main_rank,
     ):
-        return _sweep(options, tasks, output, batch_sizes, lrs)
+        return _sweep(options, tasks, output, batch_sizes, lrs, main_rank)
 
 
 def _sweep(
-    options: GlueOptions, tasks: list[GlueTask], output: Path, batch_sizes: list[int], lrs: list[float]
+    options: GlueOptions,
+    tasks: list[GlueTask],
+    output: Path,
+    batch_sizes: list[int],
+    lrs: list[float],
+    main_rank: bool = True,
 ) -> dict[str, Any]:
     runs, best = [], {}
     for batch_size, lr in itertools.product(batch_sizes, lrs):
@@ -488,7 +498,8 @@ def _sweep(
         "best": best,
         "runs": runs,
     }
-    write_json_atomic(output / "sweep.json", summary)
+    if main_rank:
+        write_json_atomic(output / "sweep.json", summary)
     return summary
 
 

@@ -229,7 +229,7 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
+def test_two_cpu_processes_fine_tune_two_tasks_in_a_sweep(synthetic_glue, tmp_path):
     # Batches of different tasks on the two ranks leave some heads without gradient on each rank.
     import os
 
@@ -262,12 +262,20 @@ def test_two_cpu_processes_fine_tune_two_tasks(synthetic_glue, tmp_path):
         "16",
         "--max-eval-examples",
         "30",
+        # Two grid points in one launch: the second run needs the process group the first one used.
+        "--sweep",
+        "--sweep-batch-sizes",
+        "4",
+        "--sweep-lrs",
+        "1e-3,5e-4",
     )
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())
-    assert metrics["num_processes"] == 2 and set(metrics["best"]) == {"mrpc", "stsb"}
-    assert PerceiverClassifier.from_pretrained(tmp_path / "run" / "best").tasks.tasks[1].name == "stsb"
+    for point in ("bs4_lr0.001", "bs4_lr0.0005"):
+        metrics = json.loads((tmp_path / "run" / point / "dev_metrics.json").read_text())
+        assert metrics["num_processes"] == 2 and set(metrics["best"]) == {"mrpc", "stsb"}
+        assert PerceiverClassifier.from_pretrained(tmp_path / "run" / point / "best").tasks.tasks[1].name == "stsb"
+    assert set(json.loads((tmp_path / "run" / "sweep.json").read_text())["best"]) == {"mrpc", "stsb"}
 
 
 def test_an_interrupted_fine_tuning_resumes_to_the_same_model_and_history(synthetic_glue, tmp_path):
