@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from byte_bert import ByteBERT  # noqa: E402
 from perceiver_lm.data import collate_masked  # noqa: E402
+from perceiver_lm.evaluation import LN2, masked_lm_loss  # noqa: E402
 from perceiver_lm.optim import parameter_groups, warmup_cosine  # noqa: E402
-from perceiver_lm.training import LN2, TrainingOptions, build_data, masked_lm_loss  # noqa: E402
+from perceiver_lm.training import TrainingOptions, build_data  # noqa: E402
 
 
 @torch.no_grad()

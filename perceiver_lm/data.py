@@ -178,9 +178,9 @@ def load_files(specs: Sequence[str | os.PathLike]) -> ByteCorpus:
     return ByteCorpus(tuple(buffers), np.concatenate(spans), name)
 
 
-def corpus_from_texts(texts: Iterator[str] | Sequence[str], name: str) -> ByteCorpus:
-    """Build an in-memory corpus from texts, one document each."""
-    encoded = [t.encode("utf-8") for t in texts if t]
+def corpus_from_texts(texts: Iterator[str] | Sequence[str], name: str, errors: str = "strict") -> ByteCorpus:
+    """Build an in-memory corpus from texts, one document each (``errors``: how str.encode treats lone surrogates)."""
+    encoded = [t.encode("utf-8", errors) for t in texts if t]
     if not encoded:
         raise PerceiverLMError(f"{name}: corpus is empty")
     lengths = np.array([len(e) for e in encoded], dtype=np.int64)

@@ -39,6 +39,11 @@ LN2 = math.log(2.0)
 BYTE_CLASSES = ("letters", "digits", "whitespace", "punctuation", "non-ascii", "control", "special")
 
 
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the masked positions only (labels -100 are padding)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+
+
 def _class_of_id() -> torch.Tensor:
     """[vocab] class index of each token id."""
     byte = np.arange(256)
@@ -67,9 +72,7 @@ def masked_byte_stats(model: torch.nn.Module, loader: DataLoader, accelerator: A
         logits = model(batch["input_ids"], query_positions=batch["query_positions"]).logits
         labels = batch["labels"]
         valid = labels != -100
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
-        ).view(labels.shape)  # [B, Q]
+        loss = masked_lm_loss(logits, labels, reduction="none").view(labels.shape)  # [B, Q]
         correct = (logits.argmax(-1) == labels) & valid
         member = F.one_hot(table[labels.clamp(min=0)], len(BYTE_CLASSES)) * valid[..., None]  # [B, Q, C]
         stats = torch.stack(
@@ -98,19 +101,14 @@ def summarize(totals: torch.Tensor) -> dict[str, Any]:
 
 def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int) -> ByteCorpus:
     """The corpus with every line corrupted by ``noises`` (line i of the whole corpus draws from (seed, i))."""
-    docs = []
-    for buffer_index, start, end in corpus.spans.tolist():
-        # Bytes that are not UTF-8 pass through unchanged (surrogateescape) instead of being replaced.
-        docs.append(bytes(corpus.buffers[buffer_index][start:end]).decode("utf-8", "surrogateescape"))
-    lines = [line for doc in docs for line in doc.split("\n")]
-    noisy = iter(noisy_texts(lines, noises, seed))
-    rebuilt = ["\n".join(next(noisy) for _ in doc.split("\n")) for doc in docs]
-    encoded = [doc.encode("utf-8", "surrogateescape") for doc in rebuilt]
-    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-    ends = np.cumsum(lengths)
-    spans = np.column_stack([np.zeros(len(ends), dtype=np.int64), ends - lengths, ends])
-    noise_name = ", ".join(f"{n.kind}:{n.rate:g}" for n in noises)
-    return ByteCorpus((np.frombuffer(b"".join(encoded), dtype=np.uint8),), spans, f"{corpus.name} ({noise_name})")
+    # Bytes that are not UTF-8 pass through unchanged (surrogateescape) instead of being replaced.
+    docs = [
+        bytes(corpus.buffers[buffer_index][start:end]).decode("utf-8", "surrogateescape").split("\n")
+        for buffer_index, start, end in corpus.spans.tolist()
+    ]
+    noisy = iter(noisy_texts([line for lines in docs for line in lines], noises, seed))
+    rebuilt = ["\n".join(next(noisy) for _ in lines) for lines in docs]
+    return corpus_from_texts(rebuilt, f"{corpus.name} ({', '.join(map(str, noises))})", errors="surrogateescape")
 
 
 def _load_corpus(options: EvalOptions) -> ByteCorpus:
@@ -199,7 +197,7 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
         mask_unit=options.mask_unit,
         mask_rate=options.mask_rate,
         seed=options.seed,
-        noise=[f"{n.kind}:{n.rate:g}" for n in noises],
+        noise=[str(n) for n in noises],
         precision=precision,
         metrics=metrics,
         main_process=accelerator.is_main_process,

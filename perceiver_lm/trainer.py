@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -282,7 +283,7 @@ def _after_step(
         return False  # no host sync on an ordinary step
     # The processes agree here on stopping (one reduce); several processes check the clock only here.
     means, out_of_time = losses.read(losses.SINCE_LOG, accelerator, out_of_time, reset=log_due or done)
-    if not all(map(_finite, means.values())):
+    if not all(map(math.isfinite, means.values())):
         raise PerceiverLMError(
             f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights (the "
             f"newest checkpoint is {_newest(run.output)}); lower --lr, keep --clip-norm on, or try --mixed-precision no"
@@ -304,10 +305,6 @@ def _after_step(
     if save_due or done:
         save_checkpoint(run, state)
     return done
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
 
 
 def _newest(output: Path) -> str:

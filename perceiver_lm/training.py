@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from perceiver_lm.config import PerceiverConfig
@@ -28,7 +26,7 @@ from perceiver_lm.data import (
     split_corpus,
 )
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.evaluation import masked_byte_stats, summarize
+from perceiver_lm.evaluation import masked_byte_stats, masked_lm_loss, summarize
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, adamw, parameter_groups
 from perceiver_lm.options import TrainingOptions
@@ -47,7 +45,6 @@ from perceiver_lm.trainer import (
     use_accelerator,
 )
 
-LN2 = math.log(2.0)
 # Options that decide which windows each step sees: a resumed run must keep them to continue the same order.
 DATA_ORDER_OPTIONS = (
     "window",
@@ -123,11 +120,6 @@ def build_data(options: TrainingOptions, window: int, rank: int = 0, world: int 
     picks = np.unique(np.linspace(0, len(val_all) - 1, min(options.eval_windows, len(val_all))).round().astype(int))
     description = f"{corpus.name}: {len(train_part):,} training bytes, {len(val_part):,} validation bytes"
     return PretrainData(train, Subset(val_all, picks.tolist()), description)
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy over the masked positions only (labels -100 are padding)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
 def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[str, float]:

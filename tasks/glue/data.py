@@ -88,7 +88,7 @@ class Corruption:
         return encode_example(a, b, max_length)
 
     def describe(self) -> str:
-        return "" if not self.noises else " with noise " + "+".join(f"{n.kind}:{n.rate:g}" for n in self.noises)
+        return "" if not self.noises else " with noise " + "+".join(map(str, self.noises))
 
 
 CLEAN = Corruption()
