@@ -221,7 +221,7 @@ def _evaluate(checkpoint: Path, **given: Any) -> None:
 
     options = _options(EvalOptions, None, {}, given, "evaluation")
     if options.json not in (None, "-"):
-        check_output_file(Path(options.json), "--json")
+        check_output_file(Path(options.json), "--json", replace=options.overwrite)
     report = score_text(checkpoint, options)
     if not report.main_process:
         return

@@ -157,6 +157,7 @@ class EvalOptions:
         "antspeak; e.g. drop:0.1).",
     )
     json: str | None = option(None, "Also write the report as JSON to this file (- for standard output).")
+    overwrite: bool = option(False, "Replace an existing --json file.")
     mixed_precision: Literal["auto", "no", "bf16"] = option(
         "no", "fp32 by default, so that numbers compare across machines; auto or bf16 for speed."
     )

@@ -55,13 +55,16 @@ def check_output_folder(folder: str | Path, option: str) -> Path:
     return folder
 
 
-def check_output_file(path: str | Path | None, option: str) -> Path | None:
-    """Refuse an output path that cannot be a file: an existing folder, or a path under a file."""
+def check_output_file(path: str | Path | None, option: str, replace: bool = True) -> Path | None:
+    """Refuse an output path that cannot be a file: an existing folder, or a path under a file; and,
+    unless ``replace``, an existing file (the user's, as far as we know)."""
     if path is None:
         return None
     path = Path(path)
     if path.is_dir():
         raise PerceiverLMError(f"{option} {path}: is a folder, expected a file name")
+    if not replace and path.exists():
+        raise PerceiverLMError(f"{option} {path}: already exists; pass --overwrite to replace it, or pick another name")
     if (blocker := _file_above(path)) is not None:
         raise PerceiverLMError(f"{option} {path}: {blocker} is a file, not a folder")
     return path

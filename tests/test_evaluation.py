@@ -97,6 +97,12 @@ def test_cli_prints_a_table_and_writes_json(trained, tmp_path):
     assert saved["step"] == 30 and saved["metrics"]["masked_bytes"] > 0
     piped = runner.invoke(app, ["evaluate", str(result.checkpoint), "--data", str(held_out), "--json", "-"])
     assert json.loads(piped.stdout)["metrics"] == saved["metrics"]
+    # An existing file is the user's until they say otherwise.
+    again = runner.invoke(app, ["evaluate", str(result.checkpoint), "--data", str(held_out), "--json", str(out)])
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.stderr
+    assert json.loads(out.read_text()) == saved
+    args = ["evaluate", str(result.checkpoint), "--data", str(held_out), "--json", str(out), "--overwrite"]
+    assert runner.invoke(app, args).exit_code == 0
 
 
 def test_bad_requests_are_one_line_errors(trained, tmp_path):
