@@ -175,12 +175,12 @@ def fit(run: Run, job: Job, state: TrainState) -> TrainState:
     accelerator, model, schedule = run.accelerator, run.model, run.schedule
     clock = _Clock(state)
     losses = _RunningLoss(job.slots, accelerator.device)
-    progress = _progress_bar(run, job, state)
     micro_step = state.step * accelerator.gradient_accumulation_steps
     on_main(accelerator, lambda: _trim_metrics(run.output / METRICS_FILE, state.step, run), "tidying metrics.jsonl")
     if state.step >= schedule.max_steps:  # a finished run resumed: nothing left to train
         run.say(f"note: the run is at step {state.step}, its --max-steps; nothing to train")
         return state
+    progress = _progress_bar(run, job, state)
     try:
         model.train()
         _set_lr(run, state.step)
@@ -327,15 +327,6 @@ def gather_state(model: torch.nn.Module, optimizer: Any = None) -> tuple[dict[st
     return get_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
 
 
-def _agree_finite(accelerator: Any, tensors: dict[str, torch.Tensor]) -> bool:
-    """Whether the gathered weights are finite, as the main process (which holds them) tells every process."""
-    finite = all(bool(torch.isfinite(t).all()) for t in tensors.values()) if accelerator.is_main_process else True
-    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, "sum")
-    return flag.item() == 0
-
-
 def on_main(accelerator: Any, action: Callable[[], Any], what: str) -> Any:
     """Run ``action`` on the main process only, and let every process know whether it failed.
 
@@ -359,6 +350,18 @@ def on_main(accelerator: Any, action: Callable[[], Any], what: str) -> Any:
     return result
 
 
+def run_record(run: Run, state: TrainState) -> dict[str, Any]:
+    """What a checkpoint (and a model card) records about the run so far."""
+    return {
+        "step": state.step,
+        "eval": state.last_eval,
+        "job": state.job,
+        "options": dataclasses.asdict(run.options),
+        "num_processes": run.accelerator.num_processes,
+        "elapsed_s": state.elapsed_s,
+    }
+
+
 def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Write ``checkpoint-<step>`` (model, optimizer, `TrainState`) atomically; keep the newest few.
 
@@ -366,20 +369,17 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     """
     accelerator, step = run.accelerator, state.step
     model_state, optimizer_state = gather_state(run.model, run.optimizer)
-    if not _agree_finite(accelerator, model_state):
-        raise PerceiverLMError(
-            f"step {step}: the weights are not finite; not saved (the newest checkpoint is {_newest(run.output)}); "
-            "lower --lr"
-        )
+
+    def check_finite() -> None:  # on the main process, which holds the gathered weights
+        if not all(bool(torch.isfinite(t).all()) for t in model_state.values()):
+            raise PerceiverLMError(
+                f"step {step}: the weights are not finite; not saved (the newest checkpoint is "
+                f"{_newest(run.output)}); lower --lr"
+            )
+
+    on_main(accelerator, check_finite, f"step {step}: checking the weights")
     path = run.output / f"checkpoint-{step:07d}"
-    trainer_state = {
-        "step": step,
-        "eval": state.last_eval,
-        "job": state.job,
-        "options": dataclasses.asdict(run.options),
-        "num_processes": accelerator.num_processes,
-        "elapsed_s": state.elapsed_s,
-    }
+    trainer_state = run_record(run, state)
 
     def write() -> None:
         model = accelerator.unwrap_model(run.model)

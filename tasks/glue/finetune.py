@@ -49,6 +49,7 @@ from perceiver_lm.trainer import (
     restore,
     resume_source,
     run_folder,
+    run_record,
     set_loader_epoch,
     use_accelerator,
 )
@@ -238,13 +239,7 @@ class GlueTraining:
         if records.get("best_mean") is None or mean > records["best_mean"]:
             records["best_mean"] = mean
             weights, _ = gather_state(run.model)  # every process takes part: the model may be sharded
-            card = {
-                "options": dataclasses.asdict(run.options),
-                "step": state.step,
-                "elapsed_s": state.elapsed_s,
-                "num_processes": run.accelerator.num_processes,
-                "eval": finite,
-            }
+            card = {**run_record(run, state), "eval": finite}  # the scores that made this model the best
             model = run.accelerator.unwrap_model(run.model)
             best_dir = self.output / "best"
             on_main(run.accelerator, lambda: ckpt.save_model(model, best_dir, card, weights), f"writing {best_dir}")
