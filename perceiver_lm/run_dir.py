@@ -115,12 +115,16 @@ def clean_stale(folder: Path) -> list[str]:
 def claim_folder(folder: Path, option: str, refuse: Callable[[], None], lock: bool = True) -> Iterator[None]:
     """Hold ``folder`` for one run: refuse it while another run holds it (naming that run's pid) or
     when ``refuse()`` raises, before anything is written there; then lock it and check once more
-    under the lock (another run may have filled it meanwhile). ``lock=False`` checks only (the
-    non-main processes of a multi-process run, whose main process holds the lock)."""
-    if lock:  # the other processes of a multi-process run would find their own main process's lock
-        FolderLock(folder, option).probe()
+    under the lock (another run may have filled it meanwhile). ``lock=False`` (the non-main
+    processes of a multi-process run) checks nothing: the main process holds the lock and does the
+    checks, and its own writes may already be there when another process would look (a refusal on
+    the main process ends the launch)."""
+    if not lock:
+        yield
+        return
+    FolderLock(folder, option).probe()
     refuse()
-    with FolderLock(folder, option) if lock else contextlib.nullcontext():
+    with FolderLock(folder, option):
         refuse()
         yield
 
