@@ -149,10 +149,20 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
     source = f"--config {config}"
     if not isinstance(model_overrides, dict) or not isinstance(file_preset, (str, type(None))):
         raise PerceiverLMError(f"{source}: `model` must be a table of model config fields and `preset` a string")
-    model_config = PerceiverConfig.from_dict(
-        {**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source
-    )
     options = _options(TrainingOptions, config, file_options, given, "training")
+    shaped = preset or file_preset or model_overrides
+    if options.init_from and shaped:
+        raise PerceiverLMError(
+            f"--init-from {options.init_from}: the model's shape is the checkpoint's; leave out --preset and the "
+            "config file's `preset`/[model]"
+        )
+    model_config = (
+        None
+        if options.init_from
+        else PerceiverConfig.from_dict(
+            {**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source
+        )
+    )
     try:
         result = pretrain(options, model_config)
     finally:

@@ -202,6 +202,14 @@ class PerceiverConfig:
     def replace(self, **changes: Any) -> PerceiverConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
+    def differences(self, other: PerceiverConfig, mine: str, theirs: str) -> str:
+        """The fields where ``other`` differs, as ``field: MINE value vs THEIRS value`` joined by semicolons."""
+        return "; ".join(
+            f"{k}: {mine} {v!r} vs {theirs} {getattr(other, k)!r}"
+            for k, v in self.to_dict().items()
+            if getattr(other, k) != v
+        )
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 

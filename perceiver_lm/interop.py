@@ -207,6 +207,15 @@ def _locate(source: str) -> Path:
         raise PerceiverLMError(f"{source}: cannot download from the Hub: {first}") from None
 
 
+def is_transformers_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a transformers Perceiver checkpoint (its config names the model type)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    data = read_json(config, "transformers config")
+    return isinstance(data, dict) and data.get("model_type") == "perceiver"
+
+
 def load_from_transformers(source: str | Path) -> PerceiverLM:
     """Build our model from a transformers ``PerceiverForMaskedLM`` folder or Hub id."""
     directory = _locate(str(source))

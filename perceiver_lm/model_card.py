@@ -30,6 +30,9 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
         lines.append(f"- Fine-tuned on GLUE tasks: {options['tasks']} (data: {data or 'the nyu-mll/glue Hub dataset'})")
     elif "data" in options or "dataset" in options:
         lines.append(f"- Pretrained (masked bytes) on: {data or 'the built-in corpus (Python documentation topics)'}")
+    start = options.get("init_from") or options.get("checkpoint")
+    if start:
+        lines.append(f"- Started from the weights of: {start}")
     if "step" in training:
         minutes = float(training.get("elapsed_s") or 0.0) / 60
         processes = training.get("num_processes", 1)

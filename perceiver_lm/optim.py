@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -58,15 +59,27 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, LayerNorm gains, latents, embeddings and slopes are not decayed."""
-    decay, no_decay = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, schedule_of: Callable[[str], tuple[float, int]] | None = None
+) -> list[dict]:
+    """Decay matrices only: biases, LayerNorm gains, latents, embeddings and slopes are not decayed.
+
+    ``schedule_of(name)`` gives a parameter's learning-rate scale and the step before which its rate
+    is 0 (``lr_scale`` and ``start_step`` of its group, which the training loop applies); default 1 and 0.
+    """
+    groups: dict[tuple[bool, float, int], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_matrix = param.ndim == 2 and "embedding" not in name and "latents" not in name
-        (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale, start = schedule_of(name) if schedule_of else (1.0, 0)
+        group = groups.setdefault(
+            (is_matrix, scale, start),
+            {"params": [], "weight_decay": weight_decay if is_matrix else 0.0, "lr_scale": scale, "start_step": start},
+        )
+        group["params"].append(param)
+    # Decayed groups first: with the default schedule that is the two groups older checkpoints hold, in order.
+    return [groups[key] for key in sorted(groups, key=lambda k: (not k[0], -k[1], k[2]))]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:

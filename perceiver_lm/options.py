@@ -63,6 +63,12 @@ class TrainingOptions:
     )
     val_fraction: float = option(0.005, "Share of the corpus held out for validation (at least 8 windows).")
     output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics.jsonl, TensorBoard logs.")
+    init_from: str | None = option(
+        None,
+        "Start from this masked LM's weights (a checkpoint, a run directory, or a transformers PerceiverForMaskedLM "
+        "folder) with a fresh optimizer, schedule and data order: continued, domain-adaptive pretraining. The model "
+        "shape is the checkpoint's.",
+    )
     window: int | None = option(None, "Bytes per training window; default: the model's max_seq_len.")
     batch_size: int = option(4, "Windows per batch per process.")
     grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.")

@@ -200,7 +200,7 @@ def fit(run: Run, job: Job, state: TrainState) -> TrainState:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+            lr = run.schedule.lr_at(state.step - 1)  # the schedule's rate this step used
             _set_lr(run, state.step)
             if progress is not None:
                 progress.update(1)
@@ -239,8 +239,10 @@ def _progress_bar(run: Run, job: Job, state: TrainState):
 
 
 def _set_lr(run: Run, step: int) -> None:
+    """The schedule's rate for ``step``, times each group's ``lr_scale``; 0 before its ``start_step``."""
+    rate = run.schedule.lr_at(step)
     for group in run.optimizer.param_groups:
-        group["lr"] = run.schedule.lr_at(step)
+        group["lr"] = rate * group.get("lr_scale", 1.0) if step >= group.get("start_step", 0) else 0.0
 
 
 def _batches(run: Run, state: TrainState) -> Iterator[dict[str, Any]]:
@@ -428,14 +430,9 @@ def check_resume(source: Path, model: torch.nn.Module, options: Any, order: tupl
     an option that decides which examples each step sees (``order``), or another number of processes."""
     _, config, tasks = ckpt.read_model_dir(source)
     if config != model.config:
-        diffs = [
-            f"{k}: checkpoint {v!r} vs now {getattr(model.config, k)!r}"
-            for k, v in config.to_dict().items()
-            if getattr(model.config, k) != v
-        ]
+        diffs = config.differences(model.config, "checkpoint", "now")
         raise PerceiverLMError(
-            f"{source}: checkpoint is from a different model config ({'; '.join(diffs)}); use the same "
-            "--preset/--config"
+            f"{source}: checkpoint is from a different model config ({diffs}); use the same --preset/--config"
         )
     if tasks != getattr(model, "tasks", None):
         raise PerceiverLMError(f"{source}: checkpoint holds other task heads than this run; use the same --tasks")

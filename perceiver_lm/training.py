@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from perceiver_lm.config import PerceiverConfig
+from perceiver_lm.checkpoint import read_model_dir
+from perceiver_lm.config import PerceiverConfig, get_preset
 from perceiver_lm.data import (
     CorpusRange,
     MaskedWindows,
@@ -27,6 +28,7 @@ from perceiver_lm.data import (
 )
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.evaluation import masked_byte_stats, masked_lm_loss, summarize
+from perceiver_lm.interop import is_transformers_folder, load_from_transformers
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.optim import Lamb, adamw, parameter_groups
 from perceiver_lm.options import TrainingOptions
@@ -61,6 +63,7 @@ DATA_ORDER_OPTIONS = (
     "seed",
     "mask_rate",
     "mask_unit",
+    "init_from",
 )
 
 
@@ -156,17 +159,45 @@ class MaskedLM:
         return metrics
 
 
-def pretrain(options: TrainingOptions, config: PerceiverConfig, accelerator: Any = None) -> PretrainResult:
+def initial_model(source: str) -> PerceiverLM:
+    """The masked LM that ``--init-from`` names: a perceiver-lm checkpoint or run directory, or a
+    transformers ``PerceiverForMaskedLM`` folder (converted on the fly)."""
+    try:
+        if is_transformers_folder(source):
+            return load_from_transformers(source)
+        directory, _, tasks = read_model_dir(source)
+        if tasks is not None:
+            raise PerceiverLMError(
+                f"{directory}: a fine-tuned task model (task heads, no masked-LM decoder); continued pretraining "
+                "starts from a masked LM checkpoint"
+            )
+        return PerceiverLM.from_pretrained(directory)
+    except PerceiverLMError as err:
+        raise PerceiverLMError(f"--init-from {err}") from None
+
+
+def pretrain(
+    options: TrainingOptions, config: PerceiverConfig | None = None, accelerator: Any = None
+) -> PretrainResult:
     """Pretrain a masked byte LM with Accelerate (one process or ``accelerate launch``).
 
     The run holds a lock on ``options.output_dir`` while it runs: a second run there is refused.
 
     Args:
-        options: training options (data, schedule, evaluation, checkpoints).
-        config: model shape, usually a preset.
+        options: training options (data, schedule, evaluation, checkpoints, ``init_from``).
+        config: model shape, usually a preset; default: the ``init_from`` model's shape, else ``small``.
+            With ``init_from`` it must be that model's shape.
         accelerator: the Accelerator to train with; default: one built from the options (precision,
             gradient accumulation, tracker).
     """
+    init = initial_model(options.init_from) if options.init_from else None
+    if init is not None and config is not None and config != init.config:
+        raise PerceiverLMError(
+            f"--init-from {options.init_from}: its model shape differs from the given config "
+            f"({init.config.differences(config, 'checkpoint', 'given')}); leave out --preset and [model] to take "
+            "the checkpoint's shape"
+        )
+    config = init.config if init is not None else config or get_preset("small")
     window = options.window or config.max_seq_len
     if window > config.max_seq_len:
         raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({config.max_seq_len})")
@@ -181,7 +212,7 @@ def pretrain(options: TrainingOptions, config: PerceiverConfig, accelerator: Any
             project_dir=str(output),
         )
         try:
-            run, job, state = setup(options, config, window, output, accelerator, precision)
+            run, job, state = setup(options, config, window, output, accelerator, precision, init)
             fit(run, job, state)
         finally:
             finish_trackers(accelerator)
@@ -200,15 +231,24 @@ def _tracker(options: TrainingOptions) -> str:
 
 
 def setup(
-    options: TrainingOptions, config: PerceiverConfig, window: int, output: Path, accelerator: Any, precision: str
+    options: TrainingOptions,
+    config: PerceiverConfig,
+    window: int,
+    output: Path,
+    accelerator: Any,
+    precision: str,
+    init: PerceiverLM | None = None,
 ) -> tuple[Run, MaskedLM, TrainState]:
-    """Model, optimizer, data and (with --resume) the checkpoint's state, prepared for `fit`."""
+    """Model, optimizer, data and (with --resume) the checkpoint's state, prepared for `fit`.
+
+    ``init`` is the model to start from (``--init-from``); a resumed run takes its checkpoint's weights instead.
+    """
     from accelerate.utils import set_seed
 
     processes = accelerator.num_processes
     set_seed(options.seed)
-    model = PerceiverLM(config)
     source = resume_source(output, options.resume)
+    model = init.train() if init is not None and source is None else PerceiverLM(config)
     if source is not None:  # refuse a checkpoint that cannot continue this run before loading any data
         # A stream's training part starts after the --eval-windows validation windows.
         order = DATA_ORDER_OPTIONS + (("eval_windows",) if options.streaming else ())
@@ -250,8 +290,9 @@ def setup(
                 f"would now be split over {workers}; pass --num-workers {saved}"
             )
     accelerator.init_trackers("pretrain", config=_tracker_config(options, config))
+    start = f"weights from {options.init_from}; " if init is not None and source is None else ""
     run.say(
-        f"{data.description}\nmodel: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{data.description}\nmodel: {start}{sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{processes} process(es) on {accelerator.device}, {precision}; "
         f"batch {options.batch_size}x{processes}x{options.grad_accum} windows of {window} bytes"
     )

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -134,3 +135,39 @@ def test_public_language_perceiver_config_maps_to_base():
     assert config_from_transformers(public, "public") == PRESETS["base"]
     exported = config_to_transformers(PRESETS["base"])
     assert {k: exported[k] for k in public} == public
+
+
+def test_pretraining_continues_from_a_transformers_checkpoint(hf_folder, tmp_path, letters_file):
+    from perceiver_lm.interop import config_from_transformers
+    from perceiver_lm.training import TrainingOptions, pretrain
+
+    folder, hf = hf_folder
+    options = TrainingOptions(
+        data=[str(letters_file)],
+        init_from=str(folder),
+        output_dir=str(tmp_path / "continued"),
+        batch_size=8,
+        max_steps=40,
+        eval_every=40,
+        save_every=40,
+        warmup_steps=5,
+        lr=3e-3,
+        log_every=5,
+        report_to="none",
+    )
+    result = pretrain(options)
+    saved = PerceiverLM.from_pretrained(result.checkpoint)
+    assert saved.config == config_from_transformers(hf.config.to_dict(), "hf")
+    records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert losses[-1] < losses[0] - 1.0, losses  # it trains: the letters task is learnable
+    # The weights it started from are the transformers model's: one step at a negligible lr keeps them.
+    still = pretrain(
+        dataclasses.replace(options, output_dir=str(tmp_path / "still"), max_steps=1, lr=1e-12, warmup_steps=0)
+    )
+    ids, mask = _inputs()
+    with torch.no_grad():
+        ours = PerceiverLM.from_pretrained(still.checkpoint)(ids, mask).logits
+        theirs = hf(inputs=ids, attention_mask=mask).logits[:, : ids.shape[1]]
+    real = mask.bool()
+    assert (ours - theirs)[real].abs().max().item() <= 2e-4

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -347,3 +348,56 @@ def test_two_processes_stream_train_and_resume_without_dispatching_from_rank_0(t
     # A stream that runs out first: both processes stop together (no one waits for a batch that never comes).
     done = launch(29546, tmp_path / "short", tmp_path / "short_run", 1000, "fresh")
     assert "the stream ended before --max-steps" in done.stderr
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in records if "train_loss" in r]
+
+
+def test_init_from_continues_the_loss_with_a_fresh_optimizer_and_schedule(letters_file, tmp_path):
+    first = pretrain(
+        _options(letters_file, tmp_path / "a", max_steps=150, eval_every=150, save_every=150, lr=3e-3), TINY
+    )
+    # Another seed: a fresh data order and masks, as a user continuing on their own text would get.
+    fresh = _options(letters_file, tmp_path / "fresh", max_steps=10, eval_every=10, save_every=10, seed=1)
+    scratch = pretrain(fresh, TINY)
+    continued = pretrain(dataclasses.replace(fresh, output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a")))
+    # No jump back to the plateau: the continued run scores like the run it started from, far below scratch.
+    assert continued.eval_metrics["loss"] < first.eval_metrics["loss"] + 0.15, (continued, first)
+    assert scratch.eval_metrics["loss"] > first.eval_metrics["loss"] + 0.8, (scratch, first)
+    assert max(_train_losses(tmp_path / "b")) < min(_train_losses(tmp_path / "fresh")) - 0.5
+    # A fresh schedule and optimizer: the step count starts at 0 and the moments hold 10 steps, not 160.
+    state = json.loads((continued.checkpoint / "trainer_state.json").read_text())
+    assert continued.step == 10 and state["step"] == 10
+    optimizer = load_file(str(continued.checkpoint / "optimizer.safetensors"))
+    assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {10.0}
+    card = (continued.checkpoint / "README.md").read_text()
+    assert str(tmp_path / "a") in card
+
+
+def test_init_from_refuses_what_is_not_a_masked_lm_of_that_shape(letters_file, tmp_path):
+    pretrain(_options(letters_file, tmp_path / "a", max_steps=5, eval_every=5, save_every=5), TINY)
+    options = _options(letters_file, tmp_path / "b", init_from=str(tmp_path / "a"))
+    with pytest.raises(PerceiverLMError, match=r"--init-from .*differs from the given config \(num_self_layers"):
+        pretrain(options, TINY.replace(num_self_layers=3))
+    with pytest.raises(PerceiverLMError, match=r"^--init-from .*missing: no such checkpoint"):
+        pretrain(dataclasses.replace(options, init_from=str(tmp_path / "missing")))
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+
+    classifier = PerceiverClassifier(TINY, MultiTaskConfig((TaskSpec("sst2", 2),), 32))
+    classifier.save_pretrained(tmp_path / "classifier")
+    with pytest.raises(PerceiverLMError, match=r"^--init-from .*classifier: a fine-tuned task model"):
+        pretrain(dataclasses.replace(options, init_from=str(tmp_path / "classifier")))
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("checkpoint-*"))
+    # The command line takes the shape from the checkpoint and refuses a preset beside it.
+    done = subprocess.run(
+        _cli("pretrain", "--init-from", str(tmp_path / "a"), "--preset", "tiny", "--data", str(letters_file)),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--init-from" in done.stderr and "leave out --preset" in done.stderr

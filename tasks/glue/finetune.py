@@ -73,6 +73,12 @@ FINETUNE_DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
+# How the body is fine-tuned: from random weights everything trains at --lr from the first step; a
+# pretrained body gets the recipe chosen by the transfer study (README, "Does pretraining pay?").
+RANDOM_START = {"body_lr_scale": 1.0, "freeze_body_steps": 0}
+PRETRAINED_START = {"body_lr_scale": 1.0, "freeze_body_steps": 0}
+
+
 def finetune_defaults(config: PerceiverConfig) -> tuple[str, dict[str, float]]:
     """The preset whose shape ``config`` is (or "base" for any other shape) and its fine-tuning defaults."""
     name = next((n for n, preset in PRESETS.items() if preset == config and n in FINETUNE_DEFAULTS), "base")
@@ -80,13 +86,16 @@ def finetune_defaults(config: PerceiverConfig) -> tuple[str, dict[str, float]]:
 
 
 def with_defaults(options: GlueOptions, config: PerceiverConfig) -> tuple[GlueOptions, str]:
-    """``options`` with an unset --lr/--warmup-steps filled from the model shape's defaults, and a note saying so."""
+    """``options`` with an unset --lr/--warmup-steps filled from the model shape's defaults and the body's
+    schedule from the start's (random or pretrained), and a note saying so."""
     name, defaults = finetune_defaults(config)
-    filled = {k: v for k, v in defaults.items() if getattr(options, k) is None}
+    start = PRETRAINED_START if options.checkpoint is not None else RANDOM_START
+    filled = {k: v for k, v in {**defaults, **start}.items() if getattr(options, k) is None}
     if not filled:
         return options, ""
     note = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in filled.items())
-    return dataclasses.replace(options, **filled), f"fine-tuning defaults of the {name} shape: {note}"
+    kind = "a pretrained" if options.checkpoint is not None else "a random"
+    return dataclasses.replace(options, **filled), f"fine-tuning defaults of the {name} shape from {kind} start: {note}"
 
 
 @dataclass
@@ -187,6 +196,8 @@ RESUME_OPTIONS = (
     "train_noise",
     "skip_bad_rows",
     "max_eval_examples",  # the restored best scores were measured on these dev examples
+    "body_lr_scale",  # the optimizer's parameter groups follow from these two
+    "freeze_body_steps",
 )
 
 
@@ -319,11 +330,11 @@ def setup(
     set_seed(options.seed)
     notes: list[str] = []  # said once the data has loaded: a run that fails on its files says only why
     model = _load_model(options, tasks, notes)
+    options, note = with_defaults(options, model.config)  # before the resume check, which compares filled values
+    notes += [note] if note else []
     source = resume_source(output, options.resume)
     if source is not None:
         check_resume(source, model, options, RESUME_OPTIONS, processes)
-    options, note = with_defaults(options, model.config)
-    notes += [note] if note else []
     max_length = options.max_length or model.config.max_seq_len
     if max_length > model.config.max_seq_len:
         raise PerceiverLMError(
@@ -345,7 +356,11 @@ def setup(
     gpu = accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking the host
     train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate, pin_memory=gpu)
     eval_loaders = _eval_loaders(dev_splits, task_index, options.eval_batch_size, gpu)
-    optimizer = adamw(parameter_groups(model, options.weight_decay), lr=options.lr)
+    body = (options.body_lr_scale, options.freeze_body_steps)
+    optimizer = adamw(
+        parameter_groups(model, options.weight_decay, lambda name: (1.0, 0) if name.startswith("decoder.") else body),
+        lr=options.lr,
+    )
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )

@@ -42,6 +42,16 @@ class GlueOptions:
     warmup_steps: int | None = option(
         None, "Linear warm-up steps; default: the model shape's (small 60, base 200 as in the paper)."
     )
+    body_lr_scale: float | None = option(
+        None,
+        "Learning rate of the body (embeddings, byte encoder, latents, processor) as a fraction of --lr; the task "
+        "queries and heads train at --lr. Default: 1 (the pretrained recipe's value with --checkpoint).",
+    )
+    freeze_body_steps: int | None = option(
+        None,
+        "Train only the task queries and heads for the first N steps, then the whole model. Default: 0 (the "
+        "pretrained recipe's value with --checkpoint).",
+    )
     weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices (paper: 0.01).")
     min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of --lr (cosine decay).")
     clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
@@ -101,9 +111,10 @@ class GlueOptions:
             "lr",
         ):
             check_range(flag(name), getattr(self, name), 0, low_open=True)
-        for name in ("warmup_steps", "weight_decay", "clip_norm"):
+        for name in ("warmup_steps", "weight_decay", "clip_norm", "freeze_body_steps"):
             check_range(flag(name), getattr(self, name), 0)
         check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
+        check_range("--body-lr-scale", self.body_lr_scale, 0, 1000)
         check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)

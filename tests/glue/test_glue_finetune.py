@@ -120,10 +120,15 @@ def test_finetune_defaults_follow_the_model_shape():
     assert finetune_defaults(PRESETS["base"]) == ("base", {"lr": 5e-5, "warmup_steps": 200})  # the paper's
     assert finetune_defaults(PRESETS["tiny"].replace(num_self_layers=3))[0] == "base"  # any other shape
     options, note = with_defaults(GlueOptions(), PRESETS["small"])
-    assert (options.lr, options.warmup_steps) == (3e-4, 60) and "small shape: lr 0.0003, warmup-steps 60" in note
+    assert (options.lr, options.warmup_steps) == (
+        3e-4,
+        60,
+    ) and "small shape from a random start: lr 0.0003, warmup-steps 60" in note
     options, note = with_defaults(GlueOptions(lr=1e-5), PRESETS["small"])  # what the user gives wins
-    assert (options.lr, options.warmup_steps) == (1e-5, 60) and "lr" not in note.split(":")[1]
-    options, note = with_defaults(GlueOptions(lr=1e-5, warmup_steps=0), PRESETS["small"])
+    assert (options.lr, options.warmup_steps) == (1e-5, 60) and ": lr" not in note and "warmup-steps 60" in note
+    options, note = with_defaults(
+        GlueOptions(lr=1e-5, warmup_steps=0, body_lr_scale=1.0, freeze_body_steps=0), PRESETS["small"]
+    )
     assert (options.lr, options.warmup_steps, note) == (1e-5, 0, "")
 
 
@@ -337,3 +342,60 @@ def test_fine_tuning_steps_between_logs_do_no_host_sync(monkeypatch, synthetic_g
 
     short, long = host_syncs(monkeypatch, run(3, "a")), host_syncs(monkeypatch, run(9, "b"))
     assert short > 0 and long == short, (short, long)
+
+
+def test_a_frozen_then_scaled_body_trains_only_the_task_decoder_first(synthetic_glue, tmp_path):
+    lm = PerceiverLM(PRESETS["tiny"])
+    lm.save_pretrained(tmp_path / "lm")
+    options = GlueOptions(
+        tasks="mrpc",
+        checkpoint=str(tmp_path / "lm"),
+        glue_dir=str(synthetic_glue),
+        output_dir=str(tmp_path / "run"),
+        max_steps=6,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=0,
+        eval_every=3,
+        keep_checkpoints=2,
+        head_hidden=32,
+        max_eval_examples=16,
+        freeze_body_steps=3,
+        body_lr_scale=0.5,
+        mixed_precision="no",
+    )
+    finetune(options)
+    start = {f"encoder.{k}": v for k, v in lm.encoder.state_dict().items()}
+    frozen = load_file(str(tmp_path / "run" / "checkpoint-0000003" / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "checkpoint-0000006" / "model.safetensors"))
+    assert all(torch.equal(frozen[k], v) for k, v in start.items())  # the body did not move in steps 1-3
+    assert not torch.equal(frozen["decoder.queries.embedding.weight"], after["decoder.queries.embedding.weight"])
+    moved = [k for k, v in start.items() if not torch.equal(after[k], v)]
+    assert "encoder.latents" in moved and len(moved) > len(start) // 2  # and trained from step 4 on
+    # The recipe fields fill in by start: a random start trains everything at --lr from step 1.
+    filled, note = with_defaults(GlueOptions(preset="tiny"), PRESETS["tiny"])
+    assert (filled.body_lr_scale, filled.freeze_body_steps) == (1.0, 0) and "random start" in note
+    with pytest.raises(PerceiverLMError, match="--freeze-body-steps 3 -> 2"):
+        finetune(dataclasses.replace(options, resume=True, freeze_body_steps=2, max_steps=8))
+
+
+def test_parameter_groups_carry_the_body_schedule_and_the_loop_applies_it():
+    from perceiver_lm.optim import parameter_groups
+    from perceiver_lm.trainer import Schedule, _set_lr
+
+    model = PerceiverClassifier(PRESETS["tiny"], MultiTaskConfig((TaskSpec("sst2", 2),), 32))
+    groups = parameter_groups(model, 0.01, lambda n: (1.0, 0) if n.startswith("decoder.") else (0.25, 5))
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    for group in groups:
+        body = {names[id(p)].startswith("encoder.") for p in group["params"]}
+        assert body == {group["lr_scale"] == 0.25}
+    run = type("R", (), {"schedule": Schedule(10, 1e-3, 0, 1.0, 0, 0, 1, 1, 1, 1), "optimizer": optimizer})
+    _set_lr(run, 4)
+    assert {(g["lr_scale"], g["lr"]) for g in groups} == {(1.0, 1e-3), (0.25, 0.0)}
+    _set_lr(run, 5)
+    assert {(g["lr_scale"], g["lr"]) for g in groups} == {(1.0, 1e-3), (0.25, 2.5e-4)}
+    # Without a schedule function: the two groups (decayed matrices first) older checkpoints hold.
+    plain = parameter_groups(model, 0.01)
+    assert [g["weight_decay"] for g in plain] == [0.01, 0.0]
