@@ -46,3 +46,40 @@ def test_finetune_throughput_measures_on_the_device_it_is_given(tmp_path):
     data = TaskExamples([load_split(TASKS["sst2"], "train", tmp_path, 64)], [0])
     row = measure(next(iter(SETTINGS)), "tiny", data, "sst2", 8, 2, 1, "cpu")
     assert row["examples_per_s"] > 0 and row["mean_padded_length"] <= 64
+
+
+def test_collapse_statistics_tell_identical_inputs_from_spread_ones():
+    import numpy as np
+    from transfer_probe import latent_statistics
+
+    rng = np.random.default_rng(0)
+    spread = latent_statistics(rng.normal(size=(200, 16)))
+    common = latent_statistics(rng.normal(size=(200, 16)) * 0.05 + 10 * rng.normal(size=16))
+    assert abs(spread["mean_cosine"]) < 0.05 and spread["relative_variance"] > 0.95
+    assert spread["effective_rank"] > 12  # isotropic: close to the 16 dimensions
+    assert common["mean_cosine"] > 0.99 and common["relative_variance"] < 0.01
+
+
+def test_probe_features_are_pooled_per_example_in_file_order(tmp_path):
+    import numpy as np
+    from transfer_probe import LEVELS, features, probe
+
+    from perceiver_lm import PRESETS
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+    from tasks.glue.data import load_split
+    from tasks.glue.tasks import TASKS
+
+    (tmp_path / "SST-2").mkdir()
+    # The label is whether the sentence holds "good" or "bad": any pooled byte feature can read it.
+    rows = "".join(f"{'a ' * (i % 7)}{'good' if i % 2 else 'bad'} {'b ' * (i % 3)}\t{i % 2}\n" for i in range(120))
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    split = load_split(TASKS["sst2"], "train", tmp_path, 64)
+    model = PerceiverClassifier(PRESETS["tiny"], MultiTaskConfig((TaskSpec("sst2", 2),), 32))
+    pooled = features(model, split, batch_size=16)
+    assert set(pooled) == set(LEVELS) and all(v.shape[0] == 120 for v in pooled.values())
+    one = features(model, type(split)(split.task, "one", "x", [split.ids[5]], [split.labels[5]]))
+    for level in LEVELS:  # batched by length, returned in file order: example 5 alone gives its own row
+        np.testing.assert_allclose(one[level][0], pooled[level][5], rtol=1e-4, atol=1e-5)
+    y = np.array(split.labels, dtype=int)
+    assert probe(pooled["bytes"][:80], y[:80], pooled["bytes"][80:], y[80:])["accuracy"] > 90
