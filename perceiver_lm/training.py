@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from perceiver_lm.checkpoint import read_model_dir
+from perceiver_lm.checkpoint import list_checkpoints, read_model_dir
 from perceiver_lm.config import PerceiverConfig, get_preset
 from perceiver_lm.data import (
     CorpusRange,
@@ -190,7 +190,11 @@ def pretrain(
         accelerator: the Accelerator to train with; default: one built from the options (precision,
             gradient accumulation, tracker).
     """
-    init = initial_model(options.init_from) if options.init_from else None
+    resuming = options.resume and bool(list_checkpoints(options.output_dir))
+    if options.init_from and resuming:
+        # The run's own checkpoints hold its weights: the model it started from is not needed (nor must it exist).
+        config = config or read_model_dir(options.output_dir)[1]
+    init = initial_model(options.init_from) if options.init_from and not resuming else None
     if init is not None and config is not None and config != init.config:
         raise PerceiverLMError(
             f"--init-from {options.init_from}: its model shape differs from the given config "

@@ -374,6 +374,10 @@ def test_init_from_continues_the_loss_with_a_fresh_optimizer_and_schedule(letter
     assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {10.0}
     card = (continued.checkpoint / "README.md").read_text()
     assert str(tmp_path / "a") in card
+    # Resuming such a run continues its own checkpoints: the model it started from may be gone by then.
+    shutil.rmtree(tmp_path / "a")
+    longer = dataclasses.replace(fresh, output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), resume=True)
+    assert pretrain(dataclasses.replace(longer, max_steps=14)).step == 14
 
 
 def test_init_from_refuses_what_is_not_a_masked_lm_of_that_shape(letters_file, tmp_path):
