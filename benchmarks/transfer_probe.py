@@ -26,7 +26,7 @@ import torch
 from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from tasks.glue.data import eval_loader, load_split
-from tasks.glue.finetune import _subset
+from tasks.glue.finetune import subset_split
 from tasks.glue.tasks import TASKS
 
 LEVELS = ("bytes", "cross", "latents")
@@ -127,7 +127,7 @@ def main() -> None:
     results = []
     for seed in seeds:
         for n in sizes:
-            train = _subset(full_train, n, seed)
+            train = subset_split(full_train, n, seed)
             results.append(
                 {
                     "model": "tfidf char 1-5",
@@ -147,7 +147,7 @@ def main() -> None:
         stats = latent_statistics(dev_features["latents"])
         for data_seed in seeds:
             for n in sizes:
-                train = _subset(full_train, n, data_seed)
+                train = subset_split(full_train, n, data_seed)
                 train_features = features(model, train)
                 y = np.array(train.labels, dtype=int)
                 scores = {level: probe(train_features[level], y, dev_features[level], dev_y) for level in LEVELS}

@@ -126,7 +126,8 @@ def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -
     return PerceiverClassifier.from_lm(PerceiverLM.from_pretrained(directory), heads)
 
 
-def _subset(split: GlueSplit, limit: int | None, seed: int, first: bool = False) -> GlueSplit:
+def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = False) -> GlueSplit:
+    """At most ``limit`` examples of ``split``: a seeded random subset in file order, or the first ones."""
     if limit is None or len(split) <= limit:
         return split
     keep = np.arange(limit) if first else np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False))
@@ -302,7 +303,7 @@ def _load_splits(
 ) -> tuple[list[GlueSplit], dict[tuple[str, str], GlueSplit]]:
     augment = Corruption(tuple(parse_noise(spec) for spec in options.train_noise), options.seed)
     train = [
-        _subset(
+        subset_split(
             load_split(t, "train", options.glue_dir, max_length, options.skip_bad_rows, augment),
             options.max_train_examples,
             options.seed,
@@ -310,7 +311,7 @@ def _load_splits(
         for t in tasks
     ]
     dev = {
-        (t.name, split): _subset(
+        (t.name, split): subset_split(
             load_split(t, split, options.glue_dir, max_length, options.skip_bad_rows),
             options.max_eval_examples,
             0,
@@ -412,7 +413,9 @@ def evaluate_checkpoint(
     task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
     length = model.config.max_seq_len
     splits = {
-        (t.name, s): _subset(load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True)
+        (t.name, s): subset_split(
+            load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True
+        )
         for t in tasks
         for s, _ in t.dev
     }
