@@ -4,7 +4,8 @@ Every arm fine-tunes the same tasks on the same seeded label subsets with the sa
 the library's `finetune` (the defaults it picks for a random or a pretrained start, unless
 --recipe-options overrides them). An arm is ``random`` (the --preset shape from random weights)
 or ``NAME=CHECKPOINT``. Runs already in --out are kept and skipped, so a grid can grow over
-several calls. Writes JSON, prints a markdown table (mean +- sd over seeds of the best dev score
+several calls; a run not yet in --out is (re)trained into its own folder under --runs, replacing
+what an interrupted call left there. Writes JSON, prints a markdown table (mean +- sd over seeds of the best dev score
 of each run, and of the score at the last evaluation) and, with --plot, a figure.
 
     python benchmarks/transfer_study.py --glue-dir ../shared/data/glue --tasks sst2 \\
