@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_lm.config import get_preset
+from perceiver_lm.config import BYTE_ENCODERS, get_preset
 from perceiver_lm.model import PerceiverLM
 
 # Byte-encoder and latent-layout variants of a preset (changes on top of it).
 VARIANTS: dict[str, dict] = {
     "default": {},  # the preset as it is (`small`: ngram_conv, trimmed latents, zero-initialised positions)
-    "conv": dict(byte_encoder="conv"),
-    "ngram": dict(byte_encoder="ngram"),
-    "none": dict(byte_encoder="none"),
+    # every byte encoder: none, each part alone, the parts together (config.BYTE_ENCODER_PARTS)
+    **{name: dict(byte_encoder=name) for name in BYTE_ENCODERS},
     # the `small` preset before the byte encoder: plain embeddings, random positions, all 128 latents
     "plain": dict(byte_encoder="none", zero_init_positions=False, trim_latents=False),
 }

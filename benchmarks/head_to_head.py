@@ -50,7 +50,7 @@ CONFIGS = "ours@auto,ours@fp32,transformers@fp32,transformers@bf16"  # add byte-
 
 def precision_of(name: str, device: str) -> str:
     """ "fp32" or "bf16" for a config's precision; "auto" is what the toolkit picks on this machine."""
-    from perceiver_lm.trainer import resolve_precision
+    from perceiver_lm.runtime import resolve_precision
 
     if name == "auto":
         name = resolve_precision("auto", cpu=device == "cpu").mode

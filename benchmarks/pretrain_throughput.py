@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess so that peak memory (max RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) belongs to it alone. Measurements are interleaved
 (every repeat runs every preset x precision once) and the table reports medians with their min-max
 spread, and each precision's speed-up over fp32 measured in the same run. ``auto`` is the
-toolkit's default precision on this machine (`perceiver_lm.trainer.resolve_precision`). Prints a
+toolkit's default precision on this machine (`perceiver_lm.runtime.resolve_precision`). Prints a
 table, writes JSON.
 
     python benchmarks/pretrain_throughput.py --presets small --precisions auto,fp32 --repeats 3
@@ -149,7 +149,7 @@ def main() -> None:
             )
         )
         return
-    from perceiver_lm.trainer import resolve_precision
+    from perceiver_lm.runtime import resolve_precision
 
     precisions = []
     for name in args.precisions.split(","):

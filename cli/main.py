@@ -1,4 +1,11 @@
-"""The ``perceiver-lm`` command line: parse options, build a config, call one library function."""
+"""The ``perceiver-lm`` command line: parse options, build a config, call one library function.
+
+Every command is generated from options dataclasses (`_command`): one CLI parameter per field, with
+the field's help text; a field marked ``argument=True`` (`perceiver_lm.options.argument`) is
+positional, a bool field is a flag (``--name/--no-name`` when on by default), a list field is
+repeatable, a field with ``cli=False`` is for config files only. A field named ``config`` makes the command read that
+JSON/TOML file: its keys fill the command's dataclasses, under the values given on the command line.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,26 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import tomllib
 import typer
 from typer.core import TyperGroup
 
-from perceiver_lm.errors import PerceiverLMError, one_line
+from perceiver_lm.errors import one_line
+from perceiver_lm.options import (
+    AttentionOptions,
+    ConvertOptions,
+    EvalCheckpoint,
+    EvalOptions,
+    FillMaskOptions,
+    InfoOptions,
+    PlotOptions,
+    PretrainModelOptions,
+    TrainingOptions,
+    flag,
+    read_options_file,
+)
 from perceiver_lm.run_dir import check_output_file, write_json_atomic
+from perceiver_lm.validation import check_fields
+from tasks.glue.options import GlueEvalOptions, GlueOptions, GluePredictOptions, GlueTrainOptions
 
 DEBUG_VARIABLE = "PERCEIVER_LM_DEBUG"
 
@@ -50,6 +71,10 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineErrors, add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models."
 )
+glue_app = typer.Typer(
+    no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder."
+)
+app.add_typer(glue_app, name="glue")
 
 
 def user_errors(func):
@@ -74,97 +99,83 @@ def user_errors(func):
     return wrapper
 
 
-def _read_config_file(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    kind = "TOML" if path.suffix == ".toml" else "JSON"
-    try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except OSError as err:
-        raise PerceiverLMError(f"--config {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
-    except UnicodeDecodeError as err:
-        raise PerceiverLMError(
-            f"--config {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options"
-        ) from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise PerceiverLMError(f"--config {path}: not valid {kind} ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise PerceiverLMError(f"--config {path}: expected a {kind} table of options, got {type(data).__name__}")
-    return data
-
-
-def _options(
-    options_class: type, config: Path | None, file_options: dict[str, Any], given: dict[str, Any], kind: str
-) -> Any:
-    """Options from a config file (type-checked, naming the file) overridden by the ones given on the command line."""
-    from perceiver_lm.validation import check_fields
-
-    check_fields(options_class, file_options, f"--config {config}", f"{kind} option")
-    explicit = {k: v for k, v in given.items() if v is not None and v != []}
-    return options_class(**{**file_options, **explicit})
-
-
-def _option_type(annotation: Any) -> Any:
-    """The CLI type of a TrainingOptions field: Optional[...] so an unset option reads as None."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return Optional[str]
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return Optional[args[0]]
-    return Optional[annotation]
-
-
-def _dataclass_parameters(options_class: type) -> list[inspect.Parameter]:
-    """One keyword-only CLI option per field of an options dataclass, with the field's help text."""
+def _cli_fields(options_class: type) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(options_class)
-    params = []
-    for f in dataclasses.fields(options_class):
-        annotation = hints[f.name]
-        help_text = f.metadata["help"]
-        if typing.get_origin(annotation) is typing.Literal:
-            help_text += f" (choices: {', '.join(typing.get_args(annotation))})"
-        option = typer.Option(f"--{f.name.replace('_', '-')}", help=help_text, show_default=False)
-        params.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None,
-                annotation=Annotated[_option_type(annotation), option],
-            )
-        )
-    return params
+    return [(f, hints[f.name]) for f in dataclasses.fields(options_class) if f.metadata.get("cli", True)]
 
 
-def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> None:
+def _cli_type(hint: Any) -> Any:
+    """The type typer parses a field as: X for ``X | None``, str for a Literal."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    return str if typing.get_origin(hint) is typing.Literal else hint
+
+
+def _parameter(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """One CLI parameter for a field. Options read None when not given, so that a config file's value
+    or the dataclass default applies; only a required argument has no default."""
+    help_text = f.metadata["help"]
+    if typing.get_origin(hint) is typing.Literal:
+        help_text += f" (choices: {', '.join(typing.get_args(hint))})"
+    value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    required = value is dataclasses.MISSING
+    if f.metadata.get("argument"):
+        info = typer.Argument(help=help_text, show_default=False)
+    else:
+        name = flag(f.name) + (f"/--no-{flag(f.name)[2:]}" if value is True else "")  # a default-on flag
+        hidden = required or value is None or isinstance(value, bool) or value == []
+        info = typer.Option(name, help=help_text + ("" if hidden else f" (default: {value})"), show_default=False)
+    annotation = _cli_type(hint) if required else Optional[_cli_type(hint)]
+    default = inspect.Parameter.empty if required else None
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, info]
+    )
+
+
+def _build(classes: tuple[type, ...], values: dict[str, Any], kind: str) -> list[Any]:
+    """One instance per options class from the values given on the command line, over the ``--config``
+    file's values when a class has a ``config`` field (unknown or mistyped keys name the file)."""
+    given = [{f.name: values[f.name] for f, _ in _cli_fields(c) if values[f.name] not in (None, [])} for c in classes]
+    path = next((g["config"] for g in given if "config" in g), None)
+    parts: list[dict[str, Any]] = [{} for _ in classes]
+    if path is not None:
+        owner = {f.name: i for i, c in reversed(list(enumerate(classes))) for f in dataclasses.fields(c)}
+        for key, value in read_options_file(path).items():
+            parts[owner.get(key, 0) if key != "config" else 0][key] = value
+        check_fields(classes[0], parts[0], f"--config {path}", f"{kind} option")
+    return [c(**{**p, **g}) for c, p, g in zip(classes, parts, given, strict=True)]
+
+
+def _command(parent: typer.Typer, name: str, *classes: type, kind: str = ""):
+    """Register the decorated function as command ``name``: one CLI parameter per field of each options
+    dataclass; the function gets one instance per class, its docstring is the command's help."""
+    parameters = [_parameter(f, hint) for c in classes for f, hint in _cli_fields(c)]
+    names = [p.name for p in parameters]
+    assert len(set(names)) == len(names), f"{name}: two options dataclasses share a field name"
+
+    def register(func):
+        def command(**values: Any) -> None:
+            return user_errors(lambda: func(*_build(classes, values, kind)))()
+
+        command.__signature__ = inspect.Signature(parameters)
+        command.__doc__ = func.__doc__
+        command.options_classes = classes  # what the command is generated from (tests read it)
+        parent.command(name, help=func.__doc__)(command)
+        return func
+
+    return register
+
+
+@_command(app, "pretrain", TrainingOptions, PretrainModelOptions, kind="training")
+def _pretrain(options: TrainingOptions, model: PretrainModelOptions) -> None:
     """Pretrain a byte-level masked LM (defaults: `small` preset on the built-in corpus)."""
-    from perceiver_lm.config import PerceiverConfig, get_preset
-    from perceiver_lm.options import TrainingOptions
-    from perceiver_lm.trainer import end_processes
+    from perceiver_lm.runtime import end_processes
     from perceiver_lm.training import pretrain
 
-    file_options = _read_config_file(config)
-    model_overrides = file_options.pop("model", {})
-    file_preset = file_options.pop("preset", None)
-    source = f"--config {config}"
-    if not isinstance(model_overrides, dict) or not isinstance(file_preset, (str, type(None))):
-        raise PerceiverLMError(f"{source}: `model` must be a table of model config fields and `preset` a string")
-    options = _options(TrainingOptions, config, file_options, given, "training")
-    shaped = preset or file_preset or model_overrides
-    if options.init_from and shaped:
-        raise PerceiverLMError(
-            f"--init-from {options.init_from}: the model's shape is the checkpoint's; leave out --preset and the "
-            "config file's `preset`/[model]"
-        )
-    model_config = (
-        None
-        if options.init_from
-        else PerceiverConfig.from_dict(
-            {**get_preset(preset or file_preset or "small").to_dict(), **model_overrides}, source
-        )
-    )
+    config = model.config_for(options)
     try:
-        result = pretrain(options, model_config)
+        result = pretrain(options, config)
     finally:
         end_processes()
     if result.eval_metrics and result.main_process:
@@ -175,64 +186,14 @@ def _pretrain(preset: Optional[str], config: Optional[Path], **given: Any) -> No
         )
 
 
-def _options_command(func, options_class: type, extra: list[tuple[str, Any, Any]]):
-    """A typer command calling ``func`` with ``extra`` (name, default, annotation) options and one option per field."""
-
-    def command(**kwargs):
-        return user_errors(func)(**kwargs)
-
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    command.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter(name, keyword, default=default, annotation=annotation)
-            for name, default, annotation in extra
-        ]
-        + _dataclass_parameters(options_class)
-    )
-    command.__doc__ = func.__doc__
-    return command
-
-
-def _build_pretrain_command():
-    from perceiver_lm.config import PRESETS
-    from perceiver_lm.options import TrainingOptions
-
-    return _options_command(
-        _pretrain,
-        TrainingOptions,
-        [
-            (
-                "preset",
-                None,
-                Annotated[Optional[str], typer.Option(help=f"Model preset: {', '.join(PRESETS)} (default: small).")],
-            ),
-            (
-                "config",
-                None,
-                Annotated[
-                    Optional[Path],
-                    typer.Option(
-                        help="JSON/TOML file of training options, with optional `preset` and a `model` table of config "
-                        "overrides; options given here win."
-                    ),
-                ],
-            ),
-        ],
-    )
-
-
-app.command("pretrain", help=_pretrain.__doc__)(_build_pretrain_command())
-
-
-def _evaluate(checkpoint: Path, **given: Any) -> None:
+@_command(app, "evaluate", EvalCheckpoint, EvalOptions)
+def _evaluate(target: EvalCheckpoint, options: EvalOptions) -> None:
     """Score a pretrained checkpoint on held-out text: bits per masked byte and accuracy, per byte class."""
     from perceiver_lm.evaluation import score_text
-    from perceiver_lm.options import EvalOptions
 
-    options = _options(EvalOptions, None, {}, given, "evaluation")
     if options.json not in (None, "-"):
         check_output_file(Path(options.json), "--json", replace=options.overwrite)
-    report = score_text(checkpoint, options)
+    report = score_text(target.checkpoint, options)
     if not report.main_process:
         return
     record = dataclasses.asdict(report)
@@ -247,314 +208,107 @@ def _evaluate(checkpoint: Path, **given: Any) -> None:
         typer.echo(f"wrote {options.json}")
 
 
-def _build_evaluate_command():
-    from perceiver_lm.options import EvalOptions
-
-    checkpoint = Annotated[Path, typer.Argument(help="Pretrained checkpoint or run directory (its newest checkpoint).")]
-    return _options_command(_evaluate, EvalOptions, [("checkpoint", inspect.Parameter.empty, checkpoint)])
-
-
-app.command("evaluate", help=_evaluate.__doc__)(_build_evaluate_command())
-
-
-@app.command("fill-mask")
-@user_errors
-def fill_mask_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory.")],
-    text: Annotated[str, typer.Argument(help="Text with [MASK] (one byte) or [MASK*N] (N bytes) marks.")],
-    top_k: Annotated[int, typer.Option(help="Show the k most likely bytes per masked position.")] = 0,
-) -> None:
+@_command(app, "fill-mask", FillMaskOptions)
+def _fill_mask(options: FillMaskOptions) -> None:
     """Fill the masked bytes of TEXT and print the filled text."""
     from perceiver_lm.inference import fill_mask
     from perceiver_lm.model import PerceiverLM
 
-    if top_k < 0:
-        raise PerceiverLMError(f"--top-k must be 0 or more, got {top_k}")
-    result = fill_mask(PerceiverLM.from_pretrained(checkpoint), text, top_k=max(1, top_k))
+    result = fill_mask(PerceiverLM.from_pretrained(options.checkpoint), options.text, top_k=max(1, options.top_k))
     typer.echo(result.text)
-    if top_k:
-        for position, candidates in zip(result.positions, result.candidates, strict=True):
-            shown = ", ".join(f"{c!r}:{p:.2f}" for c, p in candidates)
-            typer.echo(f"  byte {position}: {shown}")
+    for position, candidates in zip(result.positions, result.candidates, strict=True) if options.top_k else ():
+        typer.echo(f"  byte {position}: " + ", ".join(f"{c!r}:{p:.2f}" for c, p in candidates))
 
 
-@app.command("info")
-@user_errors
-def info_command(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory.")]) -> None:
+@_command(app, "info", InfoOptions)
+def _info(options: InfoOptions) -> None:
     """Describe a checkpoint: model shape, parameters, training step and last evaluation."""
     from perceiver_lm.checkpoint import describe
 
-    typer.echo(describe(checkpoint))
+    typer.echo(describe(options.checkpoint))
 
 
-@app.command("convert")
-@user_errors
-def convert_command(
-    out: Annotated[Path, typer.Argument(help="Folder to write.")],
-    from_transformers: Annotated[
-        Optional[str], typer.Option(help="transformers PerceiverForMaskedLM folder or Hub id to import.")
-    ] = None,
-    to_transformers: Annotated[
-        Optional[Path], typer.Option(help="perceiver-lm checkpoint or run directory to export.")
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(help="Replace an earlier conversion in OUT (a folder holding anything else is never replaced)."),
-    ] = False,
-) -> None:
+@_command(app, "convert", ConvertOptions)
+def _convert(options: ConvertOptions) -> None:
     """Import a transformers Perceiver MLM checkpoint, or export ours for PerceiverForMaskedLM."""
     from perceiver_lm.interop import convert_from_transformers, export_checkpoint
 
-    if (from_transformers is None) == (to_transformers is None):
-        raise PerceiverLMError("give exactly one of --from-transformers SOURCE or --to-transformers CHECKPOINT")
-    if from_transformers is not None:
-        typer.echo(f"wrote perceiver-lm checkpoint {convert_from_transformers(from_transformers, out, overwrite)}")
+    if options.from_transformers is not None:
+        written = convert_from_transformers(options.from_transformers, options.out, options.overwrite)
+        typer.echo(f"wrote perceiver-lm checkpoint {written}")
     else:
-        typer.echo(f"wrote transformers folder {export_checkpoint(to_transformers, out, overwrite)}")
+        typer.echo(
+            f"wrote transformers folder {export_checkpoint(options.to_transformers, options.out, options.overwrite)}"
+        )
 
 
-@app.command("plot")
-@user_errors
-def plot_command(
-    runs: Annotated[list[Path], typer.Argument(help="One or more pretraining run directories.")],
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curve.png"),
-    label: Annotated[
-        Optional[list[str]], typer.Option(help="Legend label per run (default: the folder names).")
-    ] = None,
-    x: Annotated[str, typer.Option(help="x axis: minutes (speed) or steps (learning per step).")] = "minutes",
-) -> None:
+@_command(app, "plot", PlotOptions)
+def _plot(options: PlotOptions) -> None:
     """Plot validation bits per masked byte and accuracy against training time or steps."""
     from perceiver_lm.viz.plotting import plot_curve
 
-    if label and len(label) != len(runs):
-        raise PerceiverLMError(f"--label given {len(label)} times for {len(runs)} run(s)")
-    check_output_file(out, "--out")
-    typer.echo(plot_curve(runs, out, label, x))
+    check_output_file(options.out, "--out")
+    typer.echo(plot_curve(options.runs, options.out, options.label or None, options.x))
 
 
-@app.command("attention")
-@user_errors
-def attention_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory (masked LM or GLUE-fine-tuned).")],
-    text: Annotated[Optional[str], typer.Argument(help="Text to read (or use --file).")] = None,
-    file: Annotated[Optional[Path], typer.Option(help="Read the text from this UTF-8 file instead.")] = None,
-    head: Annotated[
-        Optional[int], typer.Option(help="Summarise one head (default: every head; -1: the mean of the heads).")
-    ] = None,
-    top: Annotated[int, typer.Option(help="Latents to print per kind.")] = 3,
-    query: Annotated[
-        Optional[str],
-        typer.Option(help="Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model)."),
-    ] = None,
-    png: Annotated[Optional[Path], typer.Option(help="Write a heatmap + example latents PNG here.")] = None,
-    span: Annotated[
-        Optional[str],
-        typer.Option(help="Bytes FIRST:END the PNG heatmap zooms to (default: all of a short text, else 0:192)."),
-    ] = None,
-    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained interactive HTML page here.")] = None,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="Write the per-latent summaries as JSON here.")
-    ] = None,
-) -> None:
+@_command(app, "attention", AttentionOptions)
+def _attention(options: AttentionOptions) -> None:
     """Show which input bytes each latent reads: kinds of latents, their bytes, pictures."""
-    import dataclasses as dc
-    from collections import Counter
+    from perceiver_lm.viz.attention_render import attention_report
 
-    from perceiver_lm.model import load_any
-    from perceiver_lm.viz.attention_maps import KINDS, attention_maps, describe_summary, summarize
-    from perceiver_lm.viz.attention_render import examples_by_kind, render_html, render_png
-
-    if (text is None) == (file is None):
-        raise PerceiverLMError("give the text as an argument or with --file, not both")
-    if top < 0:
-        raise PerceiverLMError(f"--top must be 0 or more, got {top}")
-    for path, option in ((png, "--png"), (html, "--html"), (json_out, "--json")):
-        check_output_file(path, option)
-    if file is not None:
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise PerceiverLMError(f"--file {file}: not valid UTF-8 at byte {err.start}") from None
-    model = load_any(checkpoint)
-    chosen = int(query) if query is not None and query.lstrip("-").isdigit() else query
-    maps = attention_maps(model, [text], query=chosen)[0]
-    summaries = summarize(maps, head)
-    counts = Counter(s.kind for s in summaries)
-    rows = "mean of heads" if head == -1 else ("every head" if head is None else f"head {head}")
-    prefer = Counter(s.prefers for s in summaries if s.prefers)
-    typer.echo(
-        f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
-        + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS)
-        + ("; preferring a byte class: " + ", ".join(f"{n} {c}" for c, n in prefer.most_common()) if prefer else "")
-    )
-    labels = maps.labels()
-    for kind, group in examples_by_kind(summaries, top).items():
-        if group:
-            typer.echo(f"\n{kind}:")
-            for summary in group:
-                typer.echo("  " + describe_summary(summary, labels))
-    if maps.decoder is not None:
-        order = maps.decoder.mean(0).argsort()[::-1][:8]
-        typer.echo(
-            f"\ndecoder query {maps.query} reads latents: "
-            + ", ".join(f"{n}:{maps.decoder.mean(0)[n]:.2f}" for n in order)
-        )
-    if png:
-        try:
-            zoom = tuple(int(x) for x in span.split(":")) if span else None
-        except ValueError:
-            raise PerceiverLMError(f"--span {span!r}: expected FIRST:END byte positions, e.g. 0:160") from None
-        if zoom is not None and len(zoom) != 2:
-            raise PerceiverLMError(f"--span {span!r}: expected FIRST:END byte positions, e.g. 0:160")
-        typer.echo(f"wrote {render_png(maps, png, -1 if head is None else head, span=zoom)}")
-    if html:
-        typer.echo(f"wrote {render_html(maps, html, title=f'Latent attention: {checkpoint}')}")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_out, {"text": text, "summaries": [dc.asdict(s) for s in summaries]})
-        typer.echo(f"wrote {json_out}")
+    for line in attention_report(options):
+        typer.echo(line)
 
 
-glue_app = typer.Typer(
-    no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder."
-)
-app.add_typer(glue_app, name="glue")
-
-
-def _glue_train(config: Optional[Path], sweep: bool, sweep_batch_sizes: str, sweep_lrs: str, **given: Any) -> None:
+@_command(glue_app, "train", GlueOptions, GlueTrainOptions, kind="GLUE")
+def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
-    from perceiver_lm.trainer import end_processes
-    from tasks.glue.finetune import finetune, results_table
-    from tasks.glue.finetune import sweep as run_sweep
-    from tasks.glue.options import GlueOptions
+    from perceiver_lm.runtime import end_processes
+    from tasks.glue.finetune import finetune
+    from tasks.glue.predict import results_table
+    from tasks.glue.sweep import sweep
 
-    options = _options(GlueOptions, config, _read_config_file(config), given, "GLUE")
-    if sweep:
-        try:
-            batch_sizes = [int(b) for b in sweep_batch_sizes.split(",")]
-            lrs = [float(x) for x in sweep_lrs.split(",")]
-        except ValueError:
-            raise PerceiverLMError(
-                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {sweep_batch_sizes!r} / "
-                f"{sweep_lrs!r}"
-            ) from None
-        try:
-            summary = run_sweep(options, batch_sizes, lrs)
-        finally:
-            end_processes()
-        typer.echo(results_table(summary["best"]))
-        for name, entry in summary["best"].items():
-            typer.echo(
-                f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} "
-                f"({entry['output_dir']})"
-            )
-        typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
-        return
     try:
-        result = finetune(options)
+        result = sweep(options, *train.grid) if train.sweep else finetune(options)
     finally:
         end_processes()
-    typer.echo(results_table(result.best))
-    typer.echo(f"best model: {result.best_model}; dev metrics: {result.output_dir / 'dev_metrics.json'}")
+    if not train.sweep:
+        typer.echo(results_table(result.best))
+        typer.echo(f"best model: {result.best_model}; dev metrics: {result.output_dir / 'dev_metrics.json'}")
+        return
+    typer.echo(results_table(result["best"]))
+    for name, entry in result["best"].items():
+        typer.echo(
+            f"{name}: best at batch {entry['batch_size']}, lr {entry['lr']:g}, step {entry['step']} "
+            f"({entry['output_dir']})"
+        )
+    typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
 
 
-def _build_glue_train_command():
-    from tasks.glue.options import GlueOptions
-
-    return _options_command(
-        _glue_train,
-        GlueOptions,
-        [
-            (
-                "config",
-                None,
-                Annotated[
-                    Optional[Path], typer.Option(help="JSON/TOML file of these options; options given here win.")
-                ],
-            ),
-            (
-                "sweep",
-                False,
-                Annotated[
-                    bool,
-                    typer.Option(
-                        help="Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev "
-                        "score per task."
-                    ),
-                ],
-            ),
-            (
-                "sweep_batch_sizes",
-                "16,32,64",
-                Annotated[str, typer.Option(help="Batch sizes of the sweep grid (paper: 16,32,64).")],
-            ),
-            (
-                "sweep_lrs",
-                "1e-4,5e-5,2e-5,1e-5",
-                Annotated[str, typer.Option(help="Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")],
-            ),
-        ],
-    )
-
-
-glue_app.command("train", help=_glue_train.__doc__)(_build_glue_train_command())
-
-
-@glue_app.command("eval")
-@user_errors
-def glue_eval_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")
-    ],
-    glue_dir: Annotated[
-        Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")
-    ] = None,
-    tasks: Annotated[
-        Optional[str], typer.Option(help="Subset of the model's tasks to evaluate (default: all of them).")
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the dev metrics as JSON here.")] = None,
-    max_eval_examples: Annotated[
-        Optional[int], typer.Option(help="Evaluate on at most this many examples per split.")
-    ] = None,
-    noise: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            help="Corrupt the dev texts first: KIND:RATE, repeatable, applied together in order (drop, add, mutate, "
-            "repeat, uppercase, random_case, antspeak; e.g. drop:0.1)."
-        ),
-    ] = None,
-    noise_seed: Annotated[int, typer.Option(help="Seed of --noise: the same seed corrupts the same way.")] = 0,
-) -> None:
+@_command(glue_app, "eval", GlueEvalOptions)
+def _glue_eval(options: GlueEvalOptions) -> None:
     """Score a fine-tuned model on the dev splits of its tasks (optionally with noisy inputs)."""
-    from tasks.glue.finetune import evaluate_checkpoint, results_table
+    from tasks.glue.predict import evaluate_checkpoint, results_table
 
-    check_output_file(out, "--out")
+    check_output_file(options.out, "--out")
+    o = options
     scores = evaluate_checkpoint(
-        checkpoint, glue_dir, tasks, max_eval_examples=max_eval_examples, noise=noise or (), noise_seed=noise_seed
+        o.checkpoint, o.glue_dir, o.tasks, o.batch_size, o.max_eval_examples, tuple(o.noise), o.noise_seed
     )
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, scores)
-        typer.echo(f"wrote {out}")
+    if options.out:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(options.out, scores)
+        typer.echo(f"wrote {options.out}")
 
 
-@glue_app.command("predict")
-@user_errors
-def glue_predict_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned model (a run's best/ folder).")],
-    out: Annotated[Path, typer.Option(help="Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")] = Path(
-        "glue_predictions"
-    ),
-    glue_dir: Annotated[
-        Optional[str], typer.Option(help="GLUE directory in the original layout; default: the Hub.")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace submission files already in --out.")] = False,
-) -> None:
+@_command(glue_app, "predict", GluePredictOptions)
+def _glue_predict(options: GluePredictOptions) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""
-    from tasks.glue.finetune import predict_test
+    from tasks.glue.predict import predict_test
 
-    for path in predict_test(checkpoint, glue_dir, out, overwrite=overwrite):
+    o = options
+    for path in predict_test(o.checkpoint, o.glue_dir, o.out, batch_size=o.batch_size, overwrite=o.overwrite):
         typer.echo(f"wrote {path}")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,6 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import VOCAB_SIZE
 from perceiver_lm.validation import check_fields, check_instance, matches, shown
 
-BYTE_ENCODERS = ("none", "conv", "ngram", "ngram_conv")
 # Upper bounds that keep a config from a file from asking for absurd allocations or module counts;
 # the base preset is far inside every one of them.
 DEFAULT_SIZE_LIMIT = 1 << 16
@@ -28,6 +29,57 @@ SIZE_LIMITS = {
 }
 MAX_PARAMETERS = 4_000_000_000
 NGRAM_SIZES = (3, 4, 5, 6, 7, 8)
+
+
+@dataclass(frozen=True)
+class ByteEncoderPart:
+    """One independent part of the byte encoder (`PerceiverConfig.byte_encoder`).
+
+    Its module lives in ``perceiver_lm.model.BYTE_ENCODER_MODULES`` under the same name.
+    """
+
+    description: str
+    max_parameters: Callable[[PerceiverConfig], int]
+    """An upper bound on the part's parameters, for `PerceiverConfig.parameter_bound` (not the count)."""
+    problem: Callable[[PerceiverConfig], str | None] = lambda config: None
+    """What is wrong with a config that uses this part (one line), or None."""
+
+
+# The byte encoder's parts, in the order they act on the embeddings (the n-grams are added, then the
+# convolutions read the sum) and are built (which fixes the weights a seed gives). A ``byte_encoder`` value
+# names its parts in this order joined by "_" (``ngram_conv``: both; so no name holds "_"), or is ``none``.
+# A new part is one entry here and its module in ``perceiver_lm.model.BYTE_ENCODER_MODULES``.
+BYTE_ENCODER_PARTS: dict[str, ByteEncoderPart] = {
+    "ngram": ByteEncoderPart(
+        f"hashed n-gram embeddings, n = {NGRAM_SIZES[0]}..{NGRAM_SIZES[-1]}, added to the byte embeddings",
+        max_parameters=lambda c: c.ngram_buckets * c.d_model,
+    ),
+    "conv": ByteEncoderPart(
+        "residual 1-D convolutions over the embeddings",
+        max_parameters=lambda c: c.byte_encoder_layers * c.d_model * (c.byte_encoder_kernel * c.d_model + 3),
+        problem=lambda c: (
+            None if c.byte_encoder_kernel % 2 else f"byte_encoder_kernel must be odd, got {c.byte_encoder_kernel}"
+        ),
+    ),
+}
+# Every value `byte_encoder` accepts: none, then each combination of parts in table order.
+BYTE_ENCODERS: tuple[str, ...] = ("none",) + tuple(
+    "_".join(parts)
+    for size in range(1, len(BYTE_ENCODER_PARTS) + 1)
+    for parts in itertools.combinations(BYTE_ENCODER_PARTS, size)
+)
+
+
+def parse_byte_encoder(value: str) -> tuple[str, ...]:
+    """The parts a ``byte_encoder`` value names, in table order: ``none`` -> (), ``ngram_conv`` -> (ngram, conv)."""
+    parts = () if value == "none" else tuple(value.split("_"))
+    order = list(BYTE_ENCODER_PARTS)
+    if not all(p in BYTE_ENCODER_PARTS for p in parts) or list(parts) != sorted(set(parts), key=order.index):
+        raise PerceiverLMError(
+            f"model config: byte_encoder must be one of {', '.join(BYTE_ENCODERS)} (parts of {', '.join(order)} "
+            f"joined by '_' in that order), got {value!r}"
+        )
+    return parts
 
 
 @dataclass(frozen=True)
@@ -78,15 +130,15 @@ class PerceiverConfig:
     """Use the input position embeddings as MLM decoder queries instead of a separate table."""
     byte_encoder: str = "none"
     """What gives each byte its neighbourhood before the latents read it: ``none`` (plain token +
-    position embedding, the public checkpoint's shape), ``conv`` (residual 1-D convolutions over
-    the embeddings), ``ngram`` (hashed n-gram embeddings, n = 3..8, added to them) or ``ngram_conv``
-    (both)."""
+    position embedding, the public checkpoint's shape) or parts of `BYTE_ENCODER_PARTS` joined by
+    "_": ``ngram`` (hashed n-gram embeddings, n = 3..8, added to them), ``conv`` (residual 1-D
+    convolutions over the embeddings), ``ngram_conv`` (both). `byte_encoder_parts` parses it."""
     byte_encoder_layers: int = 2
-    """Convolution layers of the ``conv`` byte encoders."""
+    """Convolution layers of the ``conv`` part."""
     byte_encoder_kernel: int = 5
-    """Convolution width in bytes (odd) of the ``conv`` byte encoders."""
+    """Convolution width in bytes (odd) of the ``conv`` part."""
     ngram_buckets: int = 16384
-    """Rows of the shared hashed n-gram table of the ``ngram`` byte encoders."""
+    """Rows of the shared hashed n-gram table of the ``ngram`` part."""
     zero_init_positions: bool = False
     """Start the learned byte-position embeddings at zero. With the locality priors, position is
     known from step 0 anyway; random position vectors as large as the byte embeddings would drown
@@ -127,12 +179,10 @@ class PerceiverConfig:
             raise PerceiverLMError(f"model config: attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.locality_tiling and not self.locality_bias:
             raise PerceiverLMError("model config: locality_tiling needs locality_bias")
-        if self.byte_encoder not in BYTE_ENCODERS:
-            raise PerceiverLMError(
-                f"model config: byte_encoder must be one of {', '.join(BYTE_ENCODERS)}, got {self.byte_encoder!r}"
-            )
-        if self.byte_encoder_kernel % 2 == 0:
-            raise PerceiverLMError(f"model config: byte_encoder_kernel must be odd, got {self.byte_encoder_kernel}")
+        for part in self.byte_encoder_parts:
+            problem = BYTE_ENCODER_PARTS[part].problem(self)
+            if problem:
+                raise PerceiverLMError(f"model config: {problem}")
         if self.trim_latents and not self.locality_bias:
             raise PerceiverLMError(
                 "model config: trim_latents needs locality_bias (latents own stretches of the window)"
@@ -144,50 +194,37 @@ class PerceiverConfig:
                 f"model config: layer_norm_eps must be in (0, 1) and init_std in (0, 10), got {self.layer_norm_eps}, "
                 f"{self.init_std}"
             )
-        if self.approx_parameters() > MAX_PARAMETERS:
+        if self.parameter_bound() > MAX_PARAMETERS:
+            # Before anything is allocated: a config from a file with absurd sizes gets this line, not an OOM.
             raise PerceiverLMError(
-                f"model config: about {self.approx_parameters():,} parameters, more than this toolkit builds "
-                f"({MAX_PARAMETERS:,}; the base preset has 201M); check the sizes (d_model, d_latents, "
-                "num_self_layers, ...)"
+                f"model config: up to {self.parameter_bound():,} parameters (a coarse bound from its sizes), more "
+                f"than this toolkit builds ({MAX_PARAMETERS:,}; the base preset has 201M); check the sizes "
+                "(d_model, d_latents, num_self_layers, ...)"
             )
 
-    def approx_parameters(self) -> int:
-        """The masked LM's parameter count from the shapes alone, without building it.
+    @property
+    def byte_encoder_parts(self) -> tuple[str, ...]:
+        """The byte encoder's parts (names in `BYTE_ENCODER_PARTS`), in the order they apply; () for ``none``."""
+        return parse_byte_encoder(self.byte_encoder)
 
-        Exact up to the locality slopes.
+    def parameter_bound(self) -> int:
+        """A coarse upper bound on the masked LM's parameters (the classifier's too, less its task queries and
+        heads), from the sizes alone and without torch: every attention block is counted at the widest width.
+
+        Only a guard against configs far too big to build (`MAX_PARAMETERS`); within 2x of the count for the
+        presets. The exact count builds the model on the meta device: `perceiver_lm.model.count_parameters`.
         """
         c = self
-
-        def linear(n_in: int, n_out: int) -> int:
-            return n_in * n_out + n_out
-
-        def block(q: int, kv: int, qk: int, v: int, widening: int, cross: bool) -> int:
-            norms = 2 * q + (2 * kv if cross else 0) + 2 * q
-            return (
-                norms
-                + linear(q, qk)
-                + linear(kv, qk)
-                + linear(kv, v)
-                + linear(v, q)
-                + linear(q, q * widening)
-                + linear(q * widening, q)
-            )
-
-        embeddings = (c.vocab_size + c.max_seq_len * (1 if c.tie_decoder_queries else 2)) * c.d_model
-        if c.byte_encoder in ("ngram", "ngram_conv"):
-            embeddings += c.ngram_buckets * c.d_model
-        if c.byte_encoder in ("conv", "ngram_conv"):
-            embeddings += c.byte_encoder_layers * (
-                2 * c.d_model + c.d_model * c.d_model * c.byte_encoder_kernel + c.d_model
-            )
-        encoder = c.num_latents * c.d_latents + block(
-            c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.cross_widening, True
-        )
-        encoder += c.num_self_layers * block(
-            c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.self_widening, False
-        )
-        decoder = block(c.d_model, c.d_latents, c.decoder_qk_channels, c.decoder_v_channels, 1, True) + c.vocab_size
-        return embeddings + encoder + decoder
+        width = max(c.d_model, c.d_latents, c.qk_channels, c.v_channels, c.decoder_qk_channels, c.decoder_v_channels)
+        widening = max(c.cross_widening, c.self_widening)
+        # A block: 4 attention linears + the MLP's 2 (widened) linears with biases, 3 LayerNorms.
+        block = (4 + 2 * widening) * width * (width + 1) + 6 * width
+        blocks = c.num_self_layers + 2  # the processor, encoder and decoder cross-attention
+        # Byte and position tables, decoder queries, latents; output bias and locality slopes.
+        tables = (c.vocab_size + 2 * c.max_seq_len) * c.d_model + c.num_latents * c.d_latents
+        extras = c.vocab_size + 2 * max(c.num_cross_heads, c.decoder_heads)
+        parts = sum(BYTE_ENCODER_PARTS[part].max_parameters(c) for part in c.byte_encoder_parts)
+        return blocks * block + tables + extras + parts
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -386,3 +423,19 @@ class MultiTaskConfig:
     @classmethod
     def load(cls, path: str | Path) -> MultiTaskConfig:
         return cls.from_dict(read_json(path, "task config"), str(path))
+
+
+def model_config(
+    preset: str | None = None, overrides: dict[str, Any] | None = None, source: str = "model overrides"
+) -> PerceiverConfig:
+    """A preset (default: ``small``) with some of its fields replaced, validated like a config file.
+
+    Args:
+        preset: a name in `PRESETS`.
+        overrides: model config fields to change (a config file's ``[model]`` table); each is
+            type- and range-checked, unknown names refused.
+        source: where the overrides come from, for messages ("--config run.toml").
+    """
+    if not isinstance(overrides, (dict, type(None))):
+        raise PerceiverLMError(f"{source}: `model` must be a table of model config fields, got {shown(overrides)}")
+    return PerceiverConfig.from_dict({**get_preset(preset or "small").to_dict(), **(overrides or {})}, source)

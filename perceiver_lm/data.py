@@ -10,9 +10,10 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,6 +217,26 @@ def load_hf_texts(name: str, config: str | None, split: str, text_column: str, s
             f"--dataset {name}: no column {text_column!r} (columns: {', '.join(columns)}); set --text-column"
         )
     return (row[text_column] for row in dataset)
+
+
+def load_corpus(options: Any, default: Callable[[], ByteCorpus] | None = None) -> ByteCorpus:
+    """The text an options dataclass names: ``--dataset`` (a Hugging Face dataset), ``--data`` (files), or
+    ``default`` (None: one of them is required)."""
+    if options.dataset:
+        texts = load_hf_texts(
+            options.dataset, options.dataset_config, options.dataset_split, options.text_column, False
+        )
+        return corpus_from_texts(texts, f"--dataset {options.dataset}")
+    if options.data:
+        return load_files(options.data)
+    if default is None:
+        raise PerceiverLMError("give the text to score: --data FILES or --dataset NAME")
+    return default()
+
+
+def spread(n: int, count: int) -> list[int]:
+    """At most ``count`` of the indices ``0..n-1``, spread evenly from the first to the last."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)).tolist()
 
 
 def split_corpus(

@@ -26,8 +26,8 @@ from perceiver_lm.data import (
     MaskingOptions,
     collate_masked,
     corpus_from_texts,
-    load_files,
-    load_hf_texts,
+    load_corpus,
+    spread,
 )
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import Noise, noisy_texts, parse_noise
@@ -111,17 +111,6 @@ def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int) -> ByteCorp
     return corpus_from_texts(rebuilt, f"{corpus.name} ({', '.join(map(str, noises))})", errors="surrogateescape")
 
 
-def _load_corpus(options: EvalOptions) -> ByteCorpus:
-    if options.dataset:
-        texts = load_hf_texts(
-            options.dataset, options.dataset_config, options.dataset_split, options.text_column, False
-        )
-        return corpus_from_texts(texts, f"--dataset {options.dataset}")
-    if not options.data:
-        raise PerceiverLMError("give the text to score: --data FILES or --dataset NAME")
-    return load_files(options.data)
-
-
 @dataclass
 class TextScore:
     """What `score_text` returns: the numbers and what they were measured on."""
@@ -166,13 +155,13 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
     """
     from perceiver_lm import checkpoint as ckpt
     from perceiver_lm.model import PerceiverLM
-    from perceiver_lm.trainer import use_accelerator
+    from perceiver_lm.runtime import use_accelerator
 
     noises = [parse_noise(spec) for spec in options.noise]
     directory = ckpt.resolve_model_dir(checkpoint)
     model = PerceiverLM.from_pretrained(directory)
     step = ckpt.read_trainer_state(directory)["step"] if (directory / ckpt.STATE_FILE).is_file() else None
-    corpus = _load_corpus(options)
+    corpus = load_corpus(options)
     if noises:
         corpus = noisy_corpus(corpus, noises, options.seed)
     window = min(options.window or model.config.max_seq_len, len(corpus))
@@ -181,7 +170,7 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
     masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
     windows = MaskedWindows(CorpusRange(corpus, 0, len(corpus)), window, masking, options.seed, shuffle=False)
     count = len(windows) if not options.max_windows else min(options.max_windows, len(windows))
-    picks = np.unique(np.linspace(0, len(windows) - 1, count).round().astype(int)).tolist()
+    picks = spread(len(windows), count)
     accelerator, precision = use_accelerator(accelerator, options.mixed_precision, options.cpu)
     loader = DataLoader(Subset(windows, picks), batch_size=options.batch_size, collate_fn=collate_masked)
     model, loader = accelerator.prepare(model, loader)

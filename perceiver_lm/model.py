@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 from perceiver_lm import checkpoint as ckpt
@@ -41,14 +43,19 @@ class AttentionOutput:
 @_tensors_visible_to_hooks
 @dataclass
 class PerceiverLMOutput:
-    """What `PerceiverLM.forward` returns."""
+    """What both models' ``forward`` returns: `PerceiverLM` (masked LM) and `PerceiverClassifier` (one task)."""
 
     logits: torch.Tensor
-    """[B, Q, vocab] logits at the decoded positions."""
+    """Masked LM: [B, Q, vocab] logits at the decoded positions. Classifier: [B, C] outputs of the task's head
+    (C = 1 for regression)."""
     encoder_attention: torch.Tensor | None = None
     """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout."""
     decoder_attention: torch.Tensor | None = None
-    """[B, H, Q, N] decoder cross-attention weights (queries over latents), pre-dropout."""
+    """[B, H, Q, N] decoder cross-attention weights (queries over latents; the classifier's one task query:
+    Q = 1), pre-dropout."""
+
+
+ClassifierOutput = PerceiverLMOutput  # the name `PerceiverClassifier.forward`'s output had; the same class
 
 
 def _pad_for_fused_cpu_kernel(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
@@ -191,7 +198,8 @@ class Block(nn.Module):
 
 
 class ConvByteEncoder(nn.Module):
-    """Residual 1-D convolutions over the byte embeddings, so each byte carries its neighbourhood in order.
+    """Byte-encoder part ``conv``: residual 1-D convolutions over the byte embeddings, so each byte carries
+    its neighbourhood in order.
 
     Without it a latent is a softmax-weighted sum of per-byte values from token + position: close to
     a bag of its bytes, and the processor must rebuild which byte was where. Padding is zeroed before
@@ -203,7 +211,7 @@ class ConvByteEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=eps) for _ in range(layers))
         self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel, padding=kernel // 2) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Contextualise embeddings [B, L, D]; ``keep`` [B, L] is True on real bytes (None: no padding)."""
         for norm, conv in zip(self.norms, self.convs, strict=True):
             h = norm(x)
@@ -215,7 +223,8 @@ class ConvByteEncoder(nn.Module):
 
 
 class HashedNgrams(nn.Module):
-    """Hashed n-gram embeddings (BLT-style): the n-gram ending at each byte, for each n, looked up and added.
+    """Byte-encoder part ``ngram``: hashed n-gram embeddings (BLT-style), the n-gram ending at each byte, for
+    each n, looked up and added.
 
     One shared table; the bucket of an n-gram hashes its ids and n. N-grams reach back only, so they never
     read padding on the right; before the start of the input they read ``[PAD]``.
@@ -229,7 +238,11 @@ class HashedNgrams(nn.Module):
         self.buckets = buckets
         self.table = nn.Embedding(buckets, dim)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings [B, L, D] plus the n-gram features of ids [B, L] (padding is never read)."""
+        return x + self.features(input_ids)
+
+    def features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Sum of the n-gram embeddings [B, L, D] for ids [B, L]."""
         b, length = input_ids.shape
         h = torch.zeros_like(input_ids)
@@ -244,6 +257,26 @@ class HashedNgrams(nn.Module):
         bags = torch.stack(buckets, dim=-1).view(b * length, len(buckets))  # [B*L, |sizes|]
         total = F.embedding_bag(bags, self.table.weight, mode="sum").view(b, length, -1)  # [B*L, D] -> [B, L, D]
         return total / math.sqrt(len(self.sizes))
+
+
+# The module of each byte-encoder part of `config.BYTE_ENCODER_PARTS` (same names): the attribute of
+# `PerceiverEncoder` that holds it (its weights are saved as ``encoder.<attribute>.*``, so the attribute is
+# part of the checkpoint format) and how a config builds it. A part's module maps (embeddings [B, L, D],
+# ids [B, L], keep [B, L] True on real bytes or None) to new embeddings [B, L, D].
+BYTE_ENCODER_MODULES: dict[str, tuple[str, Callable[[PerceiverConfig], nn.Module]]] = {
+    "ngram": ("ngrams", lambda c: HashedNgrams(c.d_model, NGRAM_SIZES, c.ngram_buckets)),
+    "conv": (
+        "convs",
+        lambda c: ConvByteEncoder(c.d_model, c.byte_encoder_layers, c.byte_encoder_kernel, c.layer_norm_eps),
+    ),
+}
+
+
+def build_byte_encoder(config: PerceiverConfig) -> dict[str, nn.Module]:
+    """The byte encoder of ``config``: its parts' modules by `PerceiverEncoder` attribute, in the order they apply
+    (and are built, which fixes the weights a seed gives)."""
+    modules = (BYTE_ENCODER_MODULES[part] for part in config.byte_encoder_parts)
+    return {attribute: build(config) for attribute, build in modules}
 
 
 class LocalityBias(nn.Module):
@@ -278,6 +311,10 @@ class LocalityBias(nn.Module):
 
     def _set_geometry(self, device: torch.device) -> None:
         offsets, num_latents = self._geometry
+        if device.type == "meta":  # no values to compute (and arange there would import torch._dynamo: ~1 s)
+            self.offsets = torch.empty(len(offsets), dtype=torch.float32, device=device)
+            self.centres = torch.empty(num_latents, dtype=torch.float32, device=device)
+            return
         self.offsets = torch.tensor(offsets, dtype=torch.float32, device=device)
         self.centres = (torch.arange(num_latents, dtype=torch.float32, device=device) + 0.5) * self.stride
 
@@ -312,14 +349,10 @@ class PerceiverEncoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
         self.position_embedding = nn.Embedding(c.max_seq_len, c.d_model)
-        self.ngrams = (
-            HashedNgrams(c.d_model, NGRAM_SIZES, c.ngram_buckets) if c.byte_encoder in ("ngram", "ngram_conv") else None
-        )
-        self.convs = (
-            ConvByteEncoder(c.d_model, c.byte_encoder_layers, c.byte_encoder_kernel, c.layer_norm_eps)
-            if c.byte_encoder in ("conv", "ngram_conv")
-            else None
-        )
+        byte_encoder = build_byte_encoder(c)
+        for attribute, _ in BYTE_ENCODER_MODULES.values():
+            setattr(self, attribute, byte_encoder.get(attribute))  # None: the part is off (not registered)
+        self.byte_encoder_attributes = tuple(byte_encoder)  # its parts, in the order they apply
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.d_latents))
         cross = Attention(
             q_dim=c.d_latents,
@@ -379,10 +412,9 @@ class PerceiverEncoder(nn.Module):
         """Byte ids [B, L] -> byte features [B, L, D] that the latents read."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.token_embedding(input_ids) + self.position_embedding(positions)  # [B, L, D]
-        if self.ngrams is not None:
-            x = x + self.ngrams(input_ids)
-        if self.convs is not None:
-            x = self.convs(x, None if attention_mask is None else attention_mask.bool())
+        keep = None if attention_mask is None else attention_mask.bool()  # [B, L]
+        for attribute in self.byte_encoder_attributes:
+            x = getattr(self, attribute)(x, input_ids, keep)
         return x
 
     def forward(
@@ -553,21 +585,8 @@ class PerceiverLM(SavedModel):
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverLM:
         """Load a model saved by ``save_pretrained`` or ``pretrain`` (a checkpoint or run directory)."""
-        directory, config, _ = ckpt.read_model_dir(path, "lm")
+        directory, config, _ = read_buildable(path, "lm")
         return ckpt.load_weights(cls(config), directory, map_location)
-
-
-@_tensors_visible_to_hooks
-@dataclass
-class ClassifierOutput:
-    """What `PerceiverClassifier.forward` returns."""
-
-    logits: torch.Tensor
-    """[B, C] outputs of the task's head (C = 1 for regression)."""
-    encoder_attention: torch.Tensor | None = None
-    """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout."""
-    decoder_attention: torch.Tensor | None = None
-    """[B, H, 1, N] the task query's attention over latents, pre-dropout."""
 
 
 class TaskQueries(nn.Module):
@@ -648,7 +667,7 @@ class PerceiverClassifier(SavedModel):
         attention_mask: torch.Tensor | None = None,
         task: int = 0,
         return_attentions: bool = False,
-    ) -> ClassifierOutput:
+    ) -> PerceiverLMOutput:
         """Outputs of one task's head for a batch of that task.
 
         Args:
@@ -659,17 +678,59 @@ class PerceiverClassifier(SavedModel):
         """
         encoded = self.encoder(input_ids, attention_mask, return_attentions)
         logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
-        return ClassifierOutput(logits, encoded.weights, weights)
+        return PerceiverLMOutput(logits, encoded.weights, weights)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverClassifier:
         """Load a model saved by ``save_pretrained`` or GLUE fine-tuning."""
-        directory, config, tasks = ckpt.read_model_dir(path, "classifier")
+        directory, config, tasks = read_buildable(path, "classifier")
         return ckpt.load_weights(cls(config, tasks), directory, map_location)
+
+
+class _NoRandomFillOnMeta(TorchFunctionMode):
+    """Skips ``normal_`` on meta tensors: it fills nothing there, but its first call imports torch._dynamo (~1 s,
+    as much again as loading a model)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) == "normal_":  # torch.nn.init.normal_ (tensor=...) or Tensor.normal_
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+def count_parameters(config: PerceiverConfig, tasks: MultiTaskConfig | None = None) -> int:
+    """Parameters of the model ``config`` describes (the classifier with ``tasks``, else the masked LM), exactly.
+
+    Builds it on the meta device: allocates no weights and draws no random numbers, so it takes milliseconds
+    even for `base` and leaves the seeded state alone.
+    """
+    with torch.device("meta"), _NoRandomFillOnMeta():
+        model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
+    return model.num_parameters()
+
+
+def read_buildable(path: str | Path, kind: str) -> tuple[Path, PerceiverConfig, MultiTaskConfig | None]:
+    """`checkpoint.read_model_dir`, and refuse to build anything far bigger than the weights on disk.
+
+    A config.json that claims a huge model beside a small weights file is refused before any allocation
+    (counted on the meta device), not after; smaller mismatches are left to `checkpoint.check_state_dict`,
+    which names them.
+    """
+    directory, config, tasks = ckpt.read_model_dir(path, kind)
+    stored = ckpt.stored_parameters(directory / ckpt.MODEL_FILE)
+    described = count_parameters(config, tasks)
+    if described > 2 * stored + 1_000_000:
+        raise PerceiverLMError(
+            f"{directory / ckpt.CONFIG_FILE}: describes a model of {described:,} parameters, "
+            f"but {ckpt.MODEL_FILE} holds {stored:,}; config and weights do not belong together"
+        )
+    return directory, config, tasks
 
 
 def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverLM | PerceiverClassifier:
     """Load whichever model a checkpoint or run directory holds: a masked LM or a fine-tuned classifier."""
-    directory, config, tasks = ckpt.read_model_dir(path, "any")
+    directory, config, tasks = read_buildable(path, "any")
     model = PerceiverLM(config) if tasks is None else PerceiverClassifier(config, tasks)
     return ckpt.load_weights(model, directory, map_location)

@@ -25,14 +25,7 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
     lines = []
     if training.get("source"):
         lines.append(f"- Source: {training['source']}")
-    data = options.get("dataset") or ", ".join(options.get("data", [])) or options.get("glue_dir")
-    if options.get("tasks"):
-        lines.append(f"- Fine-tuned on GLUE tasks: {options['tasks']} (data: {data or 'the nyu-mll/glue Hub dataset'})")
-    elif "data" in options or "dataset" in options:
-        lines.append(f"- Pretrained (masked bytes) on: {data or 'the built-in corpus (Python documentation topics)'}")
-    start = options.get("init_from") or options.get("checkpoint")
-    if start:
-        lines.append(f"- Started from the weights of: {start}")
+    lines += training.get("card", [])  # what the job says about its data and its start
     if "step" in training:
         minutes = float(training.get("elapsed_s") or 0.0) / 60
         processes = training.get("num_processes", 1)
@@ -68,7 +61,8 @@ def render(
         tasks: the task heads of a fine-tuned classifier, or None for a masked LM.
         parameters: number of parameters.
         training: what the run knows about how it was trained (options, step, elapsed_s, eval,
-            num_processes; or source for a converted model); None when nothing is known.
+            num_processes, and ``card``: the job's own lines on its data and start; or source for a
+            converted model); None when nothing is known.
     """
     preset = _preset_name(config)
     shape = f"the `{preset}` preset" if preset else "a custom shape (see config.json)"
@@ -79,7 +73,7 @@ def render(
         names = ", ".join(t.name for t in tasks.tasks)
         kind = f"byte-level Perceiver IO classifier with one learned query per task ({names})"
         pipeline, cls = "text-classification", "PerceiverClassifier"
-        tags = ["perceiver-io", "byte-level", "glue"]
+        tags = ["perceiver-io", "byte-level", "text-classification"]
     front = ["---", "library_name: perceiver-lm", f"pipeline_tag: {pipeline}", "tags:"]
     front += [f"- {tag}" for tag in tags]
     options = (training or {}).get("options", {})

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,67 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """`write_text_atomic` of JSON, NaN and infinities written as null."""
     write_text_atomic(path, json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")
+
+
+def is_main_rank() -> bool:
+    """Whether this process will be Accelerate's main one (``RANK`` 0 or unset), before any Accelerator exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---- the run folder of a training run -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_folder(options: Any, produced: tuple[str, ...]) -> Iterator[Path]:
+    """Claim ``options.output_dir`` for one run (a lock; a second run there is refused) and tidy it.
+
+    A non-empty folder needs ``--resume`` or ``--overwrite``; with ``--overwrite`` the earlier run's
+    checkpoints and the ``produced`` files/folders are removed (only those: other files are the user's).
+    """
+    output = check_output_folder(options.output_dir, "--output-dir")
+    main_rank = is_main_rank()
+    with claim_folder(output, "--output-dir", lambda: _check_output(output, options), lock=main_rank):
+        if main_rank:
+            _tidy(output, options.overwrite, produced)
+        output.mkdir(parents=True, exist_ok=True)
+        yield output
+
+
+def _check_output(output: Path, options: Any) -> None:
+    from perceiver_lm import checkpoint as ckpt  # torch: imported by a run, not by the CLI's --help
+
+    if options.resume or options.overwrite or not user_entries(output):
+        return
+    if ckpt.list_checkpoints(output):
+        raise PerceiverLMError(
+            f"{output} already holds checkpoints; pass --resume to continue, --overwrite to start over, or pick "
+            "another --output-dir"
+        )
+    refuse_non_empty(
+        output,
+        "--output-dir",
+        "pick another --output-dir, or pass --overwrite to write the run there (its files are kept)",
+    )
+
+
+def _tidy(output: Path, overwrite: bool, produced: tuple[str, ...]) -> None:
+    """Remove what killed runs left half-written, and with ``overwrite`` the earlier run's outputs."""
+    from perceiver_lm import checkpoint as ckpt
+
+    notes = clean_stale(output)
+    if overwrite:
+        earlier = ckpt.list_checkpoints(output)
+        for path in earlier:
+            remove_tree(path)
+        if earlier:
+            notes.append(f"removed {len(earlier)} earlier checkpoint(s)")
+        for name in produced:
+            path = output / name
+            if path.is_file():
+                path.unlink()
+                notes.append(f"removed {name}")
+            elif path.is_dir() and not {p.name for p in path.iterdir()} - ckpt.OWN_FILES:
+                remove_tree(path)
+                notes.append(f"removed {name}/")
+    if notes:
+        print(f"note: {output}: {'; '.join(notes)}", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.optim import adamw, parameter_groups
-from perceiver_lm.trainer import gather_state, load_state
+from perceiver_lm.resume import gather_state, load_state
 from perceiver_lm.training import masked_lm_loss
 
 CONFIG = PRESETS["tiny"].replace(attention_dropout=0.0)  # no dropout: one process and two see the same model

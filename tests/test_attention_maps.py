@@ -12,9 +12,10 @@ from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.options import AttentionOptions
 from perceiver_lm.tokenizer import encode
 from perceiver_lm.viz.attention_maps import BYTE_CLASSES, attention_maps, byte_classes, summarize_row
-from perceiver_lm.viz.attention_render import render_html, render_png
+from perceiver_lm.viz.attention_render import attention_report, render_html, render_png
 
 HOSTILE = 'Ünïcødé 🙂 <script>alert(1)</script></script><img src=x onerror=alert(2)> & "quotes"'
 
@@ -115,6 +116,19 @@ def test_png_and_html_escape_hostile_text(tmp_path):
     assert render_png(maps, tmp_path / "zoom.png", head=1, span=(10, 40)).stat().st_size > 10_000
     with pytest.raises(PerceiverLMError, match="--span 40:400: outside the text"):
         render_png(maps, tmp_path / "bad.png", span=(40, 400))
+
+
+def test_attention_report_is_a_library_call(tmp_path):
+    PerceiverLM(PRESETS["tiny"]).save_pretrained(tmp_path / "lm")
+    options = AttentionOptions(tmp_path / "lm", "Hello, World 42.", head=-1, top=1, query="3", png=tmp_path / "a.png")
+    lines = attention_report(options)
+    assert lines[0].startswith("16 input positions, 16 latents x 4 heads (mean of heads): ")
+    assert lines[-2].startswith("\ndecoder query position 3 ('l') reads latents: ")
+    assert lines[-1] == f"wrote {tmp_path / 'a.png'}" and (tmp_path / "a.png").stat().st_size > 0
+    assert sum(line.startswith("  head mean latent") for line in lines) <= 5  # --top 1 per kind
+    too_far = AttentionOptions(tmp_path / "lm", "Hello", png=tmp_path / "b.png", span="0:99")
+    with pytest.raises(PerceiverLMError, match="--span 0:99: outside the text's 0:5 bytes"):
+        attention_report(too_far)
 
 
 def test_cli_attention_prints_kinds_and_writes_pictures(tmp_path):

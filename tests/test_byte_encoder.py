@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_lm import PRESETS, PerceiverLM
-from perceiver_lm.config import BYTE_ENCODERS, MultiTaskConfig, TaskSpec
+from perceiver_lm.config import BYTE_ENCODER_PARTS, BYTE_ENCODERS, MultiTaskConfig, TaskSpec, parse_byte_encoder
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.model import BYTE_ENCODER_MODULES, PerceiverClassifier
 from perceiver_lm.tokenizer import encode_batch
 
 TINY = PRESETS["tiny"]
@@ -80,7 +80,7 @@ def test_ngram_features_depend_only_on_the_last_eight_bytes():
     model = PerceiverLM(TINY.replace(byte_encoder="ngram"))
     a = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
     b = torch.tensor([[90, 91, 92, 13, 14, 15, 16, 17, 18, 19, 20]])  # same 8 bytes ending at position 10
-    fa, fb = model.encoder.ngrams(a), model.encoder.ngrams(b)
+    fa, fb = model.encoder.ngrams.features(a), model.encoder.ngrams.features(b)
     torch.testing.assert_close(fa[0, 10], fb[0, 10])
     assert not torch.allclose(fa[0, 9], fb[0, 9])  # the 8-gram ending at 9 reaches position 2
 
@@ -88,10 +88,50 @@ def test_ngram_features_depend_only_on_the_last_eight_bytes():
 def test_config_refuses_bad_byte_encoder_settings():
     with pytest.raises(PerceiverLMError, match="byte_encoder must be one of"):
         TINY.replace(byte_encoder="cnn")
+    for spelling in ("conv_ngram", "ngram_ngram", "none_conv", "", "ngram_", "NGRAM"):  # one spelling per set of parts
+        with pytest.raises(PerceiverLMError, match="byte_encoder must be one of none, ngram, conv, ngram_conv"):
+            TINY.replace(byte_encoder=spelling)
     with pytest.raises(PerceiverLMError, match="byte_encoder_kernel must be odd"):
         TINY.replace(byte_encoder="conv", byte_encoder_kernel=4)
+    with pytest.raises(PerceiverLMError, match="byte_encoder_kernel must be odd"):
+        TINY.replace(byte_encoder="ngram_conv", byte_encoder_kernel=4)
+    TINY.replace(byte_encoder="ngram", byte_encoder_kernel=4)  # a part's checks apply only when it is on
     with pytest.raises(PerceiverLMError, match="trim_latents needs locality_bias"):
         TINY.replace(trim_latents=True, locality_bias=False, locality_tiling=False)
+
+
+def test_byte_encoder_values_name_independent_parts():
+    # Checkpoints' config.json hold these four values (they must keep loading); each names its parts in table order.
+    assert {"none", "conv", "ngram", "ngram_conv"} <= set(BYTE_ENCODERS)
+    assert [parse_byte_encoder(v) for v in ("none", "ngram", "conv", "ngram_conv")] == [
+        (),
+        ("ngram",),
+        ("conv",),
+        ("ngram", "conv"),
+    ]
+    assert TINY.replace(byte_encoder="ngram_conv").byte_encoder_parts == ("ngram", "conv")
+    assert not any("_" in name or name == "none" for name in BYTE_ENCODER_PARTS)  # names are joined by "_"
+    assert list(BYTE_ENCODER_MODULES) == list(BYTE_ENCODER_PARTS)  # every part has its module, nothing else
+
+
+@pytest.mark.parametrize("encoder", BYTE_ENCODERS)
+def test_byte_encoder_weights_keep_their_checkpoint_names_and_order(encoder):
+    # Saved weights and optimizer state are keyed by these names; the build order fixes the weights a seed gives.
+    model = PerceiverLM(TINY.replace(byte_encoder=encoder))
+    layers = range(TINY.byte_encoder_layers)
+    names = {
+        "ngram": ["encoder.ngrams.table.weight"],
+        "conv": [f"encoder.convs.norms.{i}.{w}" for i in layers for w in ("weight", "bias")]
+        + [f"encoder.convs.convs.{i}.{w}" for i in layers for w in ("weight", "bias")],
+    }
+    parts = parse_byte_encoder(encoder)
+    saved = [n for n in model.state_dict() if n.startswith(("encoder.ngrams.", "encoder.convs."))]
+    assert saved == [n for part in parts if part in names for n in names[part]]
+    children = [name for name, _ in model.encoder.named_children()]
+    attributes = [BYTE_ENCODER_MODULES[part][0] for part in parts]
+    assert children[: 2 + len(parts)] == ["token_embedding", "position_embedding", *attributes]
+    assert (model.encoder.ngrams is None) == ("ngram" not in parts)  # an absent part reads None, as before
+    assert (model.encoder.convs is None) == ("conv" not in parts)
 
 
 def _order_task(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray]:

@@ -36,6 +36,31 @@ def test_checkpoint_from_a_different_config_is_refused(tmp_path):
         PerceiverLM.from_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize("kind", ["lm", "classifier"])
+def test_config_of_a_much_bigger_model_than_its_weights_is_refused_before_building(tmp_path, kind, monkeypatch):
+    import perceiver_lm.model
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier, load_any
+
+    tiny = PRESETS["tiny"]
+    if kind == "lm":
+        PerceiverLM(tiny).save_pretrained(tmp_path / "m")
+    else:
+        PerceiverClassifier(tiny, MultiTaskConfig((TaskSpec("sst2", 2),))).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["num_self_layers"] = 200  # about 15M parameters beside a file of 0.2M: within MAX_PARAMETERS
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    init = perceiver_lm.model._init_weights
+
+    def only_on_meta(model, config):
+        assert all(p.is_meta for p in model.parameters()), "built for real"
+        init(model, config)
+
+    monkeypatch.setattr(perceiver_lm.model, "_init_weights", only_on_meta)
+    with pytest.raises(PerceiverLMError, match=r"describes a model of [\d,]+ parameters, but model.safetensors holds"):
+        load_any(tmp_path / "m")
+
+
 def test_missing_and_unreadable(tmp_path):
     with pytest.raises(PerceiverLMError, match="no such checkpoint or run directory"):
         PerceiverLM.from_pretrained(tmp_path / "nope")

@@ -1,15 +1,29 @@
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from perceiver_lm import PerceiverLM
+from cli.main import app, glue_app
+from perceiver_lm import PRESETS, PerceiverLM
+from perceiver_lm.config import model_config
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.options import (
+    PRECISION_HELP,
+    AttentionOptions,
+    ConvertOptions,
+    EvalOptions,
+    PlotOptions,
+    PretrainModelOptions,
+)
 from perceiver_lm.training import TrainingOptions
+from tasks.glue.options import GlueOptions, GluePredictOptions
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -45,10 +59,70 @@ def _train(tmp_path, letters_file, *extra):
 
 def test_every_training_option_is_a_cli_option():
     help_text = runner.invoke(app, ["pretrain", "--help"], terminal_width=200).output
-    import dataclasses
-
     for field in dataclasses.fields(TrainingOptions):
         assert f"--{field.name.replace('_', '-')}" in help_text, field.name
+
+
+def test_every_command_is_generated_from_options_dataclasses():
+    commands = [(c.name, c.callback) for c in app.registered_commands] + [
+        (f"glue {c.name}", c.callback) for c in glue_app.registered_commands
+    ]
+    assert len(commands) == 10
+    for name, callback in commands:
+        classes = callback.options_classes
+        help_text = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "250"}).output
+        for options_class in classes:
+            for field in dataclasses.fields(options_class):
+                if not field.metadata.get("cli", True):
+                    continue
+                assert field.metadata["help"], (name, field.name)
+                shown = field.name if field.metadata.get("argument") else f"--{field.name.replace('_', '-')}"
+                assert shown in help_text, (name, field.name)
+
+
+def test_options_dataclasses_check_their_fields_in_code_too(tmp_path):
+    assert AttentionOptions(tmp_path, "hi", png=str(tmp_path / "a.png")).png == tmp_path / "a.png"  # str or Path
+    assert AttentionOptions(tmp_path, "hi", span="2:9").zoom == (2, 9)
+    for kwargs, message in [
+        ({"span": "2-9"}, "--span '2-9': expected FIRST:END"),
+        ({"top": -1}, "--top must be 0 or more, got -1"),
+        ({"file": tmp_path}, "give the text as an argument or with --file, not both"),
+        ({"png": 3}, "--png must be a path, got 3"),
+    ]:
+        with pytest.raises(PerceiverLMError, match=re.escape(message)):
+            AttentionOptions(tmp_path, "hi", **kwargs)
+    with pytest.raises(PerceiverLMError, match="--label given 2 times for 1 run"):
+        PlotOptions([tmp_path], label=["a", "b"])
+    with pytest.raises(PerceiverLMError, match="give exactly one of --from-transformers"):
+        ConvertOptions(tmp_path)
+    with pytest.raises(PerceiverLMError, match="--batch-size must be positive"):
+        GluePredictOptions(tmp_path, batch_size=0)
+
+
+def test_mixed_precision_is_declared_once():
+    hints = [typing.get_type_hints(c)["mixed_precision"] for c in (TrainingOptions, EvalOptions, GlueOptions)]
+    assert hints[0] == hints[1] == hints[2] and typing.get_args(hints[0]) == ("auto", "no", "bf16", "fp16")
+    helps = [f.metadata["help"] for c in (TrainingOptions, EvalOptions, GlueOptions) for f in dataclasses.fields(c)]
+    assert sum(PRECISION_HELP in h for h in helps) == 3
+    # Scoring stays fp32 unless asked, so that its numbers compare across machines.
+    assert (TrainingOptions().mixed_precision, EvalOptions().mixed_precision) == ("auto", "no")
+
+
+def test_model_config_merges_a_preset_with_overrides():
+    assert model_config("tiny", {"num_self_layers": 1}) == PRESETS["tiny"].replace(num_self_layers=1)
+    assert model_config() == PRESETS["small"]
+    with pytest.raises(PerceiverLMError, match=r"^run.toml: unknown model config field\(s\): colour$"):
+        model_config("tiny", {"colour": 1}, "run.toml")
+    with pytest.raises(PerceiverLMError, match="run.toml: `model` must be a table"):
+        model_config("tiny", "layers", "run.toml")
+    with pytest.raises(PerceiverLMError, match="--init-from ck: the model's shape is the checkpoint's"):
+        PretrainModelOptions(preset="tiny").config_for(TrainingOptions(init_from="ck"))
+    assert PretrainModelOptions().config_for(TrainingOptions(init_from="ck")) is None
+
+
+def test_flags_on_by_default_can_be_turned_off():
+    result = runner.invoke(app, ["glue", "train", "--no-length-buckets", "--tasks", "squad"])
+    assert result.exit_code == 2 and "unknown GLUE task(s) squad" in result.output  # parsed, then refused
 
 
 def test_pretrain_fill_mask_info_round_trip(tmp_path, letters_file):

@@ -47,7 +47,7 @@ def test_explicit_and_fused_paths_agree_on_the_gpu():
 
 
 def test_auto_precision_on_this_gpu():
-    from perceiver_lm.trainer import gpu_has_native_bf16, resolve_precision
+    from perceiver_lm.runtime import gpu_has_native_bf16, resolve_precision
 
     expected = "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
     assert resolve_precision("auto", cpu=False).mode == expected

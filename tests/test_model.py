@@ -223,3 +223,21 @@ def test_outputs_show_their_tensors_to_code_that_walks_module_outputs():
     hidden = torch.randn(2, PRESETS["tiny"].num_latents, PRESETS["tiny"].d_latents)
     out_leaves = pytree.tree_leaves(block(hidden, None))
     assert len(out_leaves) == 1 and out_leaves[0].shape == hidden.shape
+
+
+def test_both_models_return_the_same_output_type():
+    import torch.utils._pytree as pytree
+
+    from perceiver_lm import PerceiverLMOutput
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import ClassifierOutput, PerceiverClassifier
+
+    assert ClassifierOutput is PerceiverLMOutput  # the old name still imports
+    config = PRESETS["tiny"]
+    ids, mask = _batch()
+    out = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("sst2", 2),))).eval()(ids, mask, return_attentions=True)
+    assert type(out) is PerceiverLMOutput
+    assert out.logits.shape == (3, 2)
+    assert out.encoder_attention.shape == (3, config.num_cross_heads, config.num_latents, ids.shape[1])
+    assert out.decoder_attention.shape == (3, config.num_cross_heads, 1, config.num_latents)
+    assert len(pytree.tree_leaves(out)) == 3  # a pytree node for FSDP2, like the masked LM's

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from conftest import host_syncs
 from perceiver_lm import PRESETS, PerceiverLMError
-from perceiver_lm.trainer import make_accelerator
+from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.training import TrainingOptions, pretrain
 
 TINY = PRESETS["tiny"]
@@ -70,13 +70,11 @@ def test_optimizer_state_is_where_the_prepared_optimizer_keeps_it_after_resume(l
         seen["params"] = {str(p.device) for g in opt.param_groups for p in g["params"]}
         return original(run, job, state)
 
-    import perceiver_lm.training as training
-
-    training.fit = spy
+    trainer.fit = spy  # `train` calls the loop through the module
     try:
         pretrain(_options(letters_file, out, max_steps=4, save_every=2, resume=True), TINY)
     finally:
-        training.fit = original
+        trainer.fit = original
     assert seen["devices"] == seen["params"] == {"cpu"}
     assert seen["dtypes"] == {"torch.float32"}
     assert load_file(str(out / "checkpoint-0000004" / "optimizer.safetensors"))

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import two_cpu_processes, unigram_bits
 from perceiver_lm import PRESETS, PerceiverLM, PerceiverLMError
 from perceiver_lm.optim import Lamb, warmup_cosine
-from perceiver_lm.trainer import resolve_precision
+from perceiver_lm.runtime import resolve_precision
 from perceiver_lm.training import TrainingOptions, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,41 +221,48 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(letters_file,
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_with_gloo_end_with_identical_weights(letters_file, tmp_path):
+def test_two_cpu_processes_with_gloo_train_on_different_windows_and_save_the_model_they_hold(letters_file, tmp_path):
+    # DDP keeps the ranks' weights equal by construction; what this run must show is that the two processes
+    # really split the data (each step's windows differ between ranks) and that the checkpoint written by
+    # the main process holds the weights both processes end with.
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import sys, hashlib, json, torch\n"
-        "from accelerate import Accelerator\n"
         "from perceiver_lm import PRESETS\n"
-        "from perceiver_lm.training import TrainingOptions, pretrain\n"
+        "from perceiver_lm.training import MaskedLM, TrainingOptions, pretrain\n"
         "import perceiver_lm.trainer as t\n"
-        "captured = {}\n"
-        "original = t.save_checkpoint\n"
+        "captured = {'batches': []}\n"
+        "original, original_loss = t.save_checkpoint, MaskedLM.loss\n"
         "def spy(run, state):\n"
         "    captured['world'] = run.accelerator.num_processes\n"
         "    captured['rank'] = run.accelerator.process_index\n"
         "    captured['backend'] = str(torch.distributed.get_backend())\n"
-        "    captured['digest'] = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in "
-        "run.accelerator.unwrap_model(run.model).parameters())).hexdigest()\n"
+        "    model = run.accelerator.unwrap_model(run.model)\n"
+        "    captured['weights'] = {n: hashlib.sha256(p.detach().numpy().tobytes()).hexdigest() "
+        "for n, p in model.state_dict().items()}\n"
         "    return original(run, state)\n"
-        "t.save_checkpoint = spy\n"
+        "def loss_spy(self, model, batch):\n"
+        "    captured['batches'].append(hashlib.sha256(batch['input_ids'].numpy().tobytes()).hexdigest())\n"
+        "    return original_loss(self, model, batch)\n"
+        "t.save_checkpoint, MaskedLM.loss = spy, loss_spy\n"
         f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, "
         "max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = two_cpu_processes(
-        29533,
-        str(script),
+    done = subprocess.run(
+        two_cpu_processes(29533, str(script)), env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["backend"] == "gloo"
-    assert ranks[0]["digest"] == ranks[1]["digest"]
-    # The saved checkpoint is the same model.
-    assert (tmp_path / "ddp" / "checkpoint-0000008" / "model.safetensors").is_file()
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 8
+    assert all(a != b for a, b in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True))
+    saved = load_file(str(tmp_path / "ddp" / "checkpoint-0000008" / "model.safetensors"))
+    on_disk = {n: hashlib.sha256(v.numpy().tobytes()).hexdigest() for n, v in saved.items()}
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert on_disk and all(ranks[0]["weights"][name] == digest for name, digest in on_disk.items())
 
 
 def test_pretrain_from_a_streamed_dataset(tmp_path):

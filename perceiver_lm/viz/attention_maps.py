@@ -185,6 +185,27 @@ class LatentSummary:
     prefers: str | None = None  # a byte class it over-reads (the class-selective rule), whatever its kind
 
 
+def dominant_period(w: np.ndarray) -> tuple[float | None, float]:
+    """The strongest period (in bytes) of an attention row, and the share of the row's power it holds."""
+    length = len(w)
+    if length < 6:
+        return None, 0.0
+    power = np.abs(np.fft.rfft(w - w.mean())) ** 2
+    freqs = np.fft.rfftfreq(length)
+    usable = (freqs >= 3.0 / length) & (freqs <= 0.5)  # at least 3 cycles over the text, period >= 2
+    total = power[1:].sum()
+    if not usable.any() or total <= 0:
+        return None, 0.0
+    # A sharp periodic comb spreads its power over harmonics: score each candidate
+    # frequency with its first four harmonics, so the fundamental wins over them.
+    index = np.arange(len(power))
+    scores = sum(
+        np.where(k * index < len(power), power[np.minimum(k * index, len(power) - 1)], 0.0) for k in range(1, 5)
+    )
+    best = int(np.argmax(np.where(usable, scores, -1.0)))
+    return float(1.0 / freqs[best]), float(scores[best] / total)
+
+
 def summarize_row(
     weights: np.ndarray, classes: dict[str, np.ndarray], head: int = 0, latent: int = 0, top_k: int = 8
 ) -> LatentSummary:
@@ -198,22 +219,7 @@ def summarize_row(
     nz = w[w > 0]
     entropy = float(-(nz * np.log(nz)).sum())
     normalized = entropy / np.log(length) if length > 1 else 0.0
-    period, period_power = None, 0.0
-    if length >= 6:
-        power = np.abs(np.fft.rfft(w - w.mean())) ** 2
-        freqs = np.fft.rfftfreq(length)
-        usable = (freqs >= 3.0 / length) & (freqs <= 0.5)  # at least 3 cycles over the text, period >= 2
-        total = power[1:].sum()
-        if usable.any() and total > 0:
-            # A sharp periodic comb spreads its power over harmonics: score each candidate
-            # frequency with its first four harmonics, so the fundamental wins over them.
-            index = np.arange(len(power))
-            scores = sum(
-                np.where(k * index < len(power), power[np.minimum(k * index, len(power) - 1)], 0.0) for k in range(1, 5)
-            )
-            best = int(np.argmax(np.where(usable, scores, -1.0)))
-            period_power = float(scores[best] / total)
-            period = float(1.0 / freqs[best])
+    period, period_power = dominant_period(w)
     mass = {name: float(w[m].sum()) for name, m in classes.items()}
     # A latent that reads one stretch full of digits is local, not digit-selective: compare the
     # class's weight with its share of the whole text and of the stretch the latent reads.

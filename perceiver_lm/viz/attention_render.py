@@ -8,6 +8,7 @@ needs no network: no external scripts, styles or fonts.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import warnings
@@ -18,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.options import AttentionOptions
+from perceiver_lm.run_dir import check_output_file, write_json_atomic
 from perceiver_lm.tokenizer import NUM_SPECIAL
 from perceiver_lm.viz.attention_maps import (
     BYTE_CLASSES,
     KINDS,
     AttentionMaps,
     LatentSummary,
+    attention_maps,
     describe_summary,
     summarize,
 )
@@ -198,6 +202,62 @@ def render_html(maps: AttentionMaps, path: str | Path, title: str = "Perceiver l
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def summary_lines(maps: AttentionMaps, summaries: list[LatentSummary], head: int | None, top: int) -> list[str]:
+    """The printed report of ``perceiver-lm attention``: counts of each kind of latent, the ``top``
+    clearest latents of each kind with the bytes they read, and what the decoder query reads."""
+    counts = Counter(s.kind for s in summaries)
+    rows = "mean of heads" if head == -1 else ("every head" if head is None else f"head {head}")
+    prefer = Counter(s.prefers for s in summaries if s.prefers)
+    lines = [
+        f"{len(maps.ids)} input positions, {maps.encoder.shape[1]} latents x {maps.encoder.shape[0]} heads ({rows}): "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in KINDS)
+        + ("; preferring a byte class: " + ", ".join(f"{n} {c}" for c, n in prefer.most_common()) if prefer else "")
+    ]
+    labels = maps.labels()
+    for kind, group in examples_by_kind(summaries, top).items():
+        if group:
+            lines += [f"\n{kind}:", *("  " + describe_summary(s, labels) for s in group)]
+    if maps.decoder is not None:
+        reads = maps.decoder.mean(0)
+        order = reads.argsort()[::-1][:8]
+        lines.append(f"\ndecoder query {maps.query} reads latents: " + ", ".join(f"{n}:{reads[n]:.2f}" for n in order))
+    return lines
+
+
+def read_text(options: AttentionOptions) -> str:
+    """The text to read: the argument, or the ``--file``'s UTF-8 contents."""
+    if options.file is None:
+        return options.text
+    try:
+        return options.file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"--file {options.file}: not valid UTF-8 at byte {err.start}") from None
+
+
+def attention_report(options: AttentionOptions) -> list[str]:
+    """``perceiver-lm attention``: load the checkpoint, map its attention over the text, write the
+    ``--png``/``--html``/``--json`` files asked for, and return the lines to print (`summary_lines`,
+    then one ``wrote PATH`` per file). Output paths are checked before any work."""
+    from perceiver_lm.model import load_any
+
+    for path, option in ((options.png, "--png"), (options.html, "--html"), (options.json, "--json")):
+        check_output_file(path, option)
+    text = read_text(options)
+    maps = attention_maps(load_any(options.checkpoint), [text], query=options.decoder_query)[0]
+    summaries = summarize(maps, options.head)
+    lines = summary_lines(maps, summaries, options.head, options.top)
+    if options.png:
+        head = -1 if options.head is None else options.head
+        lines.append(f"wrote {render_png(maps, options.png, head, span=options.zoom)}")
+    if options.html:
+        lines.append(f"wrote {render_html(maps, options.html, title=f'Latent attention: {options.checkpoint}')}")
+    if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(options.json, {"text": text, "summaries": [dataclasses.asdict(s) for s in summaries]})
+        lines.append(f"wrote {options.json}")
+    return lines
 
 
 # The page template (inline CSS and JS, no network): __TITLE__ and __DATA__ are filled in per render.

@@ -10,6 +10,7 @@ silently.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,8 +24,6 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import Noise, apply_all, example_seed
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
 from tasks.glue.tasks import Columns, GlueTask
-
-HUB_DATASET = "nyu-mll/glue"
 
 
 @dataclass
@@ -45,6 +44,19 @@ class GlueSplit:
     @property
     def labeled(self) -> bool:
         return len(self.labels) == len(self.ids)
+
+
+def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = False) -> GlueSplit:
+    """At most ``limit`` examples of ``split``: a seeded random subset in file order, or the first ones."""
+    if limit is None or len(split) <= limit:
+        return split
+    keep = np.arange(limit) if first else np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False))
+    return dataclasses.replace(
+        split,
+        ids=[split.ids[i] for i in keep],
+        labels=[split.labels[i] for i in keep] if split.labels else [],
+        index=[split.index[i] for i in keep] if split.index else [],
+    )
 
 
 def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
@@ -157,17 +169,13 @@ def read_tsv(
 
 
 def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruption) -> GlueSplit:
+    """Split ``name`` of ``task`` from the Hub: its dataset, configuration, split names and columns (``task.hub_*``)."""
+    hub_name = task.hub_split(name)
+    where = task.hub_dataset if task.hub_config is None else f"{task.hub_dataset}/{task.hub_config}"
     try:
         import datasets
 
-        # Hub split names; test splits ("test", "test_matched", ...) are named alike.
-        hub_name = {
-            "train": "train",
-            "dev": "validation",
-            "matched": "validation_matched",
-            "mismatched": "validation_mismatched",
-        }.get(name, name)
-        rows = datasets.load_dataset(HUB_DATASET, task.hub_config, split=hub_name)
+        rows = datasets.load_dataset(task.hub_dataset, task.hub_config, split=hub_name)
     except Exception as err:  # datasets raises many types when offline or the split is unknown
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         hint = (
@@ -176,16 +184,29 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             else (str(err).strip().splitlines() or [type(err).__name__])[0]
         )
         raise PerceiverLMError(
-            f"GLUE {task.name} {name}: no --glue-dir given and {HUB_DATASET} cannot be loaded: {hint}; "
+            f"GLUE {task.name} {name}: no --glue-dir given and {task.hub_dataset} cannot be loaded: {hint}; "
             "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
         ) from None
-    split = GlueSplit(task, name, f"{HUB_DATASET}/{task.hub_config}:{hub_name}{corruption.describe()}")
+    columns = (*task.hub_text, task.hub_label, *([task.hub_index] if task.hub_index is not None else []))
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise PerceiverLMError(
+            f"GLUE {task.name} {name}: {where}:{hub_name} has no column {', '.join(map(repr, missing))} "
+            f"(found: {', '.join(rows.column_names)})"
+        )
+    split = GlueSplit(task, name, f"{where}:{hub_name}{corruption.describe()}")
     a_key, b_key = task.hub_text[0], (task.hub_text[1] if len(task.hub_text) > 1 else None)
-    for row in rows:
+    for row_number, row in enumerate(rows):
         split.ids.append(corruption.encode(row[a_key], row[b_key] if b_key else None, len(split.ids), max_length))
-        split.index.append(str(row["idx"]))
-        if row["label"] != -1:  # the Hub's test splits carry label -1
-            split.labels.append(float(row["label"]))
+        split.index.append(str(row_number if task.hub_index is None else row[task.hub_index]))
+        label = row[task.hub_label]
+        if isinstance(label, str):  # a label string, as in local files, rather than a class id
+            try:
+                split.labels.append(_label_value(task, label))
+            except ValueError as err:
+                raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name} row {row_number}: {err}") from None
+        elif label is not None and label != -1:  # the Hub's test splits carry label -1
+            split.labels.append(float(label))
     return split
 
 

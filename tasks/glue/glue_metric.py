@@ -11,7 +11,13 @@ Load it by path, which needs no network (the Hub's "glue" metric does, the first
 Configurations and the keys they return, as the Hub's "glue" metric names them:
 cola: matthews_correlation; stsb: pearson, spearmanr; mrpc, qqp: accuracy, f1;
 sst2, mnli, mnli_matched, mnli_mismatched, qnli, rte, wnli: accuracy.
+Any other configuration is a '+'-joined list of keys of ``SCORERS`` ("accuracy+f1", "pearson",
+"matthews_correlation+accuracy"): it returns those keys, in that order, in one pass.
 Values are fractions in [0, 1] (correlations in [-1, 1]), as on the Hub.
+
+``SCORERS`` is the one table of metrics: a new metric is one function and its row there (plus its
+name in a task's ``GlueTask.metrics``); configurations, input types and the short names of
+``tasks.glue.metrics`` all follow from it.
 
 One difference from the Hub's metric: a constant prediction or reference vector scores 0.0 instead of
 NaN for pearson, spearmanr and matthews_correlation (there is no correlation to measure, and a NaN would
@@ -22,29 +28,14 @@ so each import line names one installed module and nothing is imported from this
 """
 
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import datasets
 import evaluate
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
-
-# Configuration name (the Hub "glue" metric's) -> the keys it returns, in order.
-CONFIGS: dict[str, tuple[str, ...]] = {
-    "cola": ("matthews_correlation",),
-    "sst2": ("accuracy",),
-    "mrpc": ("accuracy", "f1"),
-    "stsb": ("pearson", "spearmanr"),
-    "qqp": ("accuracy", "f1"),
-    "mnli": ("accuracy",),
-    "mnli_matched": ("accuracy",),
-    "mnli_mismatched": ("accuracy",),
-    "qnli": ("accuracy",),
-    "rte": ("accuracy",),
-    "wnli": ("accuracy",),
-}
-
-REGRESSION = frozenset({"stsb"})
 
 _DESCRIPTION = """
 The dev-set metrics of the GLUE benchmark (Wang et al., 2019): Matthews correlation for CoLA,
@@ -63,9 +54,9 @@ _CITATION = """
 
 _INPUTS_DESCRIPTION = """
 Args:
-    predictions: class ids (int), or similarity scores (float) for stsb.
-    references: gold class ids (int), or gold scores (float) for stsb.
-Returns: a dict with the configuration's keys among accuracy, f1, matthews_correlation, pearson, spearmanr.
+    predictions: class ids (int), or scores (float) for stsb and other regression configurations.
+    references: gold class ids (int), or gold scores (float) likewise.
+Returns: a dict with the configuration's keys (accuracy, f1, matthews_correlation, pearson, spearmanr, ...).
 Example:
     >>> metric = evaluate.load("tasks/glue/glue_metric.py", "mrpc")
     >>> metric.compute(predictions=[1, 1, 0, 0], references=[1, 0, 1, 0])
@@ -108,24 +99,67 @@ def _spearman(predictions: np.ndarray, references: np.ndarray) -> float:
     return _correlation(spearmanr, predictions, references)
 
 
-_SCORERS = {
-    "accuracy": _accuracy,
-    "f1": _f1,
-    "matthews_correlation": _matthews,
-    "pearson": _pearson,
-    "spearmanr": _spearman,
+class Scorer(NamedTuple):
+    """One metric: its function of (predictions, references) as numpy arrays, giving a fraction (float)."""
+
+    score: Callable[[np.ndarray, np.ndarray], float]
+    regression: bool = False  # scores real values (stored float32, scored float64); else class ids (int64)
+    name: str = ""  # the short name of GlueTask.metrics and results files (tasks.glue.metrics), if not the key
+
+
+# The one table of metrics: key (the Hub "glue" metric's name for it, and the key of its results) -> scorer.
+SCORERS: dict[str, Scorer] = {
+    "accuracy": Scorer(_accuracy),
+    "f1": Scorer(_f1),
+    "matthews_correlation": Scorer(_matthews, name="matthews"),
+    "pearson": Scorer(_pearson, regression=True),
+    "spearmanr": Scorer(_spearman, regression=True, name="spearman"),
+}
+
+# The Hub "glue" metric's configurations (one per task) -> the keys they return, in order.
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "cola": ("matthews_correlation",),
+    "sst2": ("accuracy",),
+    "mrpc": ("accuracy", "f1"),
+    "stsb": ("pearson", "spearmanr"),
+    "qqp": ("accuracy", "f1"),
+    "mnli": ("accuracy",),
+    "mnli_matched": ("accuracy",),
+    "mnli_mismatched": ("accuracy",),
+    "qnli": ("accuracy",),
+    "rte": ("accuracy",),
+    "wnli": ("accuracy",),
 }
 
 
+def config_keys(config_name: str) -> tuple[str, ...]:
+    """The keys a configuration returns: a GLUE task's (``CONFIGS``), or the '+'-joined keys of ``SCORERS``."""
+    if config_name in CONFIGS:
+        return CONFIGS[config_name]
+    keys = tuple(config_name.split("+")) if config_name else ()
+    if not keys or any(k not in SCORERS for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError(
+            f"glue_metric: unknown configuration {config_name!r}; expected one of {', '.join(CONFIGS)}, "
+            f"or metric keys joined by '+' (each once) among {', '.join(SCORERS)}"
+        )
+    if len({SCORERS[k].regression for k in keys}) > 1:
+        raise ValueError(
+            f"glue_metric: configuration {config_name!r} mixes regression and classification metrics; "
+            "score them in two configurations"
+        )
+    return keys
+
+
+def is_regression(config_name: str) -> bool:
+    """Whether a configuration scores real values (its metrics are regression metrics), not class ids."""
+    return SCORERS[config_keys(config_name)[0]].regression
+
+
 class GlueMetric(evaluate.Metric):
-    """GLUE's metric for one task; the configuration name picks the task."""
+    """GLUE's metric for one task, or for any '+'-joined list of metric keys; the configuration name picks it."""
 
     def _info(self):
-        if self.config_name not in CONFIGS:
-            raise ValueError(
-                f"glue_metric: unknown configuration {self.config_name!r}; expected one of {', '.join(CONFIGS)}"
-            )
-        dtype = "float32" if self.config_name in REGRESSION else "int64"
+        dtype = "float32" if is_regression(self.config_name) else "int64"
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -137,8 +171,9 @@ class GlueMetric(evaluate.Metric):
 
     def _compute(self, predictions, references):
         # Scores are stored as float32 (the Hub's feature type); correlating in float32 would lose digits.
-        dtype = np.float64 if self.config_name in REGRESSION else None
+        keys = config_keys(self.config_name)
+        dtype = np.float64 if is_regression(self.config_name) else None
         predictions, references = np.asarray(predictions, dtype=dtype), np.asarray(references, dtype=dtype)
         if len(predictions) == 0:
             raise ValueError(f"glue_metric ({self.config_name}): no predictions to score")
-        return {key: _SCORERS[key](predictions, references) for key in CONFIGS[self.config_name]}
+        return {key: SCORERS[key].score(predictions, references) for key in keys}

@@ -2,10 +2,14 @@
 
 ``compute`` and ``compute_all`` take this project's metric names (accuracy, f1, matthews, pearson,
 spearman: ``GlueTask.metrics``) and give percent; the module itself gives fractions under the keys of
-the Hub's "glue" metric. To use the module directly, offline::
+the Hub's "glue" metric. Both come from one table, ``glue_metric.SCORERS``: a metric's name here is
+its entry's short name, or its key where the entry gives none; whether it scores class ids or real
+values is the entry's too. A new metric is one function and its row in that table. To use the module
+directly, offline::
 
     metric = load_glue_metric("mrpc")  # or evaluate.load(str(metric_module_path()), "mrpc")
     metric.compute(predictions=[1, 0], references=[1, 1])  # {'accuracy': 0.5, 'f1': 0.666...}
+    load_glue_metric("accuracy+f1")  # any '+'-joined keys of the table: the same two values
 
 Degenerate cases give 0 instead of NaN: a constant prediction has no correlation with the labels,
 CoLA's Matthews coefficient is 0 for it (as scikit-learn defines it), and F1 is 0 without positives.
@@ -24,19 +28,9 @@ from perceiver_lm.errors import PerceiverLMError
 if TYPE_CHECKING:
     import evaluate
 
-_MODULE = Path(__file__).with_name("glue_metric.py")
+    from tasks.glue.glue_metric import Scorer
 
-# Our metric name -> (a glue_metric configuration that computes it, the metric's key in that configuration's result).
-_SOURCE = {
-    "accuracy": ("sst2", "accuracy"),
-    "f1": ("mrpc", "f1"),
-    "matthews": ("cola", "matthews_correlation"),
-    "pearson": ("stsb", "pearson"),
-    "spearman": ("stsb", "spearmanr"),
-}
-# Metric tuples of GLUE tasks that one configuration computes in one pass over the predictions.
-_ONE_PASS = {frozenset({"accuracy", "f1"}): "mrpc", frozenset({"pearson", "spearman"}): "stsb"}
-_REGRESSION = "stsb"
+_MODULE = Path(__file__).with_name("glue_metric.py")
 
 
 def metric_module_path() -> Path:
@@ -44,21 +38,44 @@ def metric_module_path() -> Path:
     return _MODULE
 
 
+def _scorers() -> dict[str, Scorer]:
+    # Imported here: glue_metric imports evaluate, which imports transformers when it is installed,
+    # seconds that a CLI call need not pay.
+    from tasks.glue.glue_metric import SCORERS
+
+    return SCORERS
+
+
+def _keys() -> dict[str, str]:
+    """This project's metric name -> the metric's key in ``glue_metric.SCORERS`` (and in the module's results)."""
+    return {scorer.name or key: key for key, scorer in _scorers().items()}
+
+
+def metric_names() -> tuple[str, ...]:
+    """The metric names ``compute`` and ``GlueTask.metrics`` take: accuracy, f1, matthews, pearson, spearman, ..."""
+    return tuple(_keys())
+
+
 def load_glue_metric(task_name: str, **load_kwargs) -> evaluate.EvaluationModule:
-    """A new ``evaluate`` metric for one GLUE task, loaded offline from glue_metric.py.
+    """A new ``evaluate`` metric for one GLUE task (or list of metric keys), loaded offline from glue_metric.py.
 
     ``task_name`` is a configuration of the Hub's "glue" metric: a task name of this project (cola,
-    sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or mnli_matched / mnli_mismatched. ``load_kwargs``
+    sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or mnli_matched / mnli_mismatched; or keys of
+    ``glue_metric.SCORERS`` joined by '+' ("accuracy+f1", "matthews_correlation"). ``load_kwargs``
     go to ``evaluate.load`` (``keep_in_memory=True``, ``experiment_id=...``, ...). Its values are
     fractions in [0, 1], not percent.
     """
-    # Imported here: evaluate imports transformers when it is installed, seconds that a CLI call need not pay.
     import evaluate
 
-    from tasks.glue.glue_metric import CONFIGS
+    from tasks.glue.glue_metric import CONFIGS, config_keys
 
-    if task_name not in CONFIGS:
-        raise PerceiverLMError(f"no GLUE metric for task {task_name!r}; expected one of {', '.join(CONFIGS)}")
+    try:
+        config_keys(task_name)
+    except ValueError:
+        raise PerceiverLMError(
+            f"no GLUE metric for task {task_name!r}; expected one of {', '.join(CONFIGS)}, "
+            f"or metric keys joined by '+' among {', '.join(_scorers())}"
+        ) from None
     return evaluate.load(str(_MODULE), task_name, **load_kwargs)
 
 
@@ -68,11 +85,11 @@ def _shared_metric(config: str) -> evaluate.EvaluationModule:
     return load_glue_metric(config, keep_in_memory=True)
 
 
-def _check(metric: str, predictions: np.ndarray, labels: np.ndarray) -> None:
+def _check(metric: str, predictions: np.ndarray, labels: np.ndarray, keys: dict[str, str]) -> None:
     if len(predictions) != len(labels) or len(labels) == 0:
         raise PerceiverLMError(f"{metric}: {len(predictions)} predictions for {len(labels)} labels")
-    if metric not in _SOURCE:
-        raise PerceiverLMError(f"unknown metric {metric!r}; expected one of {', '.join(_SOURCE)}")
+    if metric not in keys:
+        raise PerceiverLMError(f"unknown metric {metric!r}; expected one of {', '.join(keys)}")
 
 
 def _class_ids(metric: str, values: np.ndarray) -> np.ndarray:
@@ -84,27 +101,34 @@ def _class_ids(metric: str, values: np.ndarray) -> np.ndarray:
     raise PerceiverLMError(f"{metric}: expected class ids (whole numbers), got {values.dtype} values")
 
 
-def _fractions(config: str, metric: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    if config != _REGRESSION:
-        predictions, labels = _class_ids(metric, predictions), _class_ids(metric, labels)
-    return _shared_metric(config).compute(predictions=predictions, references=labels)
-
-
 def compute(metric: str, predictions: np.ndarray, labels: np.ndarray) -> float:
     """One metric, in percent, of predictions (class ids, or scores for regression) against labels."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    _check(metric, predictions, labels)
-    config, key = _SOURCE[metric]
-    return 100.0 * _fractions(config, metric, predictions, labels)[key]
+    return compute_all((metric,), predictions, labels)[metric]
 
 
 def compute_all(metrics: tuple[str, ...], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Each of metrics, in percent, as ``compute`` gives it; a task's metric pair takes one pass."""
+    """Each of metrics, in percent, as ``compute`` gives it, in one pass over the predictions.
+
+    The pass is the module's configuration of the metrics' keys joined by '+' ("accuracy+f1"). A task's
+    metrics are all of one kind; a tuple that mixes class-id and regression metrics takes one pass per kind.
+    """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if not metrics:
+        return {}
+    keys = _keys()
     for metric in metrics:
-        _check(metric, predictions, labels)
-    config = _ONE_PASS.get(frozenset(metrics))
-    if config is None:
-        return {m: compute(m, predictions, labels) for m in metrics}
-    fractions = _fractions(config, "/".join(metrics), predictions, labels)
-    return {m: 100.0 * fractions[_SOURCE[m][1]] for m in metrics}
+        _check(metric, predictions, labels, keys)
+    scorers = _scorers()
+    percent: dict[str, float] = {}
+    for regression in (False, True):
+        group = [m for m in dict.fromkeys(metrics) if scorers[keys[m]].regression == regression]
+        if not group:
+            continue
+        if regression:
+            p, y = predictions, labels
+        else:
+            label = "/".join(group)
+            p, y = _class_ids(label, predictions), _class_ids(label, labels)
+        fractions = _shared_metric("+".join(keys[m] for m in group)).compute(predictions=p, references=y)
+        percent.update({m: 100.0 * fractions[keys[m]] for m in group})
+    return {m: percent[m] for m in metrics}

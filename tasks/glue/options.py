@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 from perceiver_lm.config import PRESETS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import parse_noise
-from perceiver_lm.options import MAX_LR, MAX_SEED, PRECISION_HELP, check_choices, flag, option, options_from_dict
+from perceiver_lm.options import (
+    MAX_LR,
+    MAX_SEED,
+    Precision,
+    argument,
+    check_choices,
+    flag,
+    option,
+    options_from_dict,
+    precision_option,
+)
 from perceiver_lm.validation import check_range
 from tasks.glue.tasks import TASKS, parse_tasks
 
@@ -17,23 +28,30 @@ from tasks.glue.tasks import TASKS, parse_tasks
 class GlueOptions:
     """GLUE fine-tuning options; each field is one ``perceiver-lm glue train`` option of the same name."""
 
-    tasks: str = option("sst2", f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all.")
+    tasks: str = option(
+        "sst2", f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all.", data_order=True
+    )
     checkpoint: str | None = option(
         None,
         "Pretrained perceiver-lm MLM checkpoint or run directory; without it the model starts from random weights "
         "(--preset).",
+        data_order=True,
     )
     preset: str = option(
-        "small", f"Model shape when no --checkpoint is given (random-initialisation baseline): {', '.join(PRESETS)}."
+        "small",
+        f"Model shape when no --checkpoint is given (random-initialisation baseline): {', '.join(PRESETS)}.",
+        data_order=True,
     )
     glue_dir: str | None = option(
-        None, "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset."
+        None,
+        "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.",
+        data_order=True,
     )
     output_dir: str = option("runs/glue", "Run directory: best model, checkpoints, dev metrics JSON.")
     epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
-    batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).")
-    grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.")
+    batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).", data_order=True)
+    grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.", data_order=True)
     lr: float | None = option(
         None,
         "Peak learning rate; default: the model shape's (FINETUNE_DEFAULTS: small 3e-4, base 5e-5 as in the paper's "
@@ -46,23 +64,25 @@ class GlueOptions:
         None,
         "Learning rate of the body (embeddings, byte encoder, latents, processor) as a fraction of --lr; the task "
         "queries and heads train at --lr. Default: 1 (the pretrained recipe's value with --checkpoint).",
+        data_order=True,
     )
     freeze_body_steps: int | None = option(
         None,
         "Train only the task queries and heads for the first N steps, then the whole model. Default: 0 (the "
         "pretrained recipe's value with --checkpoint).",
+        data_order=True,
     )
     weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices (paper: 0.01).")
     min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of --lr (cosine decay).")
     clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
     max_length: int | None = option(
-        None, "Truncate examples to this many bytes (specials included); default: the model's window."
+        None, "Truncate examples to this many bytes (specials included); default: the model's window.", data_order=True
     )
     max_train_examples: int | None = option(
-        None, "Use at most this many training examples per task (a seeded random subset)."
+        None, "Use at most this many training examples per task (a seeded random subset).", data_order=True
     )
     max_eval_examples: int | None = option(
-        None, "Evaluate on at most this many dev examples per split (the first ones)."
+        None, "Evaluate on at most this many dev examples per split (the first ones).", data_order=True
     )
     eval_every: int | None = option(None, "Evaluate every N steps; default: at the end of every epoch.")
     save_every: int | None = option(
@@ -76,15 +96,19 @@ class GlueOptions:
         True,
         "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches "
         "shuffled).",
+        data_order=True,
     )
     train_noise: list[str] = option(
         [],
         "Augment: corrupt the training texts with KIND:RATE noise (repeatable, applied together; each example once, "
         "seeded by --seed), e.g. drop:0.05.",
+        data_order=True,
     )
-    skip_bad_rows: bool = option(False, "Count and skip malformed TSV rows instead of stopping at the first.")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", PRECISION_HELP)
-    seed: int = option(0, "Seed for the task heads, data order and dropout.")
+    skip_bad_rows: bool = option(
+        False, "Count and skip malformed TSV rows instead of stopping at the first.", data_order=True
+    )
+    mixed_precision: Precision = precision_option()
+    seed: int = option(0, "Seed for the task heads, data order and dropout.", data_order=True)
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
     resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
     overwrite: bool = option(
@@ -129,3 +153,74 @@ class GlueOptions:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> GlueOptions:
         return options_from_dict(cls, data, source, "GLUE")
+
+
+@dataclass(frozen=True)
+class GlueTrainOptions:
+    """``perceiver-lm glue train`` beyond `GlueOptions`: a file of options and the hyperparameter sweep."""
+
+    config: Path | None = option(None, "JSON/TOML file of these options; options given here win.")
+    sweep: bool = option(
+        False,
+        "Fine-tune once per grid point (--sweep-batch-sizes x --sweep-lrs), keep the best dev score per task.",
+    )
+    sweep_batch_sizes: str = option("16,32,64", "Batch sizes of the sweep grid (paper: 16,32,64).")
+    sweep_lrs: str = option("1e-4,5e-5,2e-5,1e-5", "Learning rates of the sweep grid (paper: 1e-4,5e-5,2e-5,1e-5).")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _ = self.grid  # refuse a malformed grid before any work
+
+    @property
+    def grid(self) -> tuple[list[int], list[float]]:
+        """The sweep's batch sizes and learning rates."""
+        try:
+            return [int(b) for b in self.sweep_batch_sizes.split(",")], [float(x) for x in self.sweep_lrs.split(",")]
+        except ValueError:
+            raise PerceiverLMError(
+                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {self.sweep_batch_sizes!r} / "
+                f"{self.sweep_lrs!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class GlueEvalOptions:
+    """``perceiver-lm glue eval``: `tasks.glue.predict.evaluate_checkpoint`, optionally written as JSON."""
+
+    checkpoint: Path = argument("Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")
+    glue_dir: str | None = option(None, "GLUE directory in the original layout; default: the Hub.")
+    tasks: str | None = option(None, "Subset of the model's tasks to evaluate (default: all of them).")
+    out: Path | None = option(None, "Write the dev metrics as JSON here.")
+    batch_size: int = option(64, "Examples per evaluation batch per process.")
+    max_eval_examples: int | None = option(None, "Evaluate on at most this many examples per split.")
+    noise: list[str] = option(
+        [],
+        "Corrupt the dev texts first: KIND:RATE, repeatable, applied together in order (drop, add, mutate, repeat, "
+        "uppercase, random_case, antspeak; e.g. drop:0.1).",
+    )
+    noise_seed: int = option(0, "Seed of --noise: the same seed corrupts the same way.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_range("--batch-size", self.batch_size, 0, low_open=True)
+        check_range("--max-eval-examples", self.max_eval_examples, 0, low_open=True)
+        check_range("--noise-seed", self.noise_seed, 0, MAX_SEED)
+        if self.tasks is not None:
+            parse_tasks(self.tasks)
+        for spec in self.noise:
+            parse_noise(spec, "--noise")
+
+
+@dataclass(frozen=True)
+class GluePredictOptions:
+    """``perceiver-lm glue predict``: `tasks.glue.predict.predict_test`."""
+
+    checkpoint: Path = argument("Fine-tuned model (a run's best/ folder).")
+    out: Path = option(Path("glue_predictions"), "Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")
+    glue_dir: str | None = option(None, "GLUE directory in the original layout; default: the Hub.")
+    batch_size: int = option(64, "Examples per prediction batch per process.")
+    overwrite: bool = option(False, "Replace submission files already in --out.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_range("--batch-size", self.batch_size, 0, low_open=True)

@@ -4,6 +4,15 @@ Columns name the header of the original GLUE distribution's TSV files (``SST-2/t
 CoLA's train/dev files have no header, so its columns there are 0-based indices. ``labels`` lists
 the label strings as they appear in the local files, in the order of the Hugging Face
 ``nyu-mll/glue`` class ids; an empty tuple marks regression (STS-B).
+
+A task also says where its data lives on the Hub and which columns it reads there (``hub_*``
+fields; the defaults are nyu-mll/glue's), so a task of another Hub dataset is one more ``GlueTask``
+value, for example a sentiment dataset with columns ``text``/``label``, no id column and no
+validation split::
+
+    GlueTask("imdb", "IMDB", None, ("text",), labeled=Columns("text", None, "label"),
+             test=Columns("text", None, None), labels=("0", "1"), metrics=("accuracy",),
+             hub_dataset="stanfordnlp/imdb", hub_index=None, hub_splits=(("train", "train"), ("dev", "test")))
 """
 
 from __future__ import annotations
@@ -11,6 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perceiver_lm.errors import PerceiverLMError
+
+# Our split names -> nyu-mll/glue's; a split not listed (the test splits: "test", "test_matched", ...) is named alike.
+GLUE_HUB_SPLITS: tuple[tuple[str, str], ...] = (
+    ("train", "train"),
+    ("dev", "validation"),
+    ("matched", "validation_matched"),
+    ("mismatched", "validation_mismatched"),
+)
 
 
 @dataclass(frozen=True)
@@ -28,17 +45,25 @@ class Columns:
 class GlueTask:
     name: str  # short name, also the task's name in the model and CLI: "sst2"
     directory: str  # folder in the GLUE distribution: "SST-2"
-    hub_config: str  # configuration of the nyu-mll/glue Hub dataset
-    hub_text: tuple[str, ...]  # text columns on the Hub
+    hub_config: str | None  # configuration of the Hub dataset (hub_dataset); None for a dataset without any
+    hub_text: tuple[str, ...]  # text columns on the Hub (one, or a pair)
     labeled: Columns  # train and dev files
     test: Columns
     labels: tuple[str, ...]  # () = regression
     metrics: tuple[str, ...]  # the first is the paper's (docs/design.md); model selection and the sweep use it
-    dev: tuple[tuple[str, str], ...] = (("dev", "dev"),)  # (split name, file stem), Hub split "validation[_x]"
+    dev: tuple[tuple[str, str], ...] = (("dev", "dev"),)  # (split name, file stem); Hub split: hub_splits
     test_files: tuple[tuple[str, str], ...] = (("test", "test"),)  # (file stem, submission file stem)
     submission: str = ""  # submission file stem for a single test file
     paper: float | None = None  # Perceiver IO (single-task, 201M) dev score (Jaegle et al., 2021)
     paper_multitask: float | None = None  # Perceiver IO with multi-task queries
+    hub_dataset: str = "nyu-mll/glue"  # the Hub dataset the task loads without --glue-dir
+    hub_label: str = "label"  # label column on the Hub: class ids (order of labels), label strings or scores; -1: none
+    hub_index: str | None = "idx"  # example id column on the Hub; None: the row number is the id
+    hub_splits: tuple[tuple[str, str], ...] = GLUE_HUB_SPLITS  # (our split name, Hub split); others named alike
+
+    def hub_split(self, name: str) -> str:
+        """The Hub split of our split ``name`` ("dev" -> "validation"); a split not in hub_splits is named alike."""
+        return dict(self.hub_splits).get(name, name)
 
     @property
     def num_outputs(self) -> int:

@@ -20,9 +20,9 @@ from tasks.glue.finetune import (
     GlueOptions,
     finetune,
     finetune_defaults,
-    predict_split,
     with_defaults,
 )
+from tasks.glue.predict import predict_split
 from tasks.glue.tasks import TASKS
 
 
@@ -142,80 +142,6 @@ def _cli(*args, cwd):
     )
 
 
-def test_cli_train_eval_predict(synthetic_glue, tmp_path):
-    PerceiverLM(PRESETS["tiny"]).save_pretrained(tmp_path / "lm")
-    run = tmp_path / "run"
-    done = _cli(
-        "glue",
-        "train",
-        "--tasks",
-        "mrpc,stsb",
-        "--checkpoint",
-        str(tmp_path / "lm"),
-        "--glue-dir",
-        str(synthetic_glue),
-        "--output-dir",
-        str(run),
-        "--max-steps",
-        "12",
-        "--batch-size",
-        "8",
-        "--head-hidden",
-        "16",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "paper multi-task" in done.stdout and "87.24" in done.stdout  # the paper's MRPC score beside ours
-    saved = json.loads((run / "dev_metrics.json").read_text())
-    best = saved["best"]
-    # No --lr/--warmup-steps given: the tiny shape's fine-tuning defaults were used, and said so.
-    assert (saved["options"]["lr"], saved["options"]["warmup_steps"]) == (5e-4, 60)
-    assert "fine-tuning defaults of the tiny shape" in done.stderr
-    done = _cli(
-        "glue",
-        "eval",
-        str(run / "best"),
-        "--glue-dir",
-        str(synthetic_glue),
-        "--out",
-        str(tmp_path / "eval.json"),
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    scores = json.loads((tmp_path / "eval.json").read_text())
-    if best["mrpc"]["step"] == best["stsb"]["step"] == 12:  # best/ holds the final model when both peaked there
-        assert scores["mrpc"]["dev"]["accuracy"] == pytest.approx(best["mrpc"]["scores"]["dev"]["accuracy"])
-    assert set(scores) == {"mrpc", "stsb"} and set(scores["stsb"]["dev"]) == {"pearson", "spearman"}
-    noisy = []
-    for _ in range(2):
-        args = ["--glue-dir", str(synthetic_glue), "--noise", "mutate:0.5", "--noise", "drop:0.2", "--out"]
-        done = _cli("glue", "eval", str(run / "best"), *args, str(tmp_path / "noisy.json"), cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        noisy.append(json.loads((tmp_path / "noisy.json").read_text()))
-    assert noisy[0] == noisy[1] and noisy[0] != scores  # deterministic, and not the clean inputs
-    done = _cli(
-        "glue", "eval", str(run / "best"), "--glue-dir", str(synthetic_glue), "--noise", "blur:0.1", cwd=tmp_path
-    )
-    assert done.returncode == 2 and "--noise blur:0.1: unknown noise kind" in done.stderr.strip().splitlines()[-1]
-    done = _cli(
-        "glue",
-        "predict",
-        str(run / "best"),
-        "--glue-dir",
-        str(synthetic_glue),
-        "--out",
-        str(tmp_path / "sub"),
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    mrpc = (tmp_path / "sub" / "MRPC.tsv").read_text().splitlines()
-    stsb = (tmp_path / "sub" / "STS-B.tsv").read_text().splitlines()
-    assert mrpc[0] == stsb[0] == "index\tprediction" and len(mrpc) == len(stsb) == 21
-    assert all(line.split("\t")[1] in ("0", "1") for line in mrpc[1:])
-    assert all(0.0 <= float(line.split("\t")[1]) <= 5.0 for line in stsb[1:])
-    assert [line.split("\t")[0] for line in mrpc[1:]] == [str(i) for i in range(20)]
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -317,7 +243,8 @@ def test_an_interrupted_fine_tuning_resumes_to_the_same_model_and_history(synthe
     assert [h["step"] for h in history] == [4, 8]  # the first evaluation came with the checkpoint's state
     assert resumed.best == whole.best
     card = (cut / "best" / "README.md").read_text()
-    assert "Fine-tuned on GLUE tasks: mrpc,stsb" in card and "Last evaluation: mrpc/dev/accuracy" in card
+    glue = f"mrpc ({options(cut).glue_dir}), stsb ({options(cut).glue_dir})"
+    assert f"Fine-tuned on tasks (data): {glue}" in card and "Last evaluation: mrpc/dev/accuracy" in card
     # Another batch size would change which examples each step sees: refused, naming the option.
     with pytest.raises(PerceiverLMError, match="--batch-size 8 -> 16"):
         finetune(dataclasses.replace(options(cut, resume=True), batch_size=16))

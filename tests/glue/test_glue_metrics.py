@@ -13,9 +13,11 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 import tasks.glue
+import tasks.glue.glue_metric
+import tasks.glue.metrics as metrics_module
 from perceiver_lm.errors import PerceiverLMError
-from tasks.glue.glue_metric import CONFIGS
-from tasks.glue.metrics import compute, compute_all, load_glue_metric, metric_module_path
+from tasks.glue.glue_metric import CONFIGS, SCORERS, Scorer
+from tasks.glue.metrics import compute, compute_all, load_glue_metric, metric_module_path, metric_names
 from tasks.glue.tasks import TASKS
 
 MODULE = str(metric_module_path())
@@ -237,3 +239,100 @@ def test_loads_in_a_fresh_offline_process(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == pytest.approx({"accuracy": 0.75, "f1": 0.8})
     assert list((tmp_path / "hf" / "modules" / "evaluate_modules" / "metrics" / "glue_metric").glob("*/glue_metric.py"))
+
+
+@pytest.mark.parametrize(("joined", "config"), [("accuracy+f1", "mrpc"), ("pearson+spearmanr", "stsb")])
+def test_plus_joined_configurations_score_as_the_glue_ones(joined, config):
+    predictions, labels = _random_inputs(config, np.random.default_rng(5))
+    metric = evaluate.load(MODULE, joined)
+    assert metric.config_name == joined
+    assert {f.dtype for f in metric.features.values()} == {"float32" if config == "stsb" else "int64"}
+    got = metric.compute(predictions=predictions, references=labels)
+    assert got == evaluate.load(MODULE, config).compute(predictions=predictions, references=labels)
+    assert list(got) == list(CONFIGS[config])
+    reversed_keys = "+".join(reversed(joined.split("+")))
+    assert list(evaluate.load(MODULE, reversed_keys).compute(predictions=predictions, references=labels)) == list(
+        reversed(CONFIGS[config])
+    )
+    assert load_glue_metric(joined).compute(predictions=predictions, references=labels) == got
+
+
+def test_bad_plus_joined_configurations_are_refused():
+    for config, message in (
+        ("accuracy+bleu", "unknown configuration 'accuracy\\+bleu'"),
+        ("accuracy+accuracy", "unknown configuration"),
+        ("accuracy+", "unknown configuration"),
+        ("matthews", "unknown configuration 'matthews'"),  # configurations name the module's keys
+        ("accuracy+pearson", "mixes regression and classification metrics"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            evaluate.load(MODULE, config)
+    with pytest.raises(PerceiverLMError, match="no GLUE metric for task 'accuracy\\+pearson'"):
+        load_glue_metric("accuracy+pearson")
+
+
+def test_metric_names_come_from_the_one_table():
+    assert metric_names() == ("accuracy", "f1", "matthews", "pearson", "spearman")
+    assert {m for task in TASKS.values() for m in task.metrics} <= set(metric_names())
+    assert {k for keys in CONFIGS.values() for k in keys} <= set(SCORERS)
+
+
+def _error_rate(predictions, references):
+    return float(np.mean(predictions != references))
+
+
+def _glue_metric_modules():
+    """This project's glue_metric, and the copy of it that evaluate imports (and scores with)."""
+    copy = sys.modules[type(evaluate.load(MODULE, "accuracy")).__module__]
+    return [tasks.glue.glue_metric, copy]
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    """The configurations ``compute_all`` scores with, one per pass; the shared metrics are dropped afterwards."""
+    seen = []
+    shared = metrics_module._shared_metric
+
+    def counting(config):
+        seen.append(config)
+        return shared(config)
+
+    monkeypatch.setattr(metrics_module, "_shared_metric", counting)
+    yield seen
+    shared.cache_clear()
+
+
+def test_a_new_metric_is_one_row_of_the_table_and_shares_the_pass(monkeypatch, passes):
+    for module in _glue_metric_modules():
+        monkeypatch.setitem(module.SCORERS, "error_rate", Scorer(_error_rate, name="error"))
+    predictions, labels = _random_inputs("mrpc", np.random.default_rng(2))
+    task_metrics = ("accuracy", "f1", "error")  # as a GlueTask would list them
+    got = compute_all(task_metrics, predictions, labels)
+    assert passes == ["accuracy+f1+error_rate"]  # one pass, through one derived configuration
+    assert list(got) == list(task_metrics)
+    assert got["error"] == pytest.approx(100.0 - got["accuracy"])
+    assert got["f1"] == pytest.approx(_previous("f1", predictions, labels), rel=1e-12)
+    assert "error" in metric_names()
+    assert compute("error", [1, 0, 1, 1], [1.0, 1.0, 1.0, 0.0]) == pytest.approx(50.0)  # whole floats are class ids
+    with pytest.raises(PerceiverLMError, match="error: expected class ids"):
+        compute("error", [0.5], [1])
+
+
+def test_a_new_regression_metric_takes_real_values(monkeypatch, passes):
+    def mean_squared_error(predictions, references):
+        assert predictions.dtype == np.float64  # scored in float64, as pearson and spearmanr are
+        return float(np.mean((predictions - references) ** 2))
+
+    for module in _glue_metric_modules():
+        monkeypatch.setitem(module.SCORERS, "mse", Scorer(mean_squared_error, regression=True))
+    got = compute_all(("pearson", "spearman", "mse"), [0.5, 1.0, 2.0], [1.0, 1.0, 4.0])
+    assert passes == ["pearson+spearmanr+mse"]
+    assert got["mse"] == pytest.approx(100.0 * (0.25 + 0 + 4) / 3)
+
+
+def test_a_tuple_mixing_kinds_takes_one_pass_per_kind(passes):
+    predictions, labels = np.array([1, 0, 1, 1, 0]), np.array([1, 1, 1, 0, 0])
+    got = compute_all(("pearson", "accuracy", "f1"), predictions, labels)
+    assert passes == ["accuracy+f1", "pearson"]
+    assert list(got) == ["pearson", "accuracy", "f1"]
+    assert got == pytest.approx({m: compute(m, predictions, labels) for m in got}, rel=1e-12)

@@ -1,0 +1,158 @@
+"""Scoring fine-tuned GLUE models: dev scores of a checkpoint, test-set submissions, the results table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.noise import parse_noise
+from perceiver_lm.run_dir import check_output_folder, write_text_atomic
+from perceiver_lm.runtime import make_accelerator
+from perceiver_lm.validation import check_range
+from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
+from tasks.glue.metrics import compute_all
+from tasks.glue.tasks import GlueTask, parse_tasks
+
+
+def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
+    """The number the sweep and model selection compare: the paper's metric, averaged over dev splits."""
+    return float(np.mean([split[task.metrics[0]] for split in scores.values()]))
+
+
+def predictions_of(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 0].float() if task.is_regression else logits.argmax(-1).float()
+
+
+@torch.no_grad()
+def predict_split(
+    model, loader: DataLoader, task_index: int, task: GlueTask, accelerator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels of every example of one split, in file order, gathered over processes."""
+    was_training = model.training
+    model.eval()
+    preds, labels, positions = [], [], []
+    for batch in loader:
+        logits = model(batch["input_ids"], batch["attention_mask"], task=task_index).logits
+        p, y, at = accelerator.gather_for_metrics((predictions_of(task, logits), batch["labels"], batch["position"]))
+        preds.append(p.cpu())
+        labels.append(y.cpu())
+        positions.append(at.cpu())
+    model.train(was_training)
+    order = torch.cat(positions).argsort()  # loaders may batch by length
+    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
+
+
+def eval_loaders(
+    splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int, pin_memory: bool = False
+) -> dict[tuple[str, str], DataLoader]:
+    return {key: eval_loader(split, task_index[key[0]], batch_size, pin_memory) for key, split in splits.items()}
+
+
+def evaluate_splits(model, loaders, tasks_by_name, task_index, accelerator) -> dict[str, dict[str, dict[str, float]]]:
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for (name, split), loader in loaders.items():
+        task = tasks_by_name[name]
+        preds, labels = predict_split(model, loader, task_index[name], task, accelerator)
+        scores.setdefault(name, {})[split] = compute_all(task.metrics, preds, labels)
+    return scores
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    glue_dir: str | None,
+    task_names: str | None = None,
+    batch_size: int = 64,
+    max_eval_examples: int | None = None,
+    noise: Sequence[str] = (),
+    noise_seed: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them).
+
+    ``noise`` ("KIND:RATE" specs, applied together in order) corrupts the dev texts first, the same
+    way for the same ``noise_seed``: robustness to typos, casing and spacing.
+    """
+    check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
+    corruption = Corruption(tuple(parse_noise(spec) for spec in noise), noise_seed)
+    accelerator = make_accelerator()
+    model = PerceiverClassifier.from_pretrained(checkpoint)
+    names = [t.name for t in model.tasks.tasks]
+    tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
+    task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
+    length = model.config.max_seq_len
+    splits = {
+        (t.name, s): subset_split(
+            load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True
+        )
+        for t in tasks
+        for s, _ in t.dev
+    }
+    loaders = eval_loaders(splits, task_index, batch_size)
+    model, *prepared = accelerator.prepare(model, *loaders.values())
+    return evaluate_splits(
+        model, dict(zip(loaders, prepared, strict=True)), {t.name: t for t in tasks}, task_index, accelerator
+    )
+
+
+def predict_test(
+    checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64, overwrite: bool = False
+) -> list[Path]:
+    """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``).
+
+    Submission files already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
+    """
+    out = check_output_folder(out_dir, "--out")
+    unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
+    tasks = parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks))
+    plan = [
+        (task, stem, submission)
+        for task in tasks
+        for stem, submission in (((task.test_files[0][0], task.submission),) if task.submission else task.test_files)
+    ]
+    present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
+    if present and not overwrite:
+        raise PerceiverLMError(
+            f"--out {out}: already holds {', '.join(present)}; pass --overwrite to replace them, or pick another folder"
+        )
+    accelerator = make_accelerator()
+    model = accelerator.prepare(unwrapped)
+    written = []
+    for task, stem, submission in plan:
+        split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
+        index = unwrapped.tasks.index(task.name)
+        loader = accelerator.prepare(eval_loader(split, index, batch_size))
+        preds, _ = predict_split(model, loader, index, task, accelerator)
+        if not accelerator.is_main_process:
+            continue
+        # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
+        values = [f"{float(np.clip(p, 0.0, 5.0)):.3f}" if task.is_regression else task.labels[int(p)] for p in preds]
+        ids = split.index or [str(i) for i in range(len(split))]
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{submission}.tsv"
+        write_text_atomic(
+            path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True))
+        )
+        written.append(path)
+    return written
+
+
+def results_table(best: dict[str, dict[str, Any]]) -> str:
+    """Dev scores per task beside the Perceiver IO paper's (single-task and multi-task queries)."""
+    from tasks.glue.tasks import TASKS
+
+    lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}", "-" * 70]
+    for name, entry in best.items():
+        task = TASKS[name]
+        for split, scores in entry["scores"].items():
+            label = task.name if split == "dev" else f"{task.name}-{split[:2]}"
+            shown = " / ".join(f"{v:.2f}" for v in scores.values())
+            paper = f"{task.paper:.2f}" if task.paper is not None else "-"
+            multi = f"{task.paper_multitask:.2f}" if task.paper_multitask is not None else "-"
+            lines.append(f"{label:<6} {'/'.join(scores):<22} {shown:>14} {paper:>7} {multi:>17}")
+    return "\n".join(lines)
