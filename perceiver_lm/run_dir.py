@@ -239,9 +239,9 @@ def run_folder(options: Any, produced: tuple[str, ...]) -> Iterator[Path]:
     output = check_output_folder(options.output_dir, "--output-dir")
     main_rank = is_main_rank()
     with claim_folder(output, "--output-dir", lambda: _check_output(output, options), lock=main_rank):
-        if main_rank:
+        if main_rank:  # the others write nothing here, and must not create it before the main one has checked it
             _tidy(output, options.overwrite, produced)
-        output.mkdir(parents=True, exist_ok=True)
+            output.mkdir(parents=True, exist_ok=True)
         yield output
 
 

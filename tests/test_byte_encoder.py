@@ -171,3 +171,39 @@ def test_byte_order_inside_a_latent_is_learned_with_convolutions_not_with_plain_
     conv, plain = _order_accuracy("conv"), _order_accuracy("none")
     assert conv > 0.95, conv
     assert plain < 0.75, plain
+
+
+def test_the_recipe_for_a_new_byte_encoder_part_works_as_docs_design_md_writes_it(monkeypatch, tmp_path):
+    # docs/design.md, "A byte-encoder part": an entry in config.BYTE_ENCODER_PARTS, a module with
+    # forward(x, input_ids, keep) -> x, and its row in model.BYTE_ENCODER_MODULES. Nothing else.
+    import perceiver_lm.config as config_module
+    import perceiver_lm.model as model_module
+    from perceiver_lm.model import count_parameters
+
+    class ChannelGate(torch.nn.Module):
+        def __init__(self, d_model: int) -> None:
+            super().__init__()
+            self.gate = torch.nn.Parameter(torch.ones(d_model))
+
+        def forward(self, x, input_ids, keep):
+            return x * self.gate
+
+    part = config_module.ByteEncoderPart("a learned per-channel gain", max_parameters=lambda c: c.d_model)
+    monkeypatch.setitem(config_module.BYTE_ENCODER_PARTS, "gate", part)
+    monkeypatch.setitem(model_module.BYTE_ENCODER_MODULES, "gate", ("gate", lambda c: ChannelGate(c.d_model)))
+    config = TINY.replace(byte_encoder="ngram_gate")
+    assert config.byte_encoder_parts == ("ngram", "gate")
+    torch.manual_seed(0)
+    model = PerceiverLM(config)
+    plain = PerceiverLM(TINY.replace(byte_encoder="ngram"))
+    assert count_parameters(config) == model.num_parameters() == plain.num_parameters() + TINY.d_model
+    ids = torch.randint(6, 262, (2, 40))
+    positions = torch.tensor([[3, 9], [1, 30]])
+    loss = model(ids, query_positions=positions).logits.square().mean()
+    loss.backward()
+    assert model.encoder.gate.gate.grad is not None and model.encoder.gate.gate.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    again = PerceiverLM.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(
+        again(ids, query_positions=positions).logits, model.eval()(ids, query_positions=positions).logits
+    )

@@ -127,3 +127,19 @@ def share_scores(n: int, seed: int) -> list[tuple[str, str, str]]:
         words = ["xxx" if rng.random() < share else "ooo" for _ in range(8)]
         out.append((" ".join(words[:4]), " ".join(words[4:]), f"{5 * words.count('xxx') / 8:.3f}"))
     return out
+
+
+def pair_and_regression_tasks(root: Path) -> Path:
+    """An MRPC-layout pair task (same letter in both texts?) and an STS-B-layout regression task under ``root``."""
+
+    def tests(rows):
+        return {"test": [(a, b) for a, b, _ in rows[:20]]}
+
+    write_task(
+        root,
+        "MRPC",
+        {"train": same_letter_pairs(800, 0), "dev": same_letter_pairs(200, 1)},
+        tests(same_letter_pairs(20, 2)),
+    )
+    write_task(root, "STS-B", {"train": share_scores(800, 0), "dev": share_scores(200, 1)}, tests(share_scores(20, 2)))
+    return root

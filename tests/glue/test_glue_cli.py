@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from glue_files import same_letter_pairs, share_scores, write_task
+from glue_files import pair_and_regression_tasks
 
 from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
@@ -16,20 +16,7 @@ from tasks.glue.tasks import TASKS
 
 @pytest.fixture(scope="module")
 def synthetic_glue(tmp_path_factory):
-    """An MRPC-layout pair task (same letter in both texts?) and an STS-B-layout regression task."""
-    root = tmp_path_factory.mktemp("glue")
-
-    def tests(rows):
-        return {"test": [(a, b) for a, b, _ in rows[:20]]}
-
-    write_task(
-        root,
-        "MRPC",
-        {"train": same_letter_pairs(800, 0), "dev": same_letter_pairs(200, 1)},
-        tests(same_letter_pairs(20, 2)),
-    )
-    write_task(root, "STS-B", {"train": share_scores(800, 0), "dev": share_scores(200, 1)}, tests(share_scores(20, 2)))
-    return root
+    return pair_and_regression_tasks(tmp_path_factory.mktemp("glue"))
 
 
 def _cli(*args, cwd):
@@ -153,3 +140,20 @@ def test_eval_and_predict_options_are_checked_before_any_work(tmp_path, args, me
 
     result = CliRunner().invoke(app, ["glue", *args])
     assert result.exit_code == 2 and message in result.stderr.strip(), result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "squad"], "unknown GLUE task(s) squad"),
+        (["--tasks", "rte", "--glue-dir", "nowhere"], "--glue-dir nowhere: no RTE/ folder"),
+        (["--tasks", "rte", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--tasks", "rte", "--checkpoint", "missing"], "missing: no such checkpoint"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    done = _cli("glue", "train", "--preset", "tiny", "--output-dir", str(tmp_path / "r"), *args, cwd=tmp_path)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("error: ") and message in last and "Traceback" not in done.stderr, (
+        done.stderr
+    )

@@ -2,11 +2,10 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from glue_files import same_letter_pairs, share_scores, write_task
+from glue_files import pair_and_regression_tasks, write_task
 from safetensors.torch import load_file
 
 from conftest import REPO, host_syncs, two_cpu_processes
@@ -28,20 +27,7 @@ from tasks.glue.tasks import TASKS
 
 @pytest.fixture(scope="module")
 def synthetic_glue(tmp_path_factory):
-    """An MRPC-layout pair task (same letter in both texts?) and an STS-B-layout regression task."""
-    root = tmp_path_factory.mktemp("glue")
-
-    def tests(rows):
-        return {"test": [(a, b) for a, b, _ in rows[:20]]}
-
-    write_task(
-        root,
-        "MRPC",
-        {"train": same_letter_pairs(800, 0), "dev": same_letter_pairs(200, 1)},
-        tests(same_letter_pairs(20, 2)),
-    )
-    write_task(root, "STS-B", {"train": share_scores(800, 0), "dev": share_scores(200, 1)}, tests(share_scores(20, 2)))
-    return root
+    return pair_and_regression_tasks(tmp_path_factory.mktemp("glue"))
 
 
 def test_tiny_learns_a_pair_task_and_a_regression_task_together(synthetic_glue, tmp_path):
@@ -130,33 +116,6 @@ def test_finetune_defaults_follow_the_model_shape():
         GlueOptions(lr=1e-5, warmup_steps=0, body_lr_scale=1.0, freeze_body_steps=0), PRESETS["small"]
     )
     assert (options.lr, options.warmup_steps, note) == (1e-5, 0, "")
-
-
-def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--tasks", "squad"], "unknown GLUE task(s) squad"),
-        (["--tasks", "rte", "--glue-dir", "nowhere"], "--glue-dir nowhere: no RTE/ folder"),
-        (["--tasks", "rte", "--batch-size", "0"], "--batch-size must be positive"),
-        (["--tasks", "rte", "--checkpoint", "missing"], "missing: no such checkpoint"),
-    ],
-)
-def test_cli_errors_are_one_line(tmp_path, args, message):
-    done = _cli("glue", "train", "--preset", "tiny", "--output-dir", str(tmp_path / "r"), *args, cwd=tmp_path)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2 and last.startswith("error: ") and message in last and "Traceback" not in done.stderr, (
-        done.stderr
-    )
 
 
 @pytest.mark.slow
