@@ -293,7 +293,14 @@ def _glue_eval(options: GlueEvalOptions) -> None:
     check_output_file(options.out, "--out")
     o = options
     scores = evaluate_checkpoint(
-        o.checkpoint, o.glue_dir, o.tasks, o.batch_size, o.max_eval_examples, tuple(o.noise), o.noise_seed
+        o.checkpoint,
+        o.glue_dir,
+        o.tasks,
+        o.batch_size,
+        o.max_eval_examples,
+        tuple(o.noise),
+        o.noise_seed,
+        o.validation_file,
     )
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
     if options.out:
@@ -308,7 +315,8 @@ def _glue_predict(options: GluePredictOptions) -> None:
     from tasks.glue.predict import predict_test
 
     o = options
-    for path in predict_test(o.checkpoint, o.glue_dir, o.out, batch_size=o.batch_size, overwrite=o.overwrite):
+    written = predict_test(o.checkpoint, o.glue_dir, o.out, o.batch_size, o.overwrite, o.test_file)
+    for path in written:
         typer.echo(f"wrote {path}")
 
 

@@ -338,10 +338,13 @@ def get_preset(name: str) -> PerceiverConfig:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of the multi-task query decoder: its name and output count (1 = regression)."""
+    """One task of the multi-task query decoder: its name and output count (1 = regression), and for a task
+    that is not built in, ``about``: how it reads its data (a JSON table its job writes and reads back, so
+    that evaluation and prediction read the model's own columns and label names)."""
 
     name: str
     num_outputs: int
+    about: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,8 @@ class MultiTaskConfig:
         raise PerceiverLMError(f"this model has no task {name!r}; it has: {', '.join(t.name for t in self.tasks)}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"tasks": [dataclasses.asdict(t) for t in self.tasks], "head_hidden": self.head_hidden}
+        tasks = [{k: v for k, v in dataclasses.asdict(t).items() if k != "about" or v is not None} for t in self.tasks]
+        out = {"tasks": tasks, "head_hidden": self.head_hidden}
         return out if self.query_heads is None else {**out, "query_heads": self.query_heads}
 
     @classmethod
@@ -409,7 +413,10 @@ class MultiTaskConfig:
         expected = '{"tasks": [{"name": ..., "num_outputs": ...}, ...], "head_hidden": ...}'
         tasks = data.get("tasks") if isinstance(data, dict) else None
         if not isinstance(tasks, list) or not all(
-            isinstance(t, dict) and set(t) == {"name", "num_outputs"} for t in tasks
+            isinstance(t, dict)
+            and {"name", "num_outputs"} <= set(t) <= {"name", "num_outputs", "about"}
+            and isinstance(t.get("about"), (dict, type(None)))
+            for t in tasks
         ):
             raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:

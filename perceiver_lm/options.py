@@ -101,23 +101,24 @@ def check_choices(options: Any) -> None:
             raise PerceiverLMError(f"{flag(name)} must be {expected(hint)}, got {shown(value)}")
 
 
-def read_options_file(path: str | Path) -> dict[str, Any]:
-    """The table of options in a JSON or TOML (``.toml``) file, or one line saying why it cannot be read."""
+def read_options_file(path: str | Path, option_name: str = "--config") -> dict[str, Any]:
+    """The table of options in a JSON or TOML (``.toml``) file, or one line (naming ``option_name``) saying why
+    it cannot be read."""
     path = Path(path)
     kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
         text = path.read_bytes().decode("utf-8")
         data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except OSError as err:
-        raise PerceiverLMError(f"--config {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
+        raise PerceiverLMError(f"{option_name} {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
     except UnicodeDecodeError as err:
         raise PerceiverLMError(
-            f"--config {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options"
+            f"{option_name} {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options"
         ) from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise PerceiverLMError(f"--config {path}: not valid {kind} ({' '.join(str(err).split())})") from None
+        raise PerceiverLMError(f"{option_name} {path}: not valid {kind} ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
-        raise PerceiverLMError(f"--config {path}: expected a {kind} table of options, got {type(data).__name__}")
+        raise PerceiverLMError(f"{option_name} {path}: expected a {kind} table of options, got {type(data).__name__}")
     return data
 
 

@@ -558,7 +558,11 @@ CASES = [
     ("glue-min-lr", ["glue", "train", "--min-lr-ratio", "3"], "--min-lr-ratio must be in [0, 1]"),
     ("glue-max-length", ["glue", "train", "--max-length", "2"], "--max-length must be at least 4"),
     ("glue-precision", ["glue", "train", "--mixed-precision", "fp8"], "--mixed-precision must be one of"),
-    ("glue-config-tasks", ["glue", "train", "--config", "{c_glue_tasks_toml}"], "tasks must be a string, got 3"),
+    (
+        "glue-config-tasks",
+        ["glue", "train", "--config", "{c_glue_tasks_toml}"],
+        "tasks must be a string or null, got 3",
+    ),
     (
         "glue-config-epochs",
         ["glue", "train", "--config", "{c_glue_epochs_json}"],

@@ -210,6 +210,88 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
     return split
 
 
+# File extension -> (datasets builder, its arguments) for the files of a task of your own.
+FILE_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+def read_rows(path: str, split: str = "train") -> Any:
+    """The rows of one CSV/TSV/JSON/JSON Lines/Parquet file as a `datasets.Dataset`, or one line saying why not."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise PerceiverLMError(f"{path}: expected a {', '.join(FILE_BUILDERS)} file")
+    if not Path(path).is_file():
+        raise PerceiverLMError(f"{path}: no such file")
+    builder, kwargs = FILE_BUILDERS[suffix]
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
+    except Exception as err:  # the builders raise many types (pyarrow, pandas, json) for a malformed file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "corresponds to no data" in first or Path(path).stat().st_size == 0:  # a header, or nothing at all
+            raise PerceiverLMError(f"{path}: no examples") from None
+        raise PerceiverLMError(f"{path}: cannot read it as {builder} ({first[:300]})") from None
+
+
+def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corruption) -> GlueSplit:
+    """Split ``name`` of a task of your own from its file: texts, label names (or scores) and ids, checked per row."""
+    files = dict(task.files)
+    if name not in files:
+        raise PerceiverLMError(f"task {task.name}: no file for its {name} split (give --{name}-file)")
+    path = files[name]
+    rows = read_rows(path, "test" if name == "test" else "train")
+    labeled = task.hub_label in rows.column_names or name != "test"  # a test file may come without labels
+    wanted = [*task.hub_text, *([task.hub_label] if labeled else []), *([task.hub_index] if task.hub_index else [])]
+    missing = [c for c in wanted if c not in rows.column_names]
+    if missing:
+        raise PerceiverLMError(
+            f"{path}: no column {', '.join(map(repr, missing))} (found: {', '.join(rows.column_names)})"
+        )
+    split = GlueSplit(task, name, f"{path}{corruption.describe()}")
+    for number, row in enumerate(rows, start=1):
+        texts = []
+        for column in task.hub_text:
+            if not isinstance(row[column], str):
+                raise PerceiverLMError(f"{path}: row {number}, column {column!r}: expected text, got {row[column]!r}")
+            texts.append(row[column])
+        if labeled:
+            where = f"{path}: row {number}, column {task.hub_label!r}"
+            split.labels.append(_row_label(task, row[task.hub_label], where))
+        split.ids.append(corruption.encode(texts[0], texts[1] if len(texts) > 1 else None, len(split.ids), max_length))
+        split.index.append(str(number - 1 if task.hub_index is None else row[task.hub_index]))
+    if not split.ids:
+        raise PerceiverLMError(f"{path}: no examples")
+    return split
+
+
+def _row_label(task: GlueTask, value: Any, where: str) -> float:
+    if task.is_regression:
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise PerceiverLMError(f"{where}: expected a number (a regression target), got {value!r}") from None
+        if not np.isfinite(score):
+            raise PerceiverLMError(f"{where}: the target {value!r} is not finite")
+        return score
+    name = label_name(value)
+    if name not in task.labels:
+        raise PerceiverLMError(f"{where}: label {name!r} is not one of the training labels ({', '.join(task.labels)})")
+    return float(task.labels.index(name))
+
+
+def label_name(value: Any) -> str:
+    """A label value of a file as the label's name: strings as they are, whole numbers without ".0"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
 def load_split(
     task: GlueTask,
     name: str,
@@ -235,6 +317,8 @@ def load_split(
     tests = dict(task.test_files)
     if name != "train" and name not in dev and name not in tests:
         raise PerceiverLMError(f"GLUE {task.name} has no split {name!r} (train, {', '.join([*dev, *tests])})")
+    if task.files:
+        return _file_split(task, name, max_length, corruption)
     if glue_dir is None:
         return _hub_split(task, name, max_length, corruption)
     folder = Path(glue_dir) / task.directory

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from perceiver_lm import checkpoint as ckpt
-from perceiver_lm.config import PRESETS, MultiTaskConfig, PerceiverConfig, TaskSpec, get_preset
+from perceiver_lm.config import PRESETS, PerceiverConfig, get_preset
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.noise import parse_noise
@@ -29,11 +29,12 @@ from perceiver_lm.resume import TrainState, save_model_copy
 from perceiver_lm.run_dir import write_json_atomic
 from perceiver_lm.runtime import on_main
 from perceiver_lm.trainer import Data, Run, Schedule, train
+from tasks.glue import own
 from tasks.glue.data import Corruption, GlueSplit, ProportionalBatches, TaskExamples, collate, load_split, subset_split
 from tasks.glue.options import GlueOptions
 from tasks.glue.predict import eval_loaders as make_eval_loaders
 from tasks.glue.predict import evaluate_splits, primary_score
-from tasks.glue.tasks import GlueTask, parse_tasks
+from tasks.glue.tasks import GlueTask
 
 METRICS_FILE = "dev_metrics.json"
 
@@ -87,7 +88,7 @@ class FinetuneResult:
 
 
 def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
-    heads = MultiTaskConfig(tuple(TaskSpec(t.name, t.num_outputs) for t in tasks), options.head_hidden)
+    heads = own.heads(tasks, options.head_hidden, options.max_length)
     if options.checkpoint is None:
         notes.append(f"no --checkpoint: random initialisation, preset {options.preset}")
         return PerceiverClassifier(get_preset(options.preset), heads)
@@ -115,7 +116,7 @@ class GlueTraining:
 
     def __init__(self, options: GlueOptions) -> None:
         self.options = options
-        self.tasks = parse_tasks(options.tasks)
+        self.tasks = own.job_tasks(options)
         self.by_name = {t.name: t for t in self.tasks}
         self.task_index = {t.name: i for i, t in enumerate(self.tasks)}
         self.slots = tuple(self.by_name)
@@ -189,7 +190,7 @@ class GlueTraining:
 
     def card(self) -> list[str]:
         options = self.options
-        data = ", ".join(f"{t.name} ({options.glue_dir or t.hub_dataset})" for t in self.tasks)
+        data = ", ".join(f"{t.name} ({_source(t, options.glue_dir)})" for t in self.tasks)
         lines = [f"- Fine-tuned on tasks (data): {data}"]
         return lines + ([f"- Started from the weights of: {options.checkpoint}"] if options.checkpoint else [])
 
@@ -238,6 +239,13 @@ class GlueTraining:
         path = run.output / METRICS_FILE
         on_main(run.accelerator, lambda: write_json_atomic(path, summary), f"writing {path}")
         return finite
+
+
+def _source(task: GlueTask, glue_dir: str | None) -> str:
+    """Where a task's data came from, for the model card."""
+    if task.files:
+        return " + ".join(path for split, path in task.files if split != "test")
+    return glue_dir or task.hub_dataset
 
 
 def finetune(options: GlueOptions, accelerator: Any = None) -> FinetuneResult:

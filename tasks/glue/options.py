@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from perceiver_lm.config import PRESETS
 from perceiver_lm.errors import PerceiverLMError
@@ -28,8 +28,50 @@ from tasks.glue.tasks import TASKS, parse_tasks
 class GlueOptions:
     """GLUE fine-tuning options; each field is one ``perceiver-lm glue train`` option of the same name."""
 
-    tasks: str = option(
-        "sst2", f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all.", data_order=True
+    tasks: str | None = option(
+        None,
+        f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all; default: sst2, or none when "
+        "tasks of your own are given (--train-file, --task-file).",
+        data_order=True,
+    )
+    train_file: str | None = option(
+        None,
+        "A task of your own: its training file (CSV, TSV, JSON, JSON Lines or Parquet), read by the columns below; "
+        "its labels are the values of the label column there.",
+        data_order=True,
+    )
+    validation_file: str | None = option(
+        None, "The validation file of your task, scored at every evaluation (the same columns).", data_order=True
+    )
+    test_file: str | None = option(None, "The test file of your task, for `glue predict` (labels not needed).")
+    text_column: str = option("text", "Your task's text column.", data_order=True)
+    text_pair_column: str | None = option(
+        None, "Your task's second text column, for a pair task (read as [CLS] text [SEP] pair [SEP]).", data_order=True
+    )
+    label_column: str = option(
+        "label", "Your task's label column (label names, or scores for regression).", data_order=True
+    )
+    id_column: str | None = option(
+        None, "Your task's example id column, written beside predictions; default: row numbers."
+    )
+    task_type: Literal["classification", "regression"] = option(
+        "classification", "Your task's kind: single-label classification or regression.", data_order=True
+    )
+    task_name: str | None = option(
+        None, "Your task's name in the model and its files; default: the training file's name.", data_order=True
+    )
+    task_metrics: list[str] = option(
+        [],
+        "Your task's metrics, repeatable (accuracy, f1, matthews, pearson, spearman); the first picks the best "
+        "model. Default: accuracy (and f1 with two labels); pearson and spearman for regression.",
+        data_order=True,
+    )
+    task_file: str | None = option(
+        None,
+        "TOML or JSON file of tasks of your own: [[task]] tables whose keys are the options above without "
+        "dashes or the task_ prefix (train_file, validation_file, test_file, text_column, text_pair_column, "
+        "label_column, id_column, type, name, metrics); paths relative to the file.",
+        data_order=True,
     )
     checkpoint: str | None = option(
         None,
@@ -142,7 +184,10 @@ class GlueOptions:
         check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)
-        parse_tasks(self.tasks)
+        if self.tasks is not None:
+            parse_tasks(self.tasks)
+        if (self.train_file is None) != (self.validation_file is None):
+            raise PerceiverLMError("a task of your own needs both --train-file and --validation-file")
         for spec in self.train_noise:
             parse_noise(spec, "--train-noise")
         if self.resume and self.overwrite:
@@ -199,14 +244,15 @@ class GlueEvalOptions:
         "uppercase, random_case, antspeak; e.g. drop:0.1).",
     )
     noise_seed: int = option(0, "Seed of --noise: the same seed corrupts the same way.")
+    validation_file: str | None = option(
+        None, "Score the model's task of your own on this file instead of the validation file it trained with."
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
         check_range("--batch-size", self.batch_size, 0, low_open=True)
         check_range("--max-eval-examples", self.max_eval_examples, 0, low_open=True)
         check_range("--noise-seed", self.noise_seed, 0, MAX_SEED)
-        if self.tasks is not None:
-            parse_tasks(self.tasks)
         for spec in self.noise:
             parse_noise(spec, "--noise")
 
@@ -216,10 +262,17 @@ class GluePredictOptions:
     """``perceiver-lm glue predict``: `tasks.glue.predict.predict_test`."""
 
     checkpoint: Path = argument("Fine-tuned model (a run's best/ folder).")
-    out: Path = option(Path("glue_predictions"), "Folder for the submission files (SST-2.tsv, MNLI-m.tsv, ...).")
+    out: Path = option(
+        Path("glue_predictions"),
+        "Folder for the prediction files (SST-2.tsv, MNLI-m.tsv, ...; NAME.tsv with label names for a task of "
+        "your own).",
+    )
     glue_dir: str | None = option(None, "GLUE directory in the original layout; default: the Hub.")
     batch_size: int = option(64, "Examples per prediction batch per process.")
     overwrite: bool = option(False, "Replace submission files already in --out.")
+    test_file: str | None = option(
+        None, "Predict the model's task of your own on this file (default: the test file it was declared with)."
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -18,7 +18,8 @@ from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range
 from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
 from tasks.glue.metrics import compute_all
-from tasks.glue.tasks import GlueTask, parse_tasks
+from tasks.glue.own import model_tasks, read_length
+from tasks.glue.tasks import GlueTask
 
 
 def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
@@ -72,20 +73,21 @@ def evaluate_checkpoint(
     max_eval_examples: int | None = None,
     noise: Sequence[str] = (),
     noise_seed: int = 0,
+    validation_file: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them).
 
     ``noise`` ("KIND:RATE" specs, applied together in order) corrupts the dev texts first, the same
-    way for the same ``noise_seed``: robustness to typos, casing and spacing.
+    way for the same ``noise_seed``: robustness to typos, casing and spacing. A task of your own is
+    scored on its validation file, or on ``validation_file`` (a model with one such task).
     """
     check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
     corruption = Corruption(tuple(parse_noise(spec) for spec in noise), noise_seed)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
-    names = [t.name for t in model.tasks.tasks]
-    tasks = parse_tasks(task_names) if task_names else parse_tasks(",".join(names))
-    task_index = {t.name: model.tasks.index(t.name) for t in tasks}  # refuses tasks the model has no head for
-    length = model.config.max_seq_len
+    tasks = _tasks(model, task_names, "dev", validation_file, "--validation-file")
+    task_index = {t.name: model.tasks.index(t.name) for t in tasks}
+    length = read_length(model.tasks) or model.config.max_seq_len
     splits = {
         (t.name, s): subset_split(
             load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True
@@ -100,21 +102,46 @@ def evaluate_checkpoint(
     )
 
 
-def predict_test(
-    checkpoint: str | Path, glue_dir: str | None, out_dir: str | Path, batch_size: int = 64, overwrite: bool = False
-) -> list[Path]:
-    """Write GLUE test-set predictions in the submission format (``SST-2.tsv``: ``index<TAB>prediction``).
+def _tasks(model: PerceiverClassifier, names: str | None, split: str, file: str | None, option: str) -> list[GlueTask]:
+    """The model's tasks (or the ``names`` subset), a task of your own reading ``split`` from ``file`` if given."""
+    own = [s.name for s in model.tasks.tasks if s.about is not None]
+    if file is not None and len(own) != 1:
+        raise PerceiverLMError(
+            f"{option} {file}: applies to a model with one task of your own; this one has {len(own)}"
+            + (f" ({', '.join(own)})" if own else "")
+        )
+    tasks = model_tasks(model.tasks, {split: file} if file else None)
+    if names is None:
+        return tasks
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    for name in wanted:
+        model.tasks.index(name)  # refuses a task the model has no head for
+    return [t for t in tasks if t.name in wanted]
 
-    Submission files already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
+
+def predict_test(
+    checkpoint: str | Path,
+    glue_dir: str | None,
+    out_dir: str | Path,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    test_file: str | None = None,
+) -> list[Path]:
+    """Write test-set predictions: GLUE's submission format (``SST-2.tsv``: ``index<TAB>prediction``), and for a
+    task of your own ``NAME.tsv`` with its ids and label names (scores for regression).
+
+    A task of your own predicts its test file, or ``test_file`` (a model with one such task). Prediction files
+    already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
     """
     out = check_output_folder(out_dir, "--out")
     unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
-    tasks = parse_tasks(",".join(t.name for t in unwrapped.tasks.tasks))
-    plan = [
-        (task, stem, submission)
-        for task in tasks
-        for stem, submission in (((task.test_files[0][0], task.submission),) if task.submission else task.test_files)
-    ]
+    tasks = _tasks(unwrapped, None, "test", test_file, "--test-file")
+    plan = []
+    for task in tasks:
+        if task.files and "test" not in dict(task.files):
+            raise PerceiverLMError(f"task {task.name}: no test file to predict; pass --test-file")
+        files = ((task.test_files[0][0], task.submission),) if task.submission else task.test_files
+        plan += [(task, stem, task.name if task.files else submission) for stem, submission in files]
     present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
     if present and not overwrite:
         raise PerceiverLMError(
@@ -122,24 +149,30 @@ def predict_test(
         )
     accelerator = make_accelerator()
     model = accelerator.prepare(unwrapped)
+    length = read_length(unwrapped.tasks) or unwrapped.config.max_seq_len
     written = []
     for task, stem, submission in plan:
-        split = load_split(task, stem, glue_dir, unwrapped.config.max_seq_len)
+        split = load_split(task, stem, glue_dir, length)
         index = unwrapped.tasks.index(task.name)
         loader = accelerator.prepare(eval_loader(split, index, batch_size))
         preds, _ = predict_split(model, loader, index, task, accelerator)
         if not accelerator.is_main_process:
             continue
-        # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
-        values = [f"{float(np.clip(p, 0.0, 5.0)):.3f}" if task.is_regression else task.labels[int(p)] for p in preds]
-        ids = split.index or [str(i) for i in range(len(split))]
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{submission}.tsv"
-        write_text_atomic(
-            path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True))
-        )
-        written.append(path)
+        written.append(_write_predictions(out / f"{submission}.tsv", task, split, preds))
     return written
+
+
+def _write_predictions(path: Path, task: GlueTask, split: GlueSplit, preds: np.ndarray) -> Path:
+    # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
+    if task.is_regression:
+        low, high = (0.0, 5.0) if not task.files else (-np.inf, np.inf)
+        values = [f"{float(np.clip(p, low, high)):.3f}" for p in preds]
+    else:
+        values = [task.labels[int(p)] for p in preds]
+    ids = split.index or [str(i) for i in range(len(split))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True)))
+    return path
 
 
 def results_table(best: dict[str, dict[str, Any]]) -> str:
@@ -148,11 +181,11 @@ def results_table(best: dict[str, dict[str, Any]]) -> str:
 
     lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}", "-" * 70]
     for name, entry in best.items():
-        task = TASKS[name]
+        task = TASKS.get(name)  # None: a task of your own, with no paper score
         for split, scores in entry["scores"].items():
-            label = task.name if split == "dev" else f"{task.name}-{split[:2]}"
+            label = name if split == "dev" else f"{name}-{split[:2]}"
             shown = " / ".join(f"{v:.2f}" for v in scores.values())
-            paper = f"{task.paper:.2f}" if task.paper is not None else "-"
-            multi = f"{task.paper_multitask:.2f}" if task.paper_multitask is not None else "-"
+            paper = f"{task.paper:.2f}" if task and task.paper is not None else "-"
+            multi = f"{task.paper_multitask:.2f}" if task and task.paper_multitask is not None else "-"
             lines.append(f"{label:<6} {'/'.join(scores):<22} {shown:>14} {paper:>7} {multi:>17}")
     return "\n".join(lines)

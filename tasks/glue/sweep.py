@@ -10,8 +10,9 @@ from typing import Any
 from perceiver_lm.run_dir import check_output_folder, claim_folder, is_main_rank, refuse_non_empty, write_json_atomic
 from tasks.glue.finetune import finetune
 from tasks.glue.options import GlueOptions
+from tasks.glue.own import job_tasks
 from tasks.glue.predict import primary_score
-from tasks.glue.tasks import GlueTask, parse_tasks
+from tasks.glue.tasks import GlueTask
 
 
 def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def sweep(options: GlueOptions, batch_sizes: list[int], lrs: list[float]) -> dic
 
     Each grid point runs into ``output_dir/bs{B}_lr{LR}``; the summary goes to ``output_dir/sweep.json``.
     """
-    tasks = parse_tasks(options.tasks)
+    tasks = job_tasks(options)
     output = check_output_folder(options.output_dir, "--output-dir")
     hint = "pick another --output-dir, or pass --overwrite to rerun the sweep there"
     main_rank = is_main_rank()  # under `accelerate launch` the main process holds the lock

@@ -60,6 +60,9 @@ class GlueTask:
     hub_label: str = "label"  # label column on the Hub: class ids (order of labels), label strings or scores; -1: none
     hub_index: str | None = "idx"  # example id column on the Hub; None: the row number is the id
     hub_splits: tuple[tuple[str, str], ...] = GLUE_HUB_SPLITS  # (our split name, Hub split); others named alike
+    # A task of your own from files: (our split name, file path), read with `datasets`' csv/json/parquet
+    # builders by extension (.tsv is tab-separated); its label column holds label names (``labels``), not ids.
+    files: tuple[tuple[str, str], ...] = ()
 
     def hub_split(self, name: str) -> str:
         """The Hub split of our split ``name`` ("dev" -> "validation"); a split not in hub_splits is named alike."""

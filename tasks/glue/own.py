@@ -1,0 +1,237 @@
+"""Tasks of your own: labelled text from CSV/TSV/JSON/JSON Lines/Parquet files, declared by options or a task file.
+
+An own task becomes a `GlueTask` like the nine GLUE ones (so everything fine-tuning does, it does for
+it: the multi-task query decoder, length buckets, resume, best/, model cards, noise, metrics). Its
+labels are the label column's values in the training file, sorted (numerically when they are all
+numbers); the saved model keeps its declaration and label names (``TaskSpec.about``), so that
+``glue eval`` and ``glue predict`` read the same columns and write the label names back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perceiver_lm.config import MultiTaskConfig, TaskSpec
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.options import read_options_file
+from tasks.glue.data import label_name, read_rows
+from tasks.glue.metrics import metric_names
+from tasks.glue.options import GlueOptions
+from tasks.glue.tasks import TASKS, Columns, GlueTask, parse_tasks
+
+OWN_SPLITS = (("train", "train"), ("dev", "dev"), ("test", "test"))
+MAX_LABELS = 1024  # as many outputs as a task head may have (MultiTaskConfig)
+
+
+@dataclass(frozen=True)
+class OwnTask:
+    """How one task of your own reads its data: the ``glue train`` options of that name, or a task-file entry."""
+
+    train_file: str
+    validation_file: str
+    test_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    id_column: str | None = None
+    type: str = "classification"
+    name: str | None = None
+    metrics: tuple[str, ...] = ()
+
+    def task_name(self) -> str:
+        name = self.name or _name_of(Path(self.train_file))
+        name = name if not name[0].isdigit() else f"t_{name}"
+        if not name.isidentifier():
+            raise PerceiverLMError(f"task name {name!r}: expected letters, digits and _ (pass --task-name)")
+        return name
+
+
+def _name_of(train_file: Path) -> str:
+    """A task name from its training file: ``reviews_train.csv`` -> reviews, ``imdb/train.jsonl`` -> imdb."""
+    for text in (train_file.stem, train_file.parent.name):
+        words = [w for w in re.split(r"\W+|_", text.lower()) if w and w not in ("train", "training")]
+        if words:
+            return "_".join(words)
+    return "task"
+
+
+def declared(options: GlueOptions) -> list[OwnTask]:
+    """The tasks of your own that ``options`` declare: the single task of --train-file, then --task-file's."""
+    own = []
+    if options.train_file is not None:
+        own.append(
+            OwnTask(
+                options.train_file,
+                options.validation_file,
+                options.test_file,
+                options.text_column,
+                options.text_pair_column,
+                options.label_column,
+                options.id_column,
+                options.task_type,
+                options.task_name,
+                tuple(options.task_metrics),
+            )
+        )
+    if options.task_file is not None:
+        own += read_task_file(options.task_file)
+    return own
+
+
+def read_task_file(path: str) -> list[OwnTask]:
+    """The ``[[task]]`` tables of a TOML or JSON task file; relative paths are relative to the file."""
+    data = read_options_file(path, "--task-file")
+    entries = data.get("task")
+    if set(data) != {"task"} or not isinstance(entries, list) or not entries:
+        raise PerceiverLMError(f"--task-file {path}: expected [[task]] tables (a list under the key 'task')")
+    fields = {f.name: f for f in dataclasses.fields(OwnTask)}
+    tasks = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"--task-file {path}: task {number}"
+        if not isinstance(entry, dict):
+            raise PerceiverLMError(f"{where}: expected a table of task options")
+        unknown = sorted(set(entry) - set(fields))
+        if unknown:
+            raise PerceiverLMError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+        missing = [k for k in ("train_file", "validation_file") if k not in entry]
+        if missing:
+            raise PerceiverLMError(f"{where}: needs {' and '.join(missing)}")
+        for key, value in entry.items():
+            wanted = (list, tuple) if key == "metrics" else (str, type(None))
+            if not isinstance(value, wanted) or (key == "metrics" and not all(isinstance(m, str) for m in value)):
+                raise PerceiverLMError(f"{where}: {key} must be {'a list of names' if key == 'metrics' else 'text'}")
+        folder = Path(path).parent
+        files = {k: str(folder / v) for k, v in entry.items() if k.endswith("_file") and v is not None}
+        tasks.append(OwnTask(**{**entry, **files, "metrics": tuple(entry.get("metrics", ()))}))
+    return tasks
+
+
+def _sorted_labels(values: set[str]) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(values, key=float))
+    except ValueError:
+        return tuple(sorted(values))
+
+
+def build_task(own: OwnTask) -> GlueTask:
+    """The `GlueTask` of a task of your own, with its labels read from its training file."""
+    name = own.task_name()
+    if own.type not in ("classification", "regression"):
+        raise PerceiverLMError(f"task {name}: type must be classification or regression, got {own.type!r}")
+    labels: tuple[str, ...] = ()
+    if own.type == "classification":
+        rows = read_rows(own.train_file)
+        if own.label_column not in rows.column_names:
+            raise PerceiverLMError(
+                f"{own.train_file}: no column {own.label_column!r} (found: {', '.join(rows.column_names)})"
+            )
+        values = rows.unique(own.label_column)
+        if any(v is None for v in values):
+            row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None)
+            raise PerceiverLMError(f"{own.train_file}: row {row}, column {own.label_column!r}: no label")
+        labels = _sorted_labels({label_name(v) for v in values})
+        if not 2 <= len(labels) <= MAX_LABELS:
+            raise PerceiverLMError(
+                f"{own.train_file}: column {own.label_column!r} holds {len(labels)} distinct label(s); "
+                f"classification needs 2 to {MAX_LABELS} (or pass --task-type regression)"
+            )
+    default = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",) if labels else ("pearson", "spearman")
+    metrics = tuple(own.metrics) or default
+    unknown = [m for m in metrics if m not in metric_names()]
+    if unknown:
+        raise PerceiverLMError(
+            f"task {name}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(metric_names())}"
+        )
+    if "f1" in metrics and len(labels) != 2:
+        raise PerceiverLMError(f"task {name}: f1 scores a two-label task (its second label is the positive one)")
+    text = (own.text_column,) if own.text_pair_column is None else (own.text_column, own.text_pair_column)
+    files = (("train", own.train_file), ("dev", own.validation_file))
+    return GlueTask(
+        name,
+        name,
+        None,
+        text,
+        labeled=Columns(text[0], own.text_pair_column, own.label_column, own.id_column),
+        test=Columns(text[0], own.text_pair_column, None, own.id_column),
+        labels=labels,
+        metrics=metrics,
+        hub_dataset="",
+        hub_label=own.label_column,
+        hub_index=own.id_column,
+        hub_splits=OWN_SPLITS,
+        files=files + ((("test", own.test_file),) if own.test_file else ()),
+    )
+
+
+def job_tasks(options: GlueOptions) -> list[GlueTask]:
+    """Every task a run trains: the GLUE ones of --tasks (sst2 when nothing else is given), then your own."""
+    own = [build_task(t) for t in declared(options)]
+    glue = parse_tasks(options.tasks) if options.tasks is not None else ([] if own else parse_tasks("sst2"))
+    tasks = glue + own
+    names = [t.name for t in tasks]
+    clash = sorted({n for n in names if names.count(n) > 1} | {t.name for t in own if t.name in TASKS})
+    if clash:
+        raise PerceiverLMError(
+            f"task name(s) {', '.join(clash)} taken twice (a GLUE task or another task); pass --task-name"
+        )
+    return tasks
+
+
+def heads(tasks: list[GlueTask], head_hidden: int, max_length: int | None = None) -> MultiTaskConfig:
+    """The task heads of a model for ``tasks``; a task of your own keeps its declaration in the model (and the
+    bytes it reads of each example, ``max_length``, None: the model's window)."""
+    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t, max_length) if t.files else None) for t in tasks)
+    return MultiTaskConfig(tuple(specs), head_hidden)
+
+
+def _about(task: GlueTask, max_length: int | None) -> dict[str, Any]:
+    return {
+        "max_length": max_length,
+        "files": dict(task.files),
+        "text_columns": list(task.hub_text),
+        "label_column": task.hub_label,
+        "id_column": task.hub_index,
+        "labels": list(task.labels),
+        "metrics": list(task.metrics),
+    }
+
+
+def read_length(tasks: MultiTaskConfig) -> int | None:
+    """The bytes a model's tasks of your own were trained to read of each example (None: the model's window)."""
+    return max((s.about.get("max_length") or 0 for s in tasks.tasks if s.about), default=0) or None
+
+
+def model_tasks(tasks: MultiTaskConfig, files: dict[str, str] | None = None) -> list[GlueTask]:
+    """The tasks of a fine-tuned model: GLUE tasks by name, tasks of your own from their saved declaration,
+    with ``files`` (split name -> file) replacing the ones they were trained with."""
+    out = []
+    for spec in tasks.tasks:
+        if spec.about is None:
+            out.append(parse_tasks(spec.name)[0])
+            continue
+        about = spec.about
+        text = tuple(about["text_columns"])
+        pair = text[1] if len(text) > 1 else None
+        own_files = {**about["files"], **(files or {})}
+        out.append(
+            GlueTask(
+                spec.name,
+                spec.name,
+                None,
+                text,
+                labeled=Columns(text[0], pair, about["label_column"], about["id_column"]),
+                test=Columns(text[0], pair, None, about["id_column"]),
+                labels=tuple(about["labels"]),
+                metrics=tuple(about["metrics"]),
+                hub_dataset="",
+                hub_label=about["label_column"],
+                hub_index=about["id_column"],
+                hub_splits=OWN_SPLITS,
+                files=tuple(own_files.items()),
+            )
+        )
+    return out

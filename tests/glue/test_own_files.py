@@ -1,0 +1,193 @@
+"""Tasks of your own from CSV/TSV/JSON Lines/Parquet files: train, evaluate and predict like GLUE, with clear errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from perceiver_lm import PerceiverLMError
+from perceiver_lm.model import PerceiverClassifier
+from tasks.glue.data import load_split
+from tasks.glue.finetune import GlueOptions, finetune
+from tasks.glue.own import OwnTask, build_task, job_tasks, read_task_file
+from tasks.glue.predict import evaluate_checkpoint, predict_test
+
+FILLER = ["the", "film", "was", "a", "plot", "and", "actor", "scene", "very", "it"]
+
+
+def _reviews(n, seed):
+    """Short texts whose label is which of two words they hold; ids r0, r1, ..."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        words = [*rng.choice(FILLER, 6), "great" if label else "awful"]
+        rng.shuffle(words)
+        rows.append(
+            {"id": f"r{i}", "review": " ".join(words) + ", really", "sentiment": ["negative", "positive"][label]}
+        )
+    return rows
+
+
+def _pairs(n, seed):
+    """Pairs with a score: 5 x the share of "xxx" words over both texts (regression), and a same-letter label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        share = rng.random()
+        words = ["xxx" if rng.random() < share else "ooo" for _ in range(8)]
+        rows.append({"a": " ".join(words[:4]), "b": " ".join(words[4:]), "score": 5 * words.count("xxx") / 8})
+    return rows
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _options(tmp_path, **fields):
+    base = dict(preset="tiny", max_steps=80, eval_every=40, batch_size=16, lr=1e-3, head_hidden=32)
+    return GlueOptions(output_dir=str(tmp_path / "run"), **{**base, **fields})
+
+
+def test_a_csv_task_trains_evaluates_and_predicts_label_names_from_the_cli(tmp_path):
+    train = _write_csv(tmp_path / "reviews_train.csv", _reviews(400, 0))
+    dev = _write_csv(tmp_path / "reviews_dev.csv", _reviews(100, 1))
+    test = _write_csv(
+        tmp_path / "reviews_test.csv", [{k: v for k, v in r.items() if k != "sentiment"} for r in _reviews(12, 2)]
+    )
+    env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    common = ("--preset", "tiny", "--max-steps", "80", "--eval-every", "40", "--batch-size", "16", "--lr", "1e-3")
+    shown = cli(
+        "glue", "train", "--train-file", train, "--validation-file", dev, "--test-file", test,
+        "--text-column", "review", "--label-column", "sentiment", "--id-column", "id",
+        "--head-hidden", "32", "--output-dir", str(tmp_path / "run"), *common,
+    )  # fmt: skip
+    assert "reviews " in shown and "accuracy/f1" in shown
+    scores = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())["best"]["reviews"]["scores"]["dev"]
+    assert scores["accuracy"] > 90.0, scores
+    assert "reviews" in cli("glue", "eval", str(tmp_path / "run" / "best"))
+    cli("glue", "predict", str(tmp_path / "run" / "best"), "--out", str(tmp_path / "pred"))
+    lines = (tmp_path / "pred" / "reviews.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 13
+    truth = {r["id"]: r["sentiment"] for r in _reviews(12, 2)}
+    got = dict(line.split("\t") for line in lines[1:])
+    assert set(got) == set(truth) and set(got.values()) <= {"negative", "positive"}
+    assert sum(got[k] == truth[k] for k in truth) >= 10  # the label names come back, mostly right
+
+
+def test_a_pair_regression_task_and_a_classification_task_from_a_task_file_train_together(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write_jsonl(folder / "sim_train.jsonl", _pairs(400, 0))
+    _write_jsonl(folder / "sim_dev.jsonl", _pairs(100, 1))
+    _write_jsonl(folder / "rev_train.jsonl", _reviews(400, 0))
+    _write_jsonl(folder / "rev_dev.jsonl", _reviews(100, 1))
+    task_file = folder / "tasks.toml"
+    task_file.write_text(
+        '[[task]]\nname = "similar"\ntrain_file = "sim_train.jsonl"\nvalidation_file = "sim_dev.jsonl"\n'
+        'text_column = "a"\ntext_pair_column = "b"\nlabel_column = "score"\ntype = "regression"\n\n'
+        '[[task]]\ntrain_file = "rev_train.jsonl"\nvalidation_file = "rev_dev.jsonl"\ntext_column = "review"\n'
+        'label_column = "sentiment"\nmetrics = ["accuracy", "matthews"]\n'
+    )
+    result = finetune(_options(tmp_path, task_file=str(task_file), max_steps=240, eval_every=80))
+    similar, rev = result.best["similar"]["scores"]["dev"], result.best["rev"]["scores"]["dev"]
+    assert set(similar) == {"pearson", "spearman"} and similar["pearson"] > 80.0, similar
+    assert set(rev) == {"accuracy", "matthews"} and rev["accuracy"] > 85.0, rev
+    model = PerceiverClassifier.from_pretrained(result.best_model)
+    assert [t.name for t in model.tasks.tasks] == ["similar", "rev"]
+    assert model.tasks.tasks[1].about["labels"] == ["negative", "positive"]
+    assert evaluate_checkpoint(result.best_model, None, "rev")["rev"]["dev"] == pytest.approx(rev)
+    with pytest.raises(PerceiverLMError, match="this model has no task 'sst2'; it has: similar, rev"):
+        evaluate_checkpoint(result.best_model, None, "sst2")
+    with pytest.raises(PerceiverLMError, match="no test file to predict; pass --test-file"):
+        predict_test(result.best_model, None, tmp_path / "pred")
+
+
+def test_labels_come_from_the_training_file_sorted_numerically_when_they_are_numbers(tmp_path):
+    rows = [{"text": f"t{i}", "label": label} for i, label in enumerate([10, 2, 2, 10, 1])]
+    task = build_task(OwnTask(_write_jsonl(tmp_path / "n.jsonl", rows), _write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert task.labels == ("1", "2", "10") and task.metrics == ("accuracy",) and task.name == "n"
+    split = load_split(task, "train", None, 64)
+    assert split.labels == [2.0, 1.0, 1.0, 2.0, 0.0] and split.index == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize(
+    "train, dev, fields, message",
+    [
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], [{"text": "c", "label": "z"}], {},
+         r"d\.jsonl: row 1, column 'label': label 'z' is not one of the training labels \(x, y\)"),
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], [{"words": "c", "label": "x"}], {},
+         r"d\.jsonl: no column 'text' \(found: words, label\)"),
+        ([{"text": "a", "label": 1.5}, {"text": "b", "label": "much"}], [{"text": "c", "label": 2}],
+         {"type": "regression"}, r"t\.jsonl: row 2, column 'label': expected a number \(a regression target\)"),
+        ([{"text": "a", "label": "x"}, {"text": None, "label": "y"}], [{"text": "c", "label": "x"}], {},
+         r"t\.jsonl: row 2, column 'text': expected text"),
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], [{"text": "c", "label": "x"}], {},
+         r"t\.jsonl: column 'label' holds 1 distinct label\(s\)"),
+    ],
+)  # fmt: skip
+def test_bad_files_are_one_line_naming_file_row_and_column(tmp_path, train, dev, fields, message):
+    own = OwnTask(_write_jsonl(tmp_path / "t.jsonl", train), _write_jsonl(tmp_path / "d.jsonl", dev), **fields)
+    with pytest.raises(PerceiverLMError, match=message):
+        task = build_task(own)
+        load_split(task, "train", None, 64)
+        load_split(task, "dev", None, 64)
+
+
+def test_an_empty_split_a_missing_file_and_a_bad_task_file_are_refused(tmp_path):
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    own = OwnTask(_write_jsonl(tmp_path / "t.jsonl", rows), str(tmp_path / "empty.csv"))
+    with pytest.raises(PerceiverLMError, match=r"empty\.csv: no examples"):
+        load_split(build_task(own), "dev", None, 64)
+    with pytest.raises(PerceiverLMError, match=r"nope\.csv: no such file"):
+        build_task(OwnTask(str(tmp_path / "nope.csv"), str(tmp_path / "nope.csv")))
+    with pytest.raises(PerceiverLMError, match=r"t\.txt: expected a \.csv, \.tsv, \.json, \.jsonl, \.parquet file"):
+        build_task(OwnTask(str(tmp_path / "t.txt"), str(tmp_path / "t.txt")))
+    bad = tmp_path / "tasks.json"
+    bad.write_text(json.dumps({"task": [{"train_file": "t.jsonl", "validation_file": "t.jsonl", "colour": "red"}]}))
+    with pytest.raises(PerceiverLMError, match=r"--task-file .*tasks\.json: task 1: unknown key\(s\) colour"):
+        read_task_file(str(bad))
+    with pytest.raises(PerceiverLMError, match="needs both --train-file and --validation-file"):
+        GlueOptions(train_file="t.csv")
+    clash = GlueOptions(
+        tasks="sst2", train_file=str(tmp_path / "t.jsonl"), validation_file=str(tmp_path / "t.jsonl"), task_name="sst2"
+    )
+    with pytest.raises(PerceiverLMError, match="task name.* sst2 taken twice"):
+        job_tasks(clash)
+
+
+def test_tsv_and_parquet_files_read_like_csv(tmp_path):
+    import pandas as pd
+
+    rows = _reviews(6, 0)
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("id\treview\tsentiment\n" + "".join(f"{r['id']}\t{r['review']}\t{r['sentiment']}\n" for r in rows))
+    parquet = tmp_path / "r.parquet"
+    pd.DataFrame(rows).to_parquet(parquet)
+    for path in (tsv, parquet):
+        task = build_task(OwnTask(str(path), str(path), text_column="review", label_column="sentiment", id_column="id"))
+        split = load_split(task, "dev", None, 64)
+        assert task.labels == ("negative", "positive") and split.index == [r["id"] for r in rows]
+        assert split.labels == [float(r["sentiment"] == "positive") for r in rows]
