@@ -143,7 +143,8 @@ def _build(classes: tuple[type, ...], values: dict[str, Any], kind: str) -> list
         owner = {f.name: i for i, c in reversed(list(enumerate(classes))) for f in dataclasses.fields(c)}
         for key, value in read_options_file(path).items():
             parts[owner.get(key, 0) if key != "config" else 0][key] = value
-        check_fields(classes[0], parts[0], f"--config {path}", f"{kind} option")
+        for options_class, part in zip(classes, parts, strict=True):
+            check_fields(options_class, part, f"--config {path}", f"{kind} option")
     return [c(**{**p, **g}) for c, p, g in zip(classes, parts, given, strict=True)]
 
 

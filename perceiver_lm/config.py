@@ -208,23 +208,32 @@ class PerceiverConfig:
         return parse_byte_encoder(self.byte_encoder)
 
     def parameter_bound(self) -> int:
-        """A coarse upper bound on the masked LM's parameters (the classifier's too, less its task queries and
-        heads), from the sizes alone and without torch: every attention block is counted at the widest width.
+        """An upper bound on the masked LM's parameters (the classifier's too, less its task queries and heads),
+        from the sizes alone and without torch: each attention block at its own widths, biases and norms included.
 
-        Only a guard against configs far too big to build (`MAX_PARAMETERS`); within 2x of the count for the
-        presets. The exact count builds the model on the meta device: `perceiver_lm.model.count_parameters`.
+        Only a guard against configs far too big to build (`MAX_PARAMETERS`), checked to stay within a small
+        factor of the count; the exact count builds the model on the meta device (`model.count_parameters`).
         """
         c = self
-        width = max(c.d_model, c.d_latents, c.qk_channels, c.v_channels, c.decoder_qk_channels, c.decoder_v_channels)
-        widening = max(c.cross_widening, c.self_widening)
-        # A block: 4 attention linears + the MLP's 2 (widened) linears with biases, 3 LayerNorms.
-        block = (4 + 2 * widening) * width * (width + 1) + 6 * width
-        blocks = c.num_self_layers + 2  # the processor, encoder and decoder cross-attention
+
+        def linear(n_in: int, n_out: int) -> int:
+            return (n_in + 1) * n_out
+
+        def block(q: int, kv: int, qk: int, v: int, widening: int) -> int:
+            attention = linear(q, qk) + linear(kv, qk) + linear(kv, v) + linear(v, q)
+            return attention + linear(q, widening * q) + linear(widening * q, q) + 6 * max(q, kv)
+
+        widest = max(c.cross_widening, c.self_widening)  # the decoder's MLP is no wider than these
+        blocks = (
+            block(c.d_latents, c.d_model, c.qk_channels, c.v_channels, c.cross_widening)
+            + c.num_self_layers * block(c.d_latents, c.d_latents, c.qk_channels, c.v_channels, c.self_widening)
+            + block(c.d_model, c.d_latents, c.decoder_qk_channels, c.decoder_v_channels, widest)
+        )
         # Byte and position tables, decoder queries, latents; output bias and locality slopes.
         tables = (c.vocab_size + 2 * c.max_seq_len) * c.d_model + c.num_latents * c.d_latents
-        extras = c.vocab_size + 2 * max(c.num_cross_heads, c.decoder_heads)
+        extras = c.vocab_size + 2 * max(c.num_cross_heads, c.decoder_heads) + 4 * c.d_model
         parts = sum(BYTE_ENCODER_PARTS[part].max_parameters(c) for part in c.byte_encoder_parts)
-        return blocks * block + tables + extras + parts
+        return blocks + tables + extras + parts
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -55,6 +55,19 @@ def argument(help: str, default: Any = MISSING) -> Any:
     return option(default, help, argument=True)
 
 
+def options_record(options: Any) -> dict[str, Any]:
+    """An options dataclass as plain JSON values (paths as strings), as checkpoints and summaries store it."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(options).items()}
+
+
 def data_order_fields(options_class: type) -> tuple[str, ...]:
     """The fields of an options dataclass marked ``data_order=True``, in declaration order."""
     return tuple(f.name for f in dataclasses.fields(options_class) if f.metadata.get("data_order"))

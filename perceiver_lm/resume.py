@@ -8,7 +8,6 @@ another data order), `restore` loads it into a prepared run.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.options import data_order_fields, flag
+from perceiver_lm.options import data_order_fields, flag, options_record
 from perceiver_lm.run_dir import finite_json, remove_tree
 from perceiver_lm.runtime import on_main
 
@@ -57,7 +56,7 @@ def run_record(run: Run, state: TrainState) -> dict[str, Any]:
         "step": state.step,
         "eval": state.last_eval,
         "job": state.job,
-        "options": dataclasses.asdict(run.options),
+        "options": options_record(run.options),
         "num_processes": run.accelerator.num_processes,
         "elapsed_s": state.elapsed_s,
         "card": run.card,
@@ -147,12 +146,9 @@ def check_resume(
     if tasks != getattr(model, "tasks", None):
         raise PerceiverLMError(f"{source}: checkpoint holds other task heads than this run; use the same --tasks")
     trainer_state = ckpt.read_trainer_state(source)
-    saved = trainer_state.get("options", {})
-    changes = [
-        f"{flag(name)} {saved[name]!r} -> {getattr(options, name)!r}"
-        for name in order
-        if name in saved and saved[name] != getattr(options, name)
-    ]
+    saved, now = trainer_state.get("options", {}), options_record(options)
+    changed = [name for name in order if name in saved and saved[name] != now[name]]
+    changes = [f"{flag(name)} {saved[name]!r} -> {now[name]!r}" for name in changed]
     if trainer_state.get("num_processes", processes) != processes:
         changes.append(f"processes {trainer_state['num_processes']} -> {processes}")
     if changes:

@@ -91,6 +91,9 @@ class Job(Protocol):
     slots: tuple[str, ...]  # names of the running training losses (one per GLUE task)
     produced: tuple[str, ...]  # files/folders a run writes besides checkpoints (``--overwrite`` removes them)
     options: Any  # the run's options dataclass; `build_model` may fill defaults that depend on the model
+    # Optional: option names that fix this run's data order beyond the fields marked ``data_order`` (a stream's
+    # --eval-windows); `train` reads it with getattr, so a job without it has none.
+    also_data_order: tuple[str, ...]
 
     def accelerator_kwargs(self, output: Path) -> dict[str, Any]:
         """More arguments for the run's Accelerator (trackers, DDP settings)."""

@@ -12,6 +12,7 @@ import math
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from perceiver_lm.errors import PerceiverLMError
@@ -60,6 +61,10 @@ def matches(hint: Any, value: Any) -> bool:
             and isinstance(value, (list, tuple))
             and all(matches(typing.get_args(alt)[0], v) for v in value)
         ):
+            return True
+        if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return True  # a table (a config file's [model]); its own class checks what is in it
+        if alt is Path and isinstance(value, (str, Path)):
             return True
         if alt is bool and isinstance(value, bool):
             return True

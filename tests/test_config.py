@@ -77,7 +77,17 @@ def test_parameter_bound_bounds_the_count_closely(shape, encoder):
     count = count_parameters(config)  # meta device: `base` costs nothing
     # A guard, not the count: never under it, and close enough that the MAX_PARAMETERS guard refuses
     # nothing near the size of a model one would build.
-    assert count <= config.parameter_bound() <= 2 * count
+    assert count <= config.parameter_bound() <= 1.25 * count
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(d_model=4096, self_widening=4), dict(d_model=2048, self_widening=4), dict(d_latents=512, cross_widening=4)],
+)
+def test_parameter_bound_stays_close_on_shapes_far_from_the_presets(changes):
+    # Each block is bounded at its own widths: a wide byte side with narrow latents is not counted as wide everywhere.
+    config = PRESETS["base"].replace(**changes)
+    assert count_parameters(config) <= config.parameter_bound() <= 1.25 * count_parameters(config)
 
 
 def test_absurd_sizes_are_refused_before_anything_is_built():

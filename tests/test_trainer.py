@@ -110,3 +110,124 @@ def test_a_model_builds_on_the_meta_device_and_materialises_exactly():
     model = model.to_empty(device="cpu")
     for name in ("centres", "offsets"):
         assert torch.equal(getattr(model.encoder.locality, name), getattr(reference.encoder.locality, name))
+
+
+# ---- a third job, built as docs/design.md's "A training job" recipe says -------------------------------------
+
+
+def _third_job_classes():
+    import dataclasses
+    from pathlib import Path
+
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+    from perceiver_lm.optim import adamw, parameter_groups
+    from perceiver_lm.options import option
+    from perceiver_lm.tokenizer import encode, pad_batch
+    from perceiver_lm.trainer import Data, Schedule
+
+    @dataclasses.dataclass(frozen=True)
+    class ZOptions:
+        words: Path = option(Path("words.txt"), "Word list; a word's label is whether it holds a z.", data_order=True)
+        output_dir: str = option("runs/z", "Run directory.")
+        max_steps: int = option(60, "Steps.")
+        lr: float = option(2e-3, "Peak learning rate.")
+        warmup_steps: int = option(5, "Warm-up.")
+        min_lr_ratio: float = option(0.1, "Final rate.")
+        clip_norm: float = option(1.0, "Clip.")
+        seed: int = option(0, "Seed.", data_order=True)
+        log_every: int = option(10, "Log every.")
+        eval_every: int = option(30, "Evaluate every.")
+        save_every: int = option(30, "Save every.")
+        keep_checkpoints: int = option(2, "Keep.")
+        batch_size: int = option(16, "Batch.", data_order=True)
+        grad_accum: int = option(1, "Accumulation.", data_order=True)
+        mixed_precision: str = option("no", "Precision.")
+        cpu: bool = option(True, "CPU.")
+        resume: bool = option(False, "Resume.")
+        overwrite: bool = option(False, "Overwrite.")
+
+    def collate(items):
+        batch = pad_batch([encode(w) for w, _ in items])
+        labels = torch.tensor([y for _, y in items])
+        return {
+            "input_ids": torch.from_numpy(batch.input_ids),
+            "attention_mask": torch.from_numpy(batch.attention_mask),
+            "labels": labels,
+        }
+
+    class HasZ:
+        name, slots, produced = "has-z", ("z",), ()
+
+        def __init__(self, options):
+            self.options = options
+            self.accuracies = []
+
+        def accelerator_kwargs(self, output):
+            return {}
+
+        def build_model(self, source):
+            return PerceiverClassifier(PRESETS["tiny"], MultiTaskConfig((TaskSpec("z", 2),), 32))
+
+        def build_data(self, model, accelerator):
+            words = Path(self.options.words).read_text().split()
+            items = [(w, int("z" in w)) for w in words]
+            train = DataLoader(
+                items, batch_size=self.options.batch_size, shuffle=True, drop_last=True, collate_fn=collate
+            )
+            return Data(
+                train, [DataLoader(items[:64], batch_size=32, collate_fn=collate)], "examples", self.options.batch_size
+            )
+
+        def build_optimizer(self, model):
+            return adamw(parameter_groups(model, 0.0), lr=self.options.lr)
+
+        def schedule(self, batches_per_epoch):
+            return Schedule.of(self.options)
+
+        def started(self, run, state, source):
+            return "a toy job"
+
+        def loss(self, model, batch):
+            logits = model(batch["input_ids"], batch["attention_mask"], task=0).logits
+            return F.cross_entropy(logits.float(), batch["labels"]), 0
+
+        def validate(self, run, state, train_loss):
+            hits = total = 0
+            for batch in run.eval_loaders[0]:
+                logits = run.model(batch["input_ids"], batch["attention_mask"], task=0).logits
+                hits += int((logits.argmax(-1) == batch["labels"]).sum())
+                total += len(batch["labels"])
+            self.accuracies.append(hits / total)
+            return {"accuracy": hits / total}
+
+        def card(self):
+            return [f"- Trained to spot a z in: {self.options.words}"]
+
+    return ZOptions, HasZ
+
+
+def test_a_third_job_plugs_into_train_and_gets_checkpoints_resume_and_cards(tmp_path):
+    import dataclasses
+    import random
+
+    from perceiver_lm.trainer import train
+
+    ZOptions, HasZ = _third_job_classes()
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghz" if i % 2 else "abcdefgh") for _ in range(6)) for i in range(400)]
+    (tmp_path / "words.txt").write_text(" ".join(words))
+    options = ZOptions(words=tmp_path / "words.txt", output_dir=str(tmp_path / "run"))  # a Path option
+    job = HasZ(options)
+    state = train(options, job)
+    assert state.step == 60 and job.accuracies[-1] > 0.8, job.accuracies  # it learned (half the words hold a z)
+    card = (tmp_path / "run" / "checkpoint-0000060" / "README.md").read_text()
+    assert f"Trained to spot a z in: {tmp_path / 'words.txt'}" in card
+    longer = dataclasses.replace(options, max_steps=70, resume=True)
+    assert train(longer, HasZ(longer)).step == 70  # resumed from its own checkpoint, Path option and all
+    moved = dataclasses.replace(longer, words=tmp_path / "other.txt", max_steps=80)
+    with pytest.raises(PerceiverLMError, match=r"cannot resume, --words '.*words\.txt' -> '.*other\.txt'"):
+        train(moved, HasZ(moved))

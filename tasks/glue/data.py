@@ -187,7 +187,8 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             f"GLUE {task.name} {name}: no --glue-dir given and {task.hub_dataset} cannot be loaded: {hint}; "
             "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
         ) from None
-    columns = (*task.hub_text, task.hub_label, *([task.hub_index] if task.hub_index is not None else []))
+    labeled = task.hub_label in rows.column_names or name == "train" or name in dict(task.dev)  # test: optional
+    columns = (*task.hub_text, *([task.hub_label] if labeled else []), *([task.hub_index] if task.hub_index else []))
     missing = [c for c in columns if c not in rows.column_names]
     if missing:
         raise PerceiverLMError(
@@ -199,14 +200,19 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
     for row_number, row in enumerate(rows):
         split.ids.append(corruption.encode(row[a_key], row[b_key] if b_key else None, len(split.ids), max_length))
         split.index.append(str(row_number if task.hub_index is None else row[task.hub_index]))
-        label = row[task.hub_label]
+        label = row[task.hub_label] if labeled else None
         if isinstance(label, str):  # a label string, as in local files, rather than a class id
             try:
                 split.labels.append(_label_value(task, label))
             except ValueError as err:
                 raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name} row {row_number}: {err}") from None
-        elif label is not None and label != -1:  # the Hub's test splits carry label -1
+        elif label is not None and label != -1:  # the Hub's test splits carry -1: no label
             split.labels.append(float(label))
+    if split.labels and len(split.labels) != len(split.ids):
+        raise PerceiverLMError(
+            f"GLUE {task.name} {name}: {where}:{hub_name}: {len(split.ids) - len(split.labels)} of {len(split.ids)} "
+            f"rows have no label in column {task.hub_label!r}; a split is labelled throughout or not at all"
+        )
     return split
 
 

@@ -25,6 +25,7 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.noise import parse_noise
 from perceiver_lm.optim import adamw, parameter_groups
+from perceiver_lm.options import options_record
 from perceiver_lm.resume import TrainState, save_model_copy
 from perceiver_lm.run_dir import write_json_atomic
 from perceiver_lm.runtime import on_main
@@ -231,7 +232,7 @@ class GlueTraining:
             records["best_mean"] = mean
             save_model_copy(run, state, run.output / "best", finite)  # with the scores that made it the best
         summary = {
-            "options": dataclasses.asdict(run.options),
+            "options": options_record(run.options),
             "best": best,
             "history": records["history"],
             "num_processes": run.accelerator.num_processes,

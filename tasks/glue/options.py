@@ -92,6 +92,9 @@ class GlueOptions:
     output_dir: str = option("runs/glue", "Run directory: best model, checkpoints, dev metrics JSON.")
     epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
+    max_minutes: float | None = option(
+        None, "Stop (evaluate and checkpoint) after this many minutes of training; the schedule still spans the steps."
+    )
     batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).", data_order=True)
     grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.", data_order=True)
     lr: float | None = option(
@@ -177,7 +180,7 @@ class GlueOptions:
             "lr",
         ):
             check_range(flag(name), getattr(self, name), 0, low_open=True)
-        for name in ("warmup_steps", "weight_decay", "clip_norm", "freeze_body_steps"):
+        for name in ("warmup_steps", "weight_decay", "clip_norm", "freeze_body_steps", "max_minutes"):
             check_range(flag(name), getattr(self, name), 0)
         check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
         check_range("--body-lr-scale", self.body_lr_scale, 0, 1000)

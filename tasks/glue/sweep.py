@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from perceiver_lm.options import options_record
 from perceiver_lm.run_dir import check_output_folder, claim_folder, is_main_rank, refuse_non_empty, write_json_atomic
 from tasks.glue.finetune import finetune
 from tasks.glue.options import GlueOptions
@@ -55,7 +56,7 @@ def _sweep(
             ):
                 best[task.name] = {**entry, "batch_size": batch_size, "lr": lr, "output_dir": str(result.output_dir)}
     summary = {
-        "options": dataclasses.asdict(options),
+        "options": options_record(options),
         "grid": {"batch_size": batch_sizes, "lr": lrs},
         "best": best,
         "runs": runs,

@@ -123,3 +123,13 @@ def test_every_glue_task_loads_from_the_hub_as_before(hub, name):
         split = load_split(task, stem, None, 2048)
         assert hub.calls[-1] == ("nyu-mll/glue", task.hub_config, stem)
         assert split.labels == [] and not split.labeled and split.index == ["10", "11", "12"]
+
+
+def test_a_split_labelled_in_part_is_refused_and_a_test_split_needs_no_label_column(hub):
+    hub[("someone/movie-sentiment", None, "train")] = {"text": ["a", "b", "c"], "label": [0, -1, 1]}
+    with pytest.raises(PerceiverLMError, match=r"1 of 3 rows have no label in column 'label'"):
+        load_split(SENTIMENT, "train", None, 64)
+    unlabeled = GlueTask(**{**SENTIMENT.__dict__, "test_files": (("test", "test"),), "hub_splits": (("dev", "dev"),)})
+    hub[("someone/movie-sentiment", None, "test")] = {"text": ["x", "y"]}
+    split = load_split(unlabeled, "test", None, 64)
+    assert len(split) == 2 and not split.labels and not split.labeled
