@@ -368,6 +368,9 @@ class MultiTaskConfig:
     # Heads of the task query's cross-attention over the latents (the encoder's qk/v channels split
     # over them); None: the model's decoder_heads, as in checkpoints written before this field.
     query_heads: int | None = None
+    # Bytes of each example the model was fine-tuned to read (longer than its window: read as consecutive
+    # windows); None: the model's window. Evaluation and prediction read as many.
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -390,6 +393,10 @@ class MultiTaskConfig:
                 f"task config: head_hidden must be an integer in 1..{DEFAULT_SIZE_LIMIT}, got {shown(self.head_hidden)}"
             )
 
+        if self.max_length is not None and (not matches(int, self.max_length) or not 4 <= self.max_length <= 1 << 24):
+            raise PerceiverLMError(
+                f"task config: max_length must be an integer in 4..16777216, got {shown(self.max_length)}"
+            )
         if self.query_heads is not None and (not matches(int, self.query_heads) or not 1 <= self.query_heads <= 1024):
             raise PerceiverLMError(
                 f"task config: query_heads must be an integer in 1..1024, got {shown(self.query_heads)}"
@@ -415,7 +422,8 @@ class MultiTaskConfig:
     def to_dict(self) -> dict[str, Any]:
         tasks = [{k: v for k, v in dataclasses.asdict(t).items() if k != "about" or v is not None} for t in self.tasks]
         out = {"tasks": tasks, "head_hidden": self.head_hidden}
-        return out if self.query_heads is None else {**out, "query_heads": self.query_heads}
+        optional = {"query_heads": self.query_heads, "max_length": self.max_length}
+        return {**out, **{k: v for k, v in optional.items() if v is not None}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "task config") -> MultiTaskConfig:
@@ -429,7 +437,8 @@ class MultiTaskConfig:
         ):
             raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:
-            return cls(tuple(TaskSpec(**t) for t in tasks), data.get("head_hidden", 768), data.get("query_heads"))
+            specs = tuple(TaskSpec(**t) for t in tasks)
+            return cls(specs, data.get("head_hidden", 768), data.get("query_heads"), data.get("max_length"))
         except PerceiverLMError as err:
             raise PerceiverLMError(f"{source}: {err}") from None
 

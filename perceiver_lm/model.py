@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import NGRAM_SIZES, MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.tokenizer import PAD_ID
 
 
 def _tensors_visible_to_hooks(cls: type) -> type:
@@ -49,10 +50,11 @@ class PerceiverLMOutput:
     """Masked LM: [B, Q, vocab] logits at the decoded positions. Classifier: [B, C] outputs of the task's head
     (C = 1 for regression)."""
     encoder_attention: torch.Tensor | None = None
-    """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout."""
+    """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout. A classifier input read
+    as K windows of W bytes: [B, K, H, N, W], window k's latents over window k's bytes."""
     decoder_attention: torch.Tensor | None = None
     """[B, H, Q, N] decoder cross-attention weights (queries over latents; the classifier's one task query:
-    Q = 1), pre-dropout."""
+    Q = 1), pre-dropout. Read as K windows: [B, H, 1, K*N], the latents of window 0, then window 1, ..."""
 
 
 ClassifierOutput = PerceiverLMOutput  # the name `PerceiverClassifier.forward`'s output had; the same class
@@ -643,8 +645,51 @@ class TaskDecoder(nn.Module):
         return self.heads[task_index](attended.hidden[:, 0]), attended.weights
 
 
+@dataclass
+class Windows:
+    """A batch [B, L] cut into K = ceil(L / W) consecutive windows of W bytes, every window its own example."""
+
+    input_ids: torch.Tensor  # [B*K, W] ids, window-major within an example, the tail padded with [PAD]
+    attention_mask: torch.Tensor  # [B*K, W] bool, True on real bytes (an empty window: on its first byte only)
+    has_text: torch.Tensor  # [B, K] bool, True where a window holds text (window 0 always, so no row is empty)
+
+    @property
+    def count(self) -> int:
+        """K, the windows per example."""
+        return self.has_text.shape[1]
+
+
+def split_windows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, window: int) -> Windows:
+    """Cut ids [B, L] (and the padding mask, None: no padding) into windows of ``window`` bytes.
+
+    A window with no real byte (the tail of a short example in a batch of long ones) still goes through the
+    encoder, reading its first [PAD] as if it were text: a window of nothing but masked keys would give NaN
+    latents, and a NaN survives a 0 attention weight. ``has_text`` masks such windows out of the task query's
+    keys. Shapes stay static (no host sync to find the empty windows, which therefore still cost compute).
+    """
+    b, length = input_ids.shape
+    k = -(-length // window)
+    pad = k * window - length
+    keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if pad:
+        input_ids = torch.cat((input_ids, input_ids.new_full((b, pad), PAD_ID)), dim=1)
+        keep = torch.cat((keep, keep.new_zeros(b, pad)), dim=1)
+    ids = input_ids.reshape(b * k, window)  # [B, K*W] -> [B*K, W]
+    keep = keep.reshape(b * k, window)
+    has_text = keep.any(-1, keepdim=True)  # [B*K, 1]
+    first = torch.arange(window, device=keep.device) == 0  # [W]
+    keep = keep | (first & ~has_text)  # empty windows read their first byte
+    first_window = torch.arange(k, device=keep.device) == 0  # [K]
+    return Windows(ids, keep, has_text.view(b, k) | first_window)
+
+
 class PerceiverClassifier(SavedModel):
-    """A Perceiver encoder with the multi-task query decoder (GLUE-style fine-tuning)."""
+    """A Perceiver encoder with the multi-task query decoder (GLUE-style fine-tuning).
+
+    Inputs longer than the window (``max_seq_len``) are read as consecutive windows: each window is encoded
+    as its own example (positions restart in every window, as in pretraining) and the task query reads the
+    latents of all windows of its example together. Cost grows linearly with the bytes read.
+    """
 
     def __init__(self, config: PerceiverConfig, tasks: MultiTaskConfig) -> None:
         super().__init__()
@@ -667,18 +712,68 @@ class PerceiverClassifier(SavedModel):
         attention_mask: torch.Tensor | None = None,
         task: int = 0,
         return_attentions: bool = False,
+        window: int | None = None,
+        windows_per_pass: int | None = None,
     ) -> PerceiverLMOutput:
         """Outputs of one task's head for a batch of that task.
 
         Args:
-            input_ids: [B, L] byte ids (``[CLS] a [SEP] b [SEP]``, padded).
+            input_ids: [B, L] byte ids (``[CLS] a [SEP] b [SEP]``, padded), any length L.
             attention_mask: [B, L], 1 for real ids and 0 for padding.
             task: index of the task in ``self.tasks`` (`MultiTaskConfig.index` maps names).
-            return_attentions: also return encoder and decoder attention maps (explicit path).
+            return_attentions: also return encoder and decoder attention maps (explicit path). For an input
+                read as K windows of W bytes the encoder maps are [B, K, H, N, W] and the task query's
+                [B, H, 1, K*N] (`PerceiverLMOutput`).
+            window: bytes per window, at most (and by default) ``config.max_seq_len``. An input of at most
+                ``window`` bytes is read exactly as before: one pass, no windows.
+            windows_per_pass: encode at most this many windows at a time (None: all B*K at once); bounds the
+                memory of inference on long inputs, not that of training, which keeps every pass's activations
+                for backward (see `gradient_checkpointing_enable`).
         """
-        encoded = self.encoder(input_ids, attention_mask, return_attentions)
-        logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
-        return PerceiverLMOutput(logits, encoded.weights, weights)
+        window = self._window(window)
+        if input_ids.shape[1] <= window:
+            encoded = self.encoder(input_ids, attention_mask, return_attentions)
+            logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
+            return PerceiverLMOutput(logits, encoded.weights, weights)
+        return self._forward_windows(
+            split_windows(input_ids, attention_mask, window), task, return_attentions, windows_per_pass
+        )
+
+    def _window(self, window: int | None) -> int:
+        limit = self.config.max_seq_len
+        if window is None:
+            return limit
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= limit:
+            raise PerceiverLMError(f"window must be an integer in 1..max_seq_len={limit}, got {window!r}")
+        return window
+
+    def _forward_windows(
+        self, windows: Windows, task: int, return_attentions: bool, windows_per_pass: int | None
+    ) -> PerceiverLMOutput:
+        """Encode every window [B*K, W] as its own example; the task query reads [B, K*N, D] latents."""
+        b, k = windows.has_text.shape
+        total = windows.input_ids.shape[0]
+        if windows_per_pass is not None and (
+            isinstance(windows_per_pass, bool) or not isinstance(windows_per_pass, int) or windows_per_pass < 1
+        ):
+            raise PerceiverLMError(f"windows_per_pass must be a positive integer, got {windows_per_pass!r}")
+        step = total if windows_per_pass is None else windows_per_pass
+        passes = [
+            self.encoder(windows.input_ids[i : i + step], windows.attention_mask[i : i + step], return_attentions)
+            for i in range(0, total, step)
+        ]
+        hidden = torch.cat([p.hidden for p in passes]) if len(passes) > 1 else passes[0].hidden  # [B*K, N, D]
+        n, d = hidden.shape[1:]
+        latents = hidden.reshape(b, k * n, d)  # [B*K, N, D] -> [B, K*N, D]
+        keys = windows.has_text[:, :, None].expand(b, k, n)  # [B, K, N]
+        if passes[0].latent_mask is not None:
+            keys = keys & torch.cat([p.latent_mask for p in passes]).view(b, k, n)
+        logits, weights = self.decoder(latents, task, keys.reshape(b, k * n), return_attentions)
+        maps = None
+        if return_attentions:
+            maps = torch.cat([p.weights for p in passes])  # [B*K, H, N, W]
+            maps = maps.view(b, k, *maps.shape[1:])  # [B, K, H, N, W]
+        return PerceiverLMOutput(logits, maps, weights)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverClassifier:

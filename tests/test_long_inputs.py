@@ -2,7 +2,6 @@
 over all their latents (issue 21)."""
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -243,9 +242,9 @@ def test_a_tiny_classifier_learns_a_label_only_the_last_window_decides():
     rng = np.random.default_rng(0)
     ids, mask, labels = _yes_documents(np.random.default_rng(1), 128)
     assert ids.shape[1] > 2 * config.max_seq_len
-    accuracy, start = 0.0, time.monotonic()
-    for step in range(400):
-        batch_ids, batch_mask, batch_labels = _yes_documents(rng, 16)
+    accuracy = 0.0
+    for step in range(300):  # batches of 32: 9 seeds of 9 pass 95 % within 140 steps (~20 s on one thread)
+        batch_ids, batch_mask, batch_labels = _yes_documents(rng, 32)
         loss = F.cross_entropy(model.train()(batch_ids, batch_mask).logits, batch_labels)
         optimizer.zero_grad()
         loss.backward()
@@ -253,7 +252,7 @@ def test_a_tiny_classifier_learns_a_label_only_the_last_window_decides():
         if step % 20 == 19:
             with torch.no_grad():
                 accuracy = (model.eval()(ids, mask).logits.argmax(-1) == labels).float().mean().item()
-            if accuracy > 0.95 or time.monotonic() - start > 50:
+            if accuracy > 0.95:
                 break
     assert accuracy > 0.9, (step, accuracy)
     with torch.no_grad():  # read through the first window only, the same model is at chance

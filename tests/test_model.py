@@ -241,3 +241,22 @@ def test_both_models_return_the_same_output_type():
     assert out.encoder_attention.shape == (3, config.num_cross_heads, config.num_latents, ids.shape[1])
     assert out.decoder_attention.shape == (3, config.num_cross_heads, 1, config.num_latents)
     assert len(pytree.tree_leaves(out)) == 3  # a pytree node for FSDP2, like the masked LM's
+
+
+def test_the_classifier_reads_inputs_longer_than_its_window_and_the_masked_lm_still_refuses_them():
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec
+    from perceiver_lm.model import PerceiverClassifier
+
+    config = PRESETS["tiny"]
+    torch.manual_seed(0)
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("sst2", 2),))).eval()
+    ids = torch.randint(6, 262, (2, 3 * config.max_seq_len + 5))  # 4 windows
+    out = model(ids, torch.ones_like(ids), return_attentions=True)
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+    assert out.encoder_attention.shape == (2, 4, config.num_cross_heads, config.num_latents, config.max_seq_len)
+    assert out.decoder_attention.shape == (2, config.decoder_heads, 1, 4 * config.num_latents)
+    with pytest.raises(ValueError, match="more than max_seq_len=128"):
+        model.encoder(ids)  # the encoder itself still reads one window
+    with pytest.raises(ValueError, match="more than max_seq_len=128"):
+        PerceiverLM(config)(ids)
+    assert model.num_parameters() == 274_214  # reading windows adds no weights (the count before it did)

@@ -139,11 +139,8 @@ class GlueTraining:
 
     def build_data(self, model: PerceiverClassifier, accelerator: Any) -> Data:
         options = self.options
+        # Longer than the model's window: the classifier reads consecutive windows (`PerceiverClassifier`).
         max_length = options.max_length or model.config.max_seq_len
-        if max_length > model.config.max_seq_len:
-            raise PerceiverLMError(
-                f"--max-length {max_length} is longer than the model's window ({model.config.max_seq_len})"
-            )
         train_splits, dev_splits = _load_splits(options, self.tasks, max_length)
         for note in self.notes:
             accelerator.print(note, file=sys.stderr)

@@ -182,15 +182,14 @@ def job_tasks(options: GlueOptions) -> list[GlueTask]:
 
 
 def heads(tasks: list[GlueTask], head_hidden: int, max_length: int | None = None) -> MultiTaskConfig:
-    """The task heads of a model for ``tasks``; a task of your own keeps its declaration in the model (and the
-    bytes it reads of each example, ``max_length``, None: the model's window)."""
-    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t, max_length) if t.files else None) for t in tasks)
-    return MultiTaskConfig(tuple(specs), head_hidden)
+    """The task heads of a model for ``tasks`` reading ``max_length`` bytes of each example (None: the window);
+    a task of your own keeps its declaration in the model."""
+    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t) if t.files else None) for t in tasks)
+    return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length)
 
 
-def _about(task: GlueTask, max_length: int | None) -> dict[str, Any]:
+def _about(task: GlueTask) -> dict[str, Any]:
     return {
-        "max_length": max_length,
         "files": dict(task.files),
         "text_columns": list(task.hub_text),
         "label_column": task.hub_label,
@@ -198,11 +197,6 @@ def _about(task: GlueTask, max_length: int | None) -> dict[str, Any]:
         "labels": list(task.labels),
         "metrics": list(task.metrics),
     }
-
-
-def read_length(tasks: MultiTaskConfig) -> int | None:
-    """The bytes a model's tasks of your own were trained to read of each example (None: the model's window)."""
-    return max((s.about.get("max_length") or 0 for s in tasks.tasks if s.about), default=0) or None
 
 
 def model_tasks(tasks: MultiTaskConfig, files: dict[str, str] | None = None) -> list[GlueTask]:

@@ -18,7 +18,7 @@ from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range
 from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
 from tasks.glue.metrics import compute_all
-from tasks.glue.own import model_tasks, read_length
+from tasks.glue.own import model_tasks
 from tasks.glue.tasks import GlueTask
 
 
@@ -87,7 +87,7 @@ def evaluate_checkpoint(
     model = PerceiverClassifier.from_pretrained(checkpoint)
     tasks = _tasks(model, task_names, "dev", validation_file, "--validation-file")
     task_index = {t.name: model.tasks.index(t.name) for t in tasks}
-    length = read_length(model.tasks) or model.config.max_seq_len
+    length = model.tasks.max_length or model.config.max_seq_len
     splits = {
         (t.name, s): subset_split(
             load_split(t, s, glue_dir, length, False, corruption), max_eval_examples, 0, first=True
@@ -149,7 +149,7 @@ def predict_test(
         )
     accelerator = make_accelerator()
     model = accelerator.prepare(unwrapped)
-    length = read_length(unwrapped.tasks) or unwrapped.config.max_seq_len
+    length = unwrapped.tasks.max_length or unwrapped.config.max_seq_len
     written = []
     for task, stem, submission in plan:
         split = load_split(task, stem, glue_dir, length)

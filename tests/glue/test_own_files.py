@@ -191,3 +191,30 @@ def test_tsv_and_parquet_files_read_like_csv(tmp_path):
         split = load_split(task, "dev", None, 64)
         assert task.labels == ("negative", "positive") and split.index == [r["id"] for r in rows]
         assert split.labels == [float(r["sentiment"] == "positive") for r in rows]
+
+
+def test_documents_longer_than_the_window_are_read_whole_and_the_model_remembers_the_length(tmp_path):
+    # The word that decides the label sits past the first window of `tiny` (128 bytes): cut to the window, the
+    # task is at chance; read whole (--max-length 400, four windows), it is learned.
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = int(rng.integers(2))
+            filler = " ".join(rng.choice(FILLER, 55))[:300]
+            out.append({"text": f"{filler} {'great' if label else 'awful'}", "label": label})
+        return out
+
+    train, dev = (
+        _write_jsonl(tmp_path / "long_train.jsonl", rows(400)),
+        _write_jsonl(tmp_path / "long_dev.jsonl", rows(100)),
+    )
+    result = finetune(
+        _options(tmp_path, train_file=train, validation_file=dev, max_length=400, max_steps=160, eval_every=80)
+    )
+    accuracy = result.best["long"]["scores"]["dev"]["accuracy"]
+    assert accuracy > 90.0, accuracy
+    model = PerceiverClassifier.from_pretrained(result.best_model)
+    assert model.config.max_seq_len == 128 and model.tasks.max_length == 400
+    assert evaluate_checkpoint(result.best_model, None)["long"]["dev"]["accuracy"] == pytest.approx(accuracy)
