@@ -32,7 +32,8 @@ LRA = {"Transformer": 64.3, "Performer": 65.4, "Linear Transformer": 65.9, "S4":
 
 
 def read_reviews(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split on "\n" only: reviews hold U+2028 and U+0085, which str.splitlines() would split on too
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def truncate(text: str, length: int) -> str:
@@ -82,7 +83,7 @@ def ours(args: argparse.Namespace, arm: str, source: dict[str, Any], length: int
     train_file.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in train))
     options = GlueOptions(
         train_file=str(train_file),
-        validation_file=str(Path(args.data) / "val.jsonl"),
+        validation_file=str(args.val_file),
         task_name="imdb",
         max_length=length,
         output_dir=str(folder / "run"),
@@ -90,7 +91,6 @@ def ours(args: argparse.Namespace, arm: str, source: dict[str, Any], length: int
         max_minutes=args.max_minutes,
         eval_every=max(1, args.steps // args.evals),
         batch_size=args.batch_size,
-        max_eval_examples=args.max_eval_examples,
         seed=seed,
         overwrite=True,
         keep_checkpoints=1,
@@ -155,7 +155,9 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each run after this many minutes")
     parser.add_argument("--evals", type=int, default=4, help="evaluations per run")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-eval-examples", type=int, default=None, help="validation reviews (default: all)")
+    parser.add_argument(
+        "--val-examples", type=int, default=None, help="score on a seeded balanced subset of the validation reviews"
+    )
     parser.add_argument("--options", default="{}", help="more GlueOptions fields as JSON (preset, lr, ...)")
     parser.add_argument("--no-ours", action="store_true", help="only the TF-IDF reference")
     parser.add_argument("--runs", default="runs/imdb_lra")
@@ -169,8 +171,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     data = Path(args.data)
     train, val = read_reviews(data / "train.jsonl"), read_reviews(data / "val.jsonl")
-    if args.max_eval_examples:
-        val = val[: args.max_eval_examples]  # the first ones, as --max-eval-examples takes them
+    val = subset(val, args.val_examples, 1234)  # the files hold all negatives first: never take the first N
+    args.val_file = Path(args.runs) / f"val_{len(val)}.jsonl"
+    args.val_file.parent.mkdir(parents=True, exist_ok=True)
+    args.val_file.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in val))
     for length in lengths:
         for labels in label_counts:
             key = f"{length}|{labels or 'all'}|s{seeds[0]}|{len(val)}"

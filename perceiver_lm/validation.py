@@ -39,11 +39,19 @@ def expected(hint: Any) -> str:
             words.append("null")
         elif origin is Literal:
             words.append("one of " + ", ".join(map(str, typing.get_args(alt))))
+        elif origin is dict:
+            words.append("a table")
         elif origin in (list, tuple):
             words.append(f"a list of {expected(typing.get_args(alt)[0]).removeprefix('a ').removeprefix('an ')}s")
         else:
             words.append(
-                {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(alt, str(alt))
+                {
+                    int: "an integer",
+                    float: "a finite number",
+                    bool: "true or false",
+                    str: "a string",
+                    Path: "a path",
+                }.get(alt, str(alt))
             )
     return " or ".join(words)
 

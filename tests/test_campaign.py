@@ -355,7 +355,11 @@ CASES = [
     ("config-lr-nan", _pretrain("--config", "{c_lr_nan_json}"), "lr must be a finite number, got nan"),
     ("config-lr-inf", _pretrain("--config", "{c_lr_inf_json}"), "lr must be a finite number, got inf"),
     ("config-unknown-key", _pretrain("--config", "{c_unknown_toml}"), "unknown training option(s): max_step"),
-    ("config-model-not-table", _pretrain("--config", "{c_model_string_toml}"), "`model` must be a table"),
+    (
+        "config-model-not-table",
+        _pretrain("--config", "{c_model_string_toml}"),
+        "model must be a table or null, got 'big'",
+    ),
     ("config-model-string", _pretrain("--config", "{c_model_dmodel_toml}"), "d_model must be an integer, got '768'"),
     ("config-model-unknown", _pretrain("--config", "{c_model_unknown_toml}"), "unknown model config field(s): colour"),
     ("config-model-huge", _pretrain("--config", "{c_model_huge_toml}"), "more than this toolkit builds"),
@@ -365,7 +369,7 @@ CASES = [
         "num_self_layers must be a positive integer of at most 1,024",
     ),
     ("config-model-dropout", _pretrain("--config", "{c_model_dropout_toml}"), "attention_dropout must be in [0, 1)"),
-    ("config-preset-int", ["pretrain", "--config", "{c_preset_int_toml}"], "`preset` a string"),
+    ("config-preset-int", ["pretrain", "--config", "{c_preset_int_toml}"], "preset must be a string or null, got 3"),
     (
         "config-optimizer",
         _pretrain("--config", "{c_optimizer_toml}"),
