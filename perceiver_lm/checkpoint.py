@@ -24,9 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from perceiver_lm import model_card
-from perceiver_lm.config import MultiTaskConfig, PerceiverConfig, read_json
+from perceiver_lm.config import MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError, one_line, os_errno
-from perceiver_lm.validation import expected, matches, shown
+from perceiver_lm.validation import expected, matches, read_json, shown
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

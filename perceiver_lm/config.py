@@ -12,7 +12,7 @@ from typing import Any
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import VOCAB_SIZE
-from perceiver_lm.validation import check_fields, check_instance, matches, shown
+from perceiver_lm.validation import check_fields, check_instance, matches, read_json, shown
 
 # Upper bounds that keep a config from a file from asking for absurd allocations or module counts;
 # the base preset is far inside every one of them.
@@ -262,28 +262,6 @@ class PerceiverConfig:
     @classmethod
     def load(cls, path: str | Path) -> PerceiverConfig:
         return cls.from_dict(read_json(path, "model config"), source=str(path))
-
-
-def read_json(path: str | Path, what: str, limit: int = 1 << 24) -> Any:
-    """The JSON value in a small metadata file, or one line saying why it cannot be read.
-
-    ``limit`` bytes at most: metadata is small, and a huge file in its place is not metadata.
-    """
-    path = Path(path)
-    try:
-        if path.stat().st_size > limit:
-            raise PerceiverLMError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what} file")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise PerceiverLMError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise PerceiverLMError(f"{path}: is a folder, expected a {what} file") from None
-    except UnicodeDecodeError as err:
-        raise PerceiverLMError(f"{path}: not a {what} file (not UTF-8 text at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise PerceiverLMError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-    except RecursionError:
-        raise PerceiverLMError(f"{path}: JSON nested too deeply for a {what} file") from None
 
 
 PRESETS: dict[str, PerceiverConfig] = {

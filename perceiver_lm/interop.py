@@ -15,12 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from perceiver_lm.checkpoint import atomic_directory, check_state_dict, resolve_model_dir, write_model_files
-from perceiver_lm.config import PerceiverConfig, read_json
+from perceiver_lm.config import PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.run_dir import check_output_folder, refuse_non_empty
 from perceiver_lm.tokenizer import VOCAB_SIZE
-from perceiver_lm.validation import shown
+from perceiver_lm.validation import read_json, shown
 
 # transformers' MLM decoder is built with these fixed values (PerceiverForMaskedLM.__init__).
 HF_DECODER_HEADS = 8

@@ -8,6 +8,7 @@ its cause, or silently do something else; here each is refused naming the field 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -141,3 +142,25 @@ def check_range(
             else f"at least {low}"
         )
     raise PerceiverLMError(f"{label} must be {want}, got {value}")
+
+
+def read_json(path: str | Path, what: str, limit: int = 1 << 24) -> Any:
+    """The JSON value in a small metadata file, or one line saying why it cannot be read.
+
+    ``limit`` bytes at most: metadata is small, and a huge file in its place is not metadata.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > limit:
+            raise PerceiverLMError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what} file")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise PerceiverLMError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise PerceiverLMError(f"{path}: is a folder, expected a {what} file") from None
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"{path}: not a {what} file (not UTF-8 text at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise PerceiverLMError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except RecursionError:
+        raise PerceiverLMError(f"{path}: JSON nested too deeply for a {what} file") from None
