@@ -44,6 +44,16 @@ class GlueOptions:
         None, "The validation file of your task, scored at every evaluation (the same columns).", data_order=True
     )
     test_file: str | None = option(None, "The test file of your task, for `glue predict` (labels not needed).")
+    dataset: str | None = option(
+        None,
+        "A task of your own from a Hugging Face dataset (a Hub name, or a local folder datasets can load) instead of "
+        "files: its --train-split and --validation-split (and --test-split), read by the columns below.",
+        data_order=True,
+    )
+    dataset_config: str | None = option(None, "Configuration name of --dataset.", data_order=True)
+    train_split: str = option("train", "Training split of --dataset.", data_order=True)
+    validation_split: str = option("validation", "Validation split of --dataset.", data_order=True)
+    test_split: str = option("test", "Test split of --dataset, for `glue predict`.")
     text_column: str = option("text", "Your task's text column.", data_order=True)
     text_pair_column: str | None = option(
         None, "Your task's second text column, for a pair task (read as [CLS] text [SEP] pair [SEP]).", data_order=True
@@ -191,6 +201,8 @@ class GlueOptions:
             parse_tasks(self.tasks)
         if (self.train_file is None) != (self.validation_file is None):
             raise PerceiverLMError("a task of your own needs both --train-file and --validation-file")
+        if self.dataset is not None and self.train_file is not None:
+            raise PerceiverLMError("give a task of your own as files (--train-file ...) or as --dataset, not both")
         for spec in self.train_noise:
             parse_noise(spec, "--train-noise")
         if self.resume and self.overwrite:

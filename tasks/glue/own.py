@@ -31,9 +31,14 @@ MAX_LABELS = 1024  # as many outputs as a task head may have (MultiTaskConfig)
 class OwnTask:
     """How one task of your own reads its data: the ``glue train`` options of that name, or a task-file entry."""
 
-    train_file: str
-    validation_file: str
+    train_file: str | None = None
+    validation_file: str | None = None
     test_file: str | None = None
+    dataset: str | None = None  # a Hugging Face dataset (Hub name or local folder) instead of files
+    dataset_config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -43,7 +48,8 @@ class OwnTask:
     metrics: tuple[str, ...] = ()
 
     def task_name(self) -> str:
-        name = self.name or _name_of(Path(self.train_file))
+        source = Path(self.train_file) if self.dataset is None else Path(self.dataset) / "train"
+        name = self.name or _name_of(source)
         name = name if not name[0].isdigit() else f"t_{name}"
         if not name.isidentifier():
             raise PerceiverLMError(f"task name {name!r}: expected letters, digits and _ (pass --task-name)")
@@ -62,19 +68,15 @@ def _name_of(train_file: Path) -> str:
 def declared(options: GlueOptions) -> list[OwnTask]:
     """The tasks of your own that ``options`` declare: the single task of --train-file, then --task-file's."""
     own = []
-    if options.train_file is not None:
+    if options.train_file is not None or options.dataset is not None:
         own.append(
             OwnTask(
-                options.train_file,
-                options.validation_file,
-                options.test_file,
-                options.text_column,
-                options.text_pair_column,
-                options.label_column,
-                options.id_column,
-                options.task_type,
-                options.task_name,
-                tuple(options.task_metrics),
+                **{f: getattr(options, f) for f in ("train_file", "validation_file", "test_file", "dataset")},
+                **{f: getattr(options, f) for f in ("dataset_config", "train_split", "validation_split", "test_split")},
+                **{f: getattr(options, f) for f in ("text_column", "text_pair_column", "label_column", "id_column")},
+                type=options.task_type,
+                name=options.task_name,
+                metrics=tuple(options.task_metrics),
             )
         )
     if options.task_file is not None:
@@ -98,8 +100,8 @@ def read_task_file(path: str) -> list[OwnTask]:
         if unknown:
             raise PerceiverLMError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
         missing = [k for k in ("train_file", "validation_file") if k not in entry]
-        if missing:
-            raise PerceiverLMError(f"{where}: needs {' and '.join(missing)}")
+        if missing and "dataset" not in entry:
+            raise PerceiverLMError(f"{where}: needs {' and '.join(missing)} (or a dataset)")
         for key, value in entry.items():
             wanted = (list, tuple) if key == "metrics" else (str, type(None))
             if not isinstance(value, wanted) or (key == "metrics" and not all(isinstance(m, str) for m in value)):
@@ -124,21 +126,7 @@ def build_task(own: OwnTask) -> GlueTask:
         raise PerceiverLMError(f"task {name}: type must be classification or regression, got {own.type!r}")
     labels: tuple[str, ...] = ()
     if own.type == "classification":
-        rows = read_rows(own.train_file)
-        if own.label_column not in rows.column_names:
-            raise PerceiverLMError(
-                f"{own.train_file}: no column {own.label_column!r} (found: {', '.join(rows.column_names)})"
-            )
-        values = rows.unique(own.label_column)
-        if any(v is None for v in values):
-            row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None)
-            raise PerceiverLMError(f"{own.train_file}: row {row}, column {own.label_column!r}: no label")
-        labels = _sorted_labels({label_name(v) for v in values})
-        if not 2 <= len(labels) <= MAX_LABELS:
-            raise PerceiverLMError(
-                f"{own.train_file}: column {own.label_column!r} holds {len(labels)} distinct label(s); "
-                f"classification needs 2 to {MAX_LABELS} (or pass --task-type regression)"
-            )
+        labels = _labels_of(own)
     default = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",) if labels else ("pearson", "spearman")
     metrics = tuple(own.metrics) or default
     unknown = [m for m in metrics if m not in metric_names()]
@@ -149,6 +137,23 @@ def build_task(own: OwnTask) -> GlueTask:
     if "f1" in metrics and len(labels) != 2:
         raise PerceiverLMError(f"task {name}: f1 scores a two-label task (its second label is the positive one)")
     text = (own.text_column,) if own.text_pair_column is None else (own.text_column, own.text_pair_column)
+    if own.dataset is not None:
+        splits = (("train", own.train_split), ("dev", own.validation_split), ("test", own.test_split))
+        return GlueTask(
+            name,
+            name,
+            own.dataset_config,
+            text,
+            labeled=Columns(text[0], own.text_pair_column, own.label_column, own.id_column),
+            test=Columns(text[0], own.text_pair_column, None, own.id_column),
+            labels=labels,
+            metrics=metrics,
+            submission=name,
+            hub_dataset=own.dataset,
+            hub_label=own.label_column,
+            hub_index=own.id_column,
+            hub_splits=splits,
+        )
     files = (("train", own.train_file), ("dev", own.validation_file))
     return GlueTask(
         name,
@@ -159,12 +164,49 @@ def build_task(own: OwnTask) -> GlueTask:
         test=Columns(text[0], own.text_pair_column, None, own.id_column),
         labels=labels,
         metrics=metrics,
+        submission=name,
         hub_dataset="",
         hub_label=own.label_column,
         hub_index=own.id_column,
         hub_splits=OWN_SPLITS,
         files=files + ((("test", own.test_file),) if own.test_file else ()),
     )
+
+
+def _labels_of(own: OwnTask) -> tuple[str, ...]:
+    """The label names of a classification task: a dataset's class names, else the training split's values."""
+    if own.dataset is not None:
+        import datasets
+
+        where = f"--dataset {own.dataset}:{own.train_split}"
+        try:
+            rows = datasets.load_dataset(own.dataset, own.dataset_config, split=own.train_split)
+        except Exception as err:  # datasets raises many types when offline or a name is unknown
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PerceiverLMError(f"{where}: cannot be loaded ({first[:300]})") from None
+        feature = rows.features.get(own.label_column)
+        if isinstance(feature, datasets.ClassLabel):  # class ids, named by the dataset
+            return tuple(feature.names)
+    else:
+        where, rows = own.train_file, read_rows(own.train_file)
+    if own.label_column not in rows.column_names:
+        raise PerceiverLMError(f"{where}: no column {own.label_column!r} (found: {', '.join(rows.column_names)})")
+    values = rows.unique(own.label_column)
+    if any(v is None for v in values):
+        row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None)
+        raise PerceiverLMError(f"{where}: row {row}, column {own.label_column!r}: no label")
+    if own.dataset is not None and not all(isinstance(v, str) for v in values):
+        raise PerceiverLMError(
+            f"{where}: column {own.label_column!r} holds numbers without class names; give label names, or pass "
+            "--task-type regression"
+        )
+    labels = _sorted_labels({label_name(v) for v in values})
+    if not 2 <= len(labels) <= MAX_LABELS:
+        raise PerceiverLMError(
+            f"{where}: column {own.label_column!r} holds {len(labels)} distinct label(s); "
+            f"classification needs 2 to {MAX_LABELS} (or pass --task-type regression)"
+        )
+    return labels
 
 
 def job_tasks(options: GlueOptions) -> list[GlueTask]:
@@ -184,13 +226,23 @@ def job_tasks(options: GlueOptions) -> list[GlueTask]:
 def heads(tasks: list[GlueTask], head_hidden: int, max_length: int | None = None) -> MultiTaskConfig:
     """The task heads of a model for ``tasks`` reading ``max_length`` bytes of each example (None: the window);
     a task of your own keeps its declaration in the model."""
-    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t) if t.files else None) for t in tasks)
+    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t) if is_own(t) else None) for t in tasks)
     return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length)
 
 
+def is_own(task: GlueTask) -> bool:
+    """Whether ``task`` is a task of your own (not one of the GLUE table's)."""
+    return TASKS.get(task.name) is not task
+
+
 def _about(task: GlueTask) -> dict[str, Any]:
+    source = {"files": dict(task.files)} if task.files else {
+        "dataset": task.hub_dataset,
+        "dataset_config": task.hub_config,
+        "splits": dict(task.hub_splits),
+    }  # fmt: skip
     return {
-        "files": dict(task.files),
+        **source,
         "text_columns": list(task.hub_text),
         "label_column": task.hub_label,
         "id_column": task.hub_index,
@@ -210,22 +262,24 @@ def model_tasks(tasks: MultiTaskConfig, files: dict[str, str] | None = None) -> 
         about = spec.about
         text = tuple(about["text_columns"])
         pair = text[1] if len(text) > 1 else None
-        own_files = {**about["files"], **(files or {})}
+        if "dataset" in about and files:
+            raise PerceiverLMError(f"task {spec.name} reads the dataset {about['dataset']}, not files")
         out.append(
             GlueTask(
                 spec.name,
                 spec.name,
-                None,
+                about.get("dataset_config"),
                 text,
                 labeled=Columns(text[0], pair, about["label_column"], about["id_column"]),
                 test=Columns(text[0], pair, None, about["id_column"]),
                 labels=tuple(about["labels"]),
                 metrics=tuple(about["metrics"]),
-                hub_dataset="",
+                submission=spec.name,
+                hub_dataset=about.get("dataset", ""),
                 hub_label=about["label_column"],
                 hub_index=about["id_column"],
-                hub_splits=OWN_SPLITS,
-                files=tuple(own_files.items()),
+                hub_splits=tuple(about["splits"].items()) if "splits" in about else OWN_SPLITS,
+                files=tuple({**about.get("files", {}), **(files or {})}.items()),
             )
         )
     return out

@@ -18,7 +18,7 @@ from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range
 from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
 from tasks.glue.metrics import compute_all
-from tasks.glue.own import model_tasks
+from tasks.glue.own import is_own, model_tasks
 from tasks.glue.tasks import GlueTask
 
 
@@ -104,7 +104,7 @@ def evaluate_checkpoint(
 
 def _tasks(model: PerceiverClassifier, names: str | None, split: str, file: str | None, option: str) -> list[GlueTask]:
     """The model's tasks (or the ``names`` subset), a task of your own reading ``split`` from ``file`` if given."""
-    own = [s.name for s in model.tasks.tasks if s.about is not None]
+    own = [s.name for s in model.tasks.tasks if s.about is not None and "files" in s.about]
     if file is not None and len(own) != 1:
         raise PerceiverLMError(
             f"{option} {file}: applies to a model with one task of your own; this one has {len(own)}"
@@ -141,7 +141,7 @@ def predict_test(
         if task.files and "test" not in dict(task.files):
             raise PerceiverLMError(f"task {task.name}: no test file to predict; pass --test-file")
         files = ((task.test_files[0][0], task.submission),) if task.submission else task.test_files
-        plan += [(task, stem, task.name if task.files else submission) for stem, submission in files]
+        plan += [(task, stem, submission) for stem, submission in files]
     present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
     if present and not overwrite:
         raise PerceiverLMError(
@@ -165,7 +165,7 @@ def predict_test(
 def _write_predictions(path: Path, task: GlueTask, split: GlueSplit, preds: np.ndarray) -> Path:
     # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
     if task.is_regression:
-        low, high = (0.0, 5.0) if not task.files else (-np.inf, np.inf)
+        low, high = (-np.inf, np.inf) if is_own(task) else (0.0, 5.0)  # STS-B's scores lie in [0, 5]
         values = [f"{float(np.clip(p, low, high)):.3f}" for p in preds]
     else:
         values = [task.labels[int(p)] for p in preds]

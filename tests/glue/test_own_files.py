@@ -218,3 +218,31 @@ def test_documents_longer_than_the_window_are_read_whole_and_the_model_remembers
     model = PerceiverClassifier.from_pretrained(result.best_model)
     assert model.config.max_seq_len == 128 and model.tasks.max_length == 400
     assert evaluate_checkpoint(result.best_model, None)["long"]["dev"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_a_task_of_your_own_from_a_dataset_folder_with_class_names_trains_and_predicts(tmp_path):
+    # --dataset: anything `datasets.load_dataset` reads (a Hub name, or as here a local folder of Parquet
+    # splits whose label column is a ClassLabel: its names are the labels, its ids the stored values).
+    import datasets
+
+    folder = tmp_path / "moviereviews"
+    (folder / "data").mkdir(parents=True)
+    features = datasets.Features(
+        {"review": datasets.Value("string"), "mood": datasets.ClassLabel(names=["sad", "glad"])}
+    )
+    for split, rows in (("train", _reviews(400, 0)), ("validation", _reviews(100, 1)), ("test", _reviews(10, 2))):
+        table = {"review": [r["review"] for r in rows], "mood": [int(r["sentiment"] == "positive") for r in rows]}
+        datasets.Dataset.from_dict(table, features=features).to_parquet(str(folder / "data" / f"{split}.parquet"))
+    options = _options(tmp_path, dataset=str(folder), text_column="review", label_column="mood", max_steps=80)
+    result = finetune(options)
+    scores = result.best["moviereviews"]["scores"]["dev"]
+    assert scores["accuracy"] > 90.0, scores
+    model = PerceiverClassifier.from_pretrained(result.best_model)
+    assert model.tasks.tasks[0].about["labels"] == ["sad", "glad"] and model.tasks.tasks[0].about["dataset"] == str(
+        folder
+    )
+    assert evaluate_checkpoint(result.best_model, None)["moviereviews"]["dev"] == pytest.approx(scores)
+    (written,) = predict_test(result.best_model, None, tmp_path / "pred")
+    lines = written.read_text().splitlines()
+    assert written.name == "moviereviews.tsv" and len(lines) == 11
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"sad", "glad"}
