@@ -139,37 +139,46 @@ def build_task(own: OwnTask) -> GlueTask:
     text = (own.text_column,) if own.text_pair_column is None else (own.text_column, own.text_pair_column)
     if own.dataset is not None:
         splits = (("train", own.train_split), ("dev", own.validation_split), ("test", own.test_split))
-        return GlueTask(
-            name,
-            name,
-            own.dataset_config,
-            text,
-            labeled=Columns(text[0], own.text_pair_column, own.label_column, own.id_column),
-            test=Columns(text[0], own.text_pair_column, None, own.id_column),
-            labels=labels,
-            metrics=metrics,
-            submission=name,
-            hub_dataset=own.dataset,
-            hub_label=own.label_column,
-            hub_index=own.id_column,
-            hub_splits=splits,
+        return own_task(
+            name, text, own.label_column, own.id_column, labels, metrics, own.dataset_config, own.dataset, splits
         )
-    files = (("train", own.train_file), ("dev", own.validation_file))
+    files = (
+        ("train", own.train_file),
+        ("dev", own.validation_file),
+        *((("test", own.test_file),) if own.test_file else ()),
+    )
+    return own_task(name, text, own.label_column, own.id_column, labels, metrics, files=files)
+
+
+def own_task(
+    name: str,
+    text: tuple[str, ...],
+    label_column: str,
+    id_column: str | None,
+    labels: tuple[str, ...],
+    metrics: tuple[str, ...],
+    config: str | None = None,
+    dataset: str = "",
+    splits: tuple[tuple[str, str], ...] = OWN_SPLITS,
+    files: tuple[tuple[str, str], ...] = (),
+) -> GlueTask:
+    """The `GlueTask` of a task of your own: from a dataset (its configuration and splits) or from ``files``."""
+    pair = text[1] if len(text) > 1 else None
     return GlueTask(
         name,
         name,
-        None,
+        config,
         text,
-        labeled=Columns(text[0], own.text_pair_column, own.label_column, own.id_column),
-        test=Columns(text[0], own.text_pair_column, None, own.id_column),
+        labeled=Columns(text[0], pair, label_column, id_column),
+        test=Columns(text[0], pair, None, id_column),
         labels=labels,
         metrics=metrics,
-        submission=name,
-        hub_dataset="",
-        hub_label=own.label_column,
-        hub_index=own.id_column,
-        hub_splits=OWN_SPLITS,
-        files=files + ((("test", own.test_file),) if own.test_file else ()),
+        submission=name,  # predictions go to NAME.tsv
+        hub_dataset=dataset,
+        hub_label=label_column,
+        hub_index=id_column,
+        hub_splits=splits,
+        files=files,
     )
 
 
@@ -261,25 +270,20 @@ def model_tasks(tasks: MultiTaskConfig, files: dict[str, str] | None = None) -> 
             continue
         about = spec.about
         text = tuple(about["text_columns"])
-        pair = text[1] if len(text) > 1 else None
         if "dataset" in about and files:
             raise PerceiverLMError(f"task {spec.name} reads the dataset {about['dataset']}, not files")
         out.append(
-            GlueTask(
+            own_task(
                 spec.name,
-                spec.name,
-                about.get("dataset_config"),
                 text,
-                labeled=Columns(text[0], pair, about["label_column"], about["id_column"]),
-                test=Columns(text[0], pair, None, about["id_column"]),
-                labels=tuple(about["labels"]),
-                metrics=tuple(about["metrics"]),
-                submission=spec.name,
-                hub_dataset=about.get("dataset", ""),
-                hub_label=about["label_column"],
-                hub_index=about["id_column"],
-                hub_splits=tuple(about["splits"].items()) if "splits" in about else OWN_SPLITS,
-                files=tuple({**about.get("files", {}), **(files or {})}.items()),
+                about["label_column"],
+                about["id_column"],
+                tuple(about["labels"]),
+                tuple(about["metrics"]),
+                about.get("dataset_config"),
+                about.get("dataset", ""),
+                tuple(about["splits"].items()) if "splits" in about else OWN_SPLITS,
+                tuple({**about.get("files", {}), **(files or {})}.items()),
             )
         )
     return out
