@@ -108,3 +108,24 @@ def reset_peak_memory(device: str) -> None:
 def peak_memory_since_reset(device: str) -> int:
     """Peak memory since `reset_peak_memory`."""
     return torch.cuda.max_memory_allocated() if device.startswith("cuda") else _proc_status("VmHWM")
+
+
+def time_steps(step, device: str, warmup: int, steps: int) -> tuple[float, int]:
+    """Seconds per call of ``step()`` after ``warmup`` calls (the device synchronised around the timed ones),
+    and the peak memory in bytes afterwards (on a GPU: the timed steps' own peak)."""
+    import time
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps, peak_memory_bytes(device)

@@ -11,7 +11,8 @@ consecutive windows), the labelled reviews used (--labels, a seeded balanced sub
 start (random, or NAME=CHECKPOINT for a pretrained body), seeds. TF-IDF + logistic regression on the
 same bytes (words 1-2, characters 1-5) and on the same label subsets is the reference; the LRA table's
 published numbers are printed beside. Runs already in --out are kept and skipped, so the grid grows
-over calls. Writes JSON and prints a markdown table.
+over calls; a run not yet in --out is (re)trained into its own folder under --runs, replacing what an
+interrupted call left there. Writes JSON and prints a markdown table.
 
     python benchmarks/imdb_lra.py --data ../shared/data/imdb --lengths 1024,2048,4000 --seeds 0,1 \\
         --steps 1200 --out docs/imdb_lra.json

@@ -25,7 +25,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def measure(
     import torch
     import torch.nn.functional as F
 
-    from common import peak_memory_bytes
+    from common import peak_memory_bytes, time_steps
     from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
     from perceiver_lm.model import PerceiverClassifier
 
@@ -78,22 +77,8 @@ def measure(
         F.cross_entropy(logits.float(), labels).backward()
         model.zero_grad(set_to_none=True)
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     baseline = peak_memory_bytes(device)
-    for _ in range(warmup):
-        step()
-    sync()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / steps
-    peak = peak_memory_bytes(device)
+    seconds, peak = time_steps(step, device, warmup, steps)
     window = config.max_seq_len
     return {
         "preset": preset,

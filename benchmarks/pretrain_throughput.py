@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -37,7 +36,7 @@ def measure(
     import torch
 
     import perceiver_lm.model as model_module
-    from common import matmul_peak, model_flops, peak_memory_bytes, synthetic_batch
+    from common import matmul_peak, model_flops, synthetic_batch, time_steps
     from perceiver_lm.config import get_preset
     from perceiver_lm.model import PerceiverLM
     from perceiver_lm.optim import adamw
@@ -69,21 +68,7 @@ def measure(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / steps
-    peak = peak_memory_bytes(device)
+    seconds, peak = time_steps(step, device, warmup, steps)
     row = {k: v[:1] for k, v in batch.items()}
     flops = batch_size * model_flops(lambda: step_on(row))
     ceiling = matmul_peak(device)["bf16" if precision == "bf16" else "fp32"]
