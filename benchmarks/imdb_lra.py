@@ -109,6 +109,7 @@ def ours(args: argparse.Namespace, arm: str, source: dict[str, Any], length: int
         "length": length,
         "labels": labels or "all",
         "seed": seed,
+        "options": json.loads(args.options),
         "steps": result.steps,
         "best": result.best["imdb"]["scores"]["dev"]["accuracy"],
         "last": curve[-1]["accuracy"],
@@ -151,7 +152,11 @@ def main() -> None:
     parser.add_argument("--lengths", default="4000", help="bytes read per review, comma-separated")
     parser.add_argument("--labels", default="all", help="labelled reviews per run: numbers or all")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--arms", default="random", help="random and/or NAME=CHECKPOINT (a pretrained MLM)")
+    parser.add_argument(
+        "--arms",
+        default="random",
+        help="NAME (random init; the name labels the run, e.g. random_w512) and/or NAME=CHECKPOINT (a pretrained MLM)",
+    )
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each run after this many minutes")
     parser.add_argument("--evals", type=int, default=4, help="evaluations per run")

@@ -349,6 +349,9 @@ class MultiTaskConfig:
     # Bytes of each example the model was fine-tuned to read (longer than its window: read as consecutive
     # windows); None: the model's window. Evaluation and prediction read as many.
     max_length: int | None = None
+    # Bytes per window when an input is longer than that (read as consecutive windows); None: the model's
+    # max_seq_len. Shorter windows cost less per byte (the cross-attention of a window grows with its square).
+    window: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -375,6 +378,8 @@ class MultiTaskConfig:
             raise PerceiverLMError(
                 f"task config: max_length must be an integer in 4..16777216, got {shown(self.max_length)}"
             )
+        if self.window is not None and (not matches(int, self.window) or not 1 <= self.window <= 1 << 24):
+            raise PerceiverLMError(f"task config: window must be an integer in 1..16777216, got {shown(self.window)}")
         if self.query_heads is not None and (not matches(int, self.query_heads) or not 1 <= self.query_heads <= 1024):
             raise PerceiverLMError(
                 f"task config: query_heads must be an integer in 1..1024, got {shown(self.query_heads)}"
@@ -400,7 +405,7 @@ class MultiTaskConfig:
     def to_dict(self) -> dict[str, Any]:
         tasks = [{k: v for k, v in dataclasses.asdict(t).items() if k != "about" or v is not None} for t in self.tasks]
         out = {"tasks": tasks, "head_hidden": self.head_hidden}
-        optional = {"query_heads": self.query_heads, "max_length": self.max_length}
+        optional = {"query_heads": self.query_heads, "max_length": self.max_length, "window": self.window}
         return {**out, **{k: v for k, v in optional.items() if v is not None}}
 
     @classmethod
@@ -416,7 +421,9 @@ class MultiTaskConfig:
             raise PerceiverLMError(f"{source}: not a task config (expected {expected}, got {shown(data)})")
         try:
             specs = tuple(TaskSpec(**t) for t in tasks)
-            return cls(specs, data.get("head_hidden", 768), data.get("query_heads"), data.get("max_length"))
+            return cls(
+                specs, data.get("head_hidden", 768), data.get("query_heads"), data.get("max_length"), data.get("window")
+            )
         except PerceiverLMError as err:
             raise PerceiverLMError(f"{source}: {err}") from None
 

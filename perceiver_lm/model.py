@@ -693,6 +693,10 @@ class PerceiverClassifier(SavedModel):
 
     def __init__(self, config: PerceiverConfig, tasks: MultiTaskConfig) -> None:
         super().__init__()
+        if tasks.window is not None and tasks.window > config.max_seq_len:
+            raise PerceiverLMError(
+                f"task config: window={tasks.window} is longer than the model's max_seq_len={config.max_seq_len}"
+            )
         self.config = config
         self.tasks = tasks
         self.encoder = PerceiverEncoder(config)
@@ -724,8 +728,8 @@ class PerceiverClassifier(SavedModel):
             return_attentions: also return encoder and decoder attention maps (explicit path). For an input
                 read as K windows of W bytes the encoder maps are [B, K, H, N, W] and the task query's
                 [B, H, 1, K*N] (`PerceiverLMOutput`).
-            window: bytes per window, at most (and by default) ``config.max_seq_len``. An input of at most
-                ``window`` bytes is read exactly as before: one pass, no windows.
+            window: bytes per window, at most ``config.max_seq_len``; default: the task config's ``window``, else
+                ``max_seq_len``. An input of at most ``window`` bytes is read exactly as before: one pass, no windows.
             windows_per_pass: encode at most this many windows at a time (None: all B*K at once); bounds the
                 memory of inference on long inputs, not that of training, which keeps every pass's activations
                 for backward (see `gradient_checkpointing_enable`).
@@ -742,7 +746,7 @@ class PerceiverClassifier(SavedModel):
     def _window(self, window: int | None) -> int:
         limit = self.config.max_seq_len
         if window is None:
-            return limit
+            return self.tasks.window or limit
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= limit:
             raise PerceiverLMError(f"window must be an integer in 1..max_seq_len={limit}, got {window!r}")
         return window

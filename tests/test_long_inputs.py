@@ -180,6 +180,28 @@ def test_window_argument():
         model(_ids(300), windows_per_pass=0)
 
 
+def test_the_task_configs_window_is_the_default_and_survives_save_and_load(tmp_path):
+    tasks = MultiTaskConfig(TASKS.tasks, head_hidden=32, max_length=300, window=64)
+    assert MultiTaskConfig.from_dict(tasks.to_dict()) == tasks
+    assert "window" not in TASKS.to_dict()  # files written before the field read back unchanged
+    torch.manual_seed(0)
+    model = PerceiverClassifier(PRESETS["tiny"], tasks).eval()
+    ids = _ids(100)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, model(ids, window=64).logits)
+        assert not torch.allclose(model(ids).logits, model(ids, window=128).logits)
+    model.save_pretrained(tmp_path / "m")
+    loaded = PerceiverClassifier.from_pretrained(tmp_path / "m").eval()
+    assert loaded.tasks.window == 64
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(PerceiverLMError, match="window=129 is longer than the model's max_seq_len=128"):
+        PerceiverClassifier(PRESETS["tiny"], MultiTaskConfig(TASKS.tasks, window=129))
+    for bad in (0, 2.5, True, "64"):
+        with pytest.raises(PerceiverLMError, match="window must be an integer in 1..16777216"):
+            MultiTaskConfig(TASKS.tasks, window=bad)
+
+
 def test_cost_grows_linearly_with_the_bytes_read():
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from perceiver_lm import checkpoint as ckpt
-from perceiver_lm.config import PRESETS, PerceiverConfig, get_preset
+from perceiver_lm.config import PRESETS, PerceiverConfig, model_config
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.noise import parse_noise
@@ -67,8 +67,12 @@ def finetune_defaults(config: PerceiverConfig) -> tuple[str, dict[str, float]]:
 
 def with_defaults(options: GlueOptions, config: PerceiverConfig) -> tuple[GlueOptions, str]:
     """``options`` with an unset --lr/--warmup-steps filled from the model shape's defaults and the body's
-    schedule from the start's (random or pretrained), and a note saying so."""
-    name, defaults = finetune_defaults(config)
+    schedule from the start's (random or pretrained), and a note saying so. From random weights the defaults are
+    --preset's, [model] overrides or not."""
+    if options.checkpoint is None and options.preset in FINETUNE_DEFAULTS:
+        name, defaults = options.preset, FINETUNE_DEFAULTS[options.preset]
+    else:
+        name, defaults = finetune_defaults(config)
     start = PRETRAINED_START if options.checkpoint is not None else RANDOM_START
     filled = {k: v for k, v in {**defaults, **start}.items() if getattr(options, k) is None}
     if not filled:
@@ -89,14 +93,26 @@ class FinetuneResult:
 
 
 def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
-    heads = own.heads(tasks, options.head_hidden, options.max_length)
+    heads = own.heads(tasks, options.head_hidden, options.max_length, options.window)
     if options.checkpoint is None:
-        notes.append(f"no --checkpoint: random initialisation, preset {options.preset}")
-        return PerceiverClassifier(get_preset(options.preset), heads)
+        changed = f" with {', '.join(sorted(options.model))} from [model]" if options.model else ""
+        notes.append(f"no --checkpoint: random initialisation, preset {options.preset}{changed}")
+        config = model_config(options.preset, options.model, "[model] of the fine-tuning options")
+        return PerceiverClassifier(_check_window(options, config), heads)
     directory = ckpt.resolve_model_dir(options.checkpoint)
     if (directory / ckpt.TASKS_FILE).is_file():
         raise PerceiverLMError(f"--checkpoint {directory}: already fine-tuned; start from a pretrained MLM checkpoint")
-    return PerceiverClassifier.from_lm(PerceiverLM.from_pretrained(directory), heads)
+    lm = PerceiverLM.from_pretrained(directory)
+    _check_window(options, lm.config)
+    return PerceiverClassifier.from_lm(lm, heads)
+
+
+def _check_window(options: GlueOptions, config: PerceiverConfig) -> PerceiverConfig:
+    if options.window is not None and options.window > config.max_seq_len:
+        raise PerceiverLMError(
+            f"--window {options.window}: longer than the model's window (max_seq_len={config.max_seq_len})"
+        )
+    return config
 
 
 def task_loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,11 @@ class GlueOptions:
         f"Model shape when no --checkpoint is given (random-initialisation baseline): {', '.join(PRESETS)}.",
         data_order=True,
     )
+    model: dict[str, Any] | None = option(
+        None,
+        "Model config fields that replace --preset's when starting from random weights (a config file's [model]).",
+        cli=False,
+    )
     glue_dir: str | None = option(
         None,
         "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.",
@@ -132,6 +137,11 @@ class GlueOptions:
     clip_norm: float = option(1.0, "Clip the global gradient norm to this (0 disables).")
     max_length: int | None = option(
         None, "Truncate examples to this many bytes (specials included); default: the model's window.", data_order=True
+    )
+    window: int | None = option(
+        None,
+        "Read examples longer than this many bytes as consecutive windows of it (kept in the model); default: the "
+        "model's max_seq_len. Shorter windows cost less per byte.",
     )
     max_train_examples: int | None = option(
         None, "Use at most this many training examples per task (a seeded random subset).", data_order=True
@@ -197,6 +207,13 @@ class GlueOptions:
         check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--max-length", self.max_length, 4)
+        check_range("--window", self.window, 16, 1 << 24)
+        if not isinstance(self.model, (dict, type(None))):
+            raise PerceiverLMError(f"`model` must be a table of model config fields, got {type(self.model).__name__}")
+        if self.model and self.checkpoint is not None:
+            raise PerceiverLMError(
+                f"--checkpoint {self.checkpoint}: the model's shape is the checkpoint's; leave out the [model] table"
+            )
         if self.tasks is not None:
             parse_tasks(self.tasks)
         if (self.train_file is None) != (self.validation_file is None):

@@ -232,11 +232,13 @@ def job_tasks(options: GlueOptions) -> list[GlueTask]:
     return tasks
 
 
-def heads(tasks: list[GlueTask], head_hidden: int, max_length: int | None = None) -> MultiTaskConfig:
-    """The task heads of a model for ``tasks`` reading ``max_length`` bytes of each example (None: the window);
-    a task of your own keeps its declaration in the model."""
+def heads(
+    tasks: list[GlueTask], head_hidden: int, max_length: int | None = None, window: int | None = None
+) -> MultiTaskConfig:
+    """The task heads of a model for ``tasks`` reading ``max_length`` bytes of each example (None: the window)
+    in windows of ``window`` bytes (None: the model's); a task of your own keeps its declaration in the model."""
     specs = (TaskSpec(t.name, t.num_outputs, about=_about(t) if is_own(t) else None) for t in tasks)
-    return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length)
+    return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length, window=window)
 
 
 def is_own(task: GlueTask) -> bool:

@@ -246,3 +246,23 @@ def test_a_task_of_your_own_from_a_dataset_folder_with_class_names_trains_and_pr
     lines = written.read_text().splitlines()
     assert written.name == "moviereviews.tsv" and len(lines) == 11
     assert {line.split("\t")[1] for line in lines[1:]} <= {"sad", "glad"}
+
+
+def test_window_and_model_fields_are_options_kept_in_the_model(tmp_path):
+    rows = [{"text": f"{' '.join(['filler'] * 20)} {'great' if i % 2 else 'awful'}", "label": i % 2} for i in range(64)]
+    train, dev = _write_jsonl(tmp_path / "t.jsonl", rows), _write_jsonl(tmp_path / "d.jsonl", rows[:16])
+    fields = dict(train_file=train, validation_file=dev, max_length=300, max_steps=4, eval_every=4)
+    result = finetune(_options(tmp_path, window=64, model={"num_self_layers": 1, "d_model": 32}, **fields))
+    model = PerceiverClassifier.from_pretrained(result.best_model)
+    assert (model.tasks.max_length, model.tasks.window) == (300, 64)
+    assert (model.config.num_self_layers, model.config.d_model, model.config.num_latents) == (1, 32, 16)
+    accuracy = result.best["t"]["scores"]["dev"]["accuracy"]
+    assert evaluate_checkpoint(result.best_model, None)["t"]["dev"]["accuracy"] == pytest.approx(accuracy)
+    with pytest.raises(PerceiverLMError, match=r"--window 256: longer than the model's window \(max_seq_len=128\)"):
+        finetune(_options(tmp_path, train_file=train, validation_file=dev, window=256, overwrite=True))
+    with pytest.raises(PerceiverLMError, match="--window"):
+        _options(tmp_path, train_file=train, validation_file=dev, window=0)
+    with pytest.raises(PerceiverLMError, match=r"shape is the checkpoint.s; leave out the \[model\] table"):
+        _options(tmp_path, checkpoint=str(tmp_path), model={"d_model": 32})
+    with pytest.raises(PerceiverLMError, match="d_modle"):
+        finetune(_options(tmp_path, **fields, model={"d_modle": 32}, overwrite=True))
