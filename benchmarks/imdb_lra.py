@@ -73,6 +73,41 @@ def tfidf(train: list[dict], val: list[dict], length: int) -> dict[str, float]:
     return out
 
 
+def byte_cnn(train: list[dict], val: list[dict], length: int, steps: int, seed: int, evals: int) -> dict[str, Any]:
+    """The byte CNN of `glue_baselines.py` (AdamW 1e-3, batch 32) on the first ``length`` bytes: accuracy (%)
+    at ``evals`` evenly spaced steps, and the training time."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from glue_baselines import cnn_scores
+
+    from tasks.glue.data import encode_example
+
+    class Reviews(SimpleNamespace):  # what cnn_scores reads of a GlueSplit
+        def __len__(self) -> int:
+            return len(self.ids)
+
+    def split(rows: list[dict]) -> Reviews:
+        return Reviews(ids=[encode_example(r["text"], None, length) for r in rows], labels=[r["label"] for r in rows])
+
+    task = SimpleNamespace(num_outputs=2, is_regression=False, metrics=("accuracy",))
+    at = sorted({max(1, steps * (i + 1) // evals) for i in range(evals)})
+    started = time.monotonic()
+    scores = cnn_scores(task, split(train), split(val), at, seed)
+    curve = [{"step": step, "accuracy": scores[step]["accuracy"]} for step in at]
+    return {
+        "arm": "byte_cnn",
+        "length": length,
+        "seed": seed,
+        "steps": steps,
+        "best": max(c["accuracy"] for c in curve),
+        "last": curve[-1]["accuracy"],
+        "curve": curve,
+        "train_minutes": (time.monotonic() - started) / 60,
+    }
+
+
 def ours(args: argparse.Namespace, arm: str, source: dict[str, Any], length: int, labels: int | None, seed: int):
     """One fine-tuning run of ours through `finetune`; its best and last validation accuracy and its speed."""
     from tasks.glue.finetune import GlueOptions, finetune
@@ -138,6 +173,11 @@ def table(results: dict[str, Any]) -> str:
             f"{spread([r['last'] for r in runs])} | {statistics.mean(r['train_minutes'] for r in runs):.1f} | "
             f"{statistics.mean(r['examples_per_s'] for r in runs):.1f} |"
         )
+    for run in results.get("byte_cnn", {}).values():
+        lines.append(
+            f"| byte CNN | {run['length']} | all | 1 | {run['steps']} | {run['best']:.1f} | {run['last']:.1f} | "
+            f"{run['train_minutes']:.1f} | |"
+        )
     for key, scores in sorted(results.get("tfidf", {}).items()):
         lines.append(f"| TF-IDF ({key}) | | | | | {', '.join(f'{k} {v:.1f}' for k, v in scores.items())} | | | |")
     lines.append(
@@ -165,7 +205,10 @@ def main() -> None:
         "--val-examples", type=int, default=None, help="score on a seeded balanced subset of the validation reviews"
     )
     parser.add_argument("--options", default="{}", help="more GlueOptions fields as JSON (preset, lr, ...)")
-    parser.add_argument("--no-ours", action="store_true", help="only the TF-IDF reference")
+    parser.add_argument("--no-ours", action="store_true", help="only the TF-IDF reference (and --cnn-steps)")
+    parser.add_argument(
+        "--cnn-steps", type=int, default=0, help="also train the byte CNN of glue_baselines.py this many steps x 32"
+    )
     parser.add_argument("--runs", default="runs/imdb_lra")
     parser.add_argument("--out", default="docs/imdb_lra.json")
     args = parser.parse_args()
@@ -187,6 +230,12 @@ def main() -> None:
             if key not in results["tfidf"]:
                 results["tfidf"][key] = tfidf(subset(train, labels, seeds[0]), val, length)
                 out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=1))
+    for length in lengths if args.cnn_steps else []:
+        for seed in seeds:
+            key = f"{length}|{args.cnn_steps}|{seed}|{len(val)}"
+            if key not in results.setdefault("byte_cnn", {}):
+                results["byte_cnn"][key] = byte_cnn(train, val, length, args.cnn_steps, seed, args.evals)
                 out.write_text(json.dumps(results, indent=1))
     arms = {}
     for spec in args.arms.split(","):

@@ -52,10 +52,12 @@ def measure(
     precision: str = "fp32",
     overrides: dict[str, Any] | None = None,
     windows_per_pass: int | None = None,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """Seconds per forward + backward step of a one-task classifier on [batch_size, length] inputs, and memory.
 
-    ``overrides`` replaces config fields of the preset (tests use a shrunken one).
+    ``overrides`` replaces config fields of the preset (tests use a shrunken one); ``window``: bytes per window
+    (None: the model's max_seq_len), as `glue train --window`.
     """
     import torch
     import torch.nn.functional as F
@@ -66,7 +68,7 @@ def measure(
 
     torch.manual_seed(0)
     config = get_preset(preset).replace(**(overrides or {}))
-    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("doc", 2),))).to(device).train()
+    model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("doc", 2),), window=window)).to(device).train()
     ids, labels = (t.to(device) for t in synthetic_documents(batch_size, length))
     mask = torch.ones_like(ids)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -79,9 +81,10 @@ def measure(
 
     baseline = peak_memory_bytes(device)
     seconds, peak = time_steps(step, device, warmup, steps)
-    window = config.max_seq_len
+    window = window or config.max_seq_len
     return {
         "preset": preset,
+        "overrides": overrides or {},
         "parameters": model.num_parameters(),
         "window": window,
         "length": length,
@@ -129,6 +132,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--windows-per-pass", type=int, default=None, help="encode at most this many windows at once")
+    parser.add_argument("--window", type=int, default=None, help="bytes per window (default: the model's window)")
+    parser.add_argument("--model", default="{}", help="model config fields to change, as JSON (e.g. d_model)")
     parser.add_argument("--out", default="runs/bench/long_documents.json")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure this length in this process
     args = parser.parse_args()
@@ -148,7 +153,9 @@ def main() -> None:
                     args.warmup,
                     args.device,
                     args.precision,
+                    overrides=json.loads(args.model),
                     windows_per_pass=args.windows_per_pass,
+                    window=args.window,
                 )
             )
         )
@@ -166,7 +173,9 @@ def main() -> None:
             )
     rows = summarise(runs)
     setting = f"{args.device} {args.precision}, median of {args.repeats}"
-    print(f"\n{args.preset} classifier, 1 task, forward + backward, {setting}")
+    changed = "".join(f", {k}={v}" for k, v in json.loads(args.model).items())
+    window = f", windows of {args.window}" if args.window else ""
+    print(f"\n{args.preset}{changed} classifier{window}, 1 task, forward + backward, {setting}")
     header = ("bytes", "windows", "batch", "s/example", "s/KiB", "vs shortest", "peak MiB", "step MiB")
     print("{:>7} {:>7} {:>5} {:>10} {:>8} {:>11} {:>9} {:>9}".format(*header))
     for r in rows:
@@ -187,7 +196,9 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     """The options a measuring subprocess needs."""
     passed = ["--preset", args.preset, "--lengths", args.lengths, "--bytes-per-batch", str(args.bytes_per_batch)]
     passed += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
-    passed += ["--precision", args.precision]
+    passed += ["--precision", args.precision, "--model", args.model]
+    if args.window is not None:
+        passed += ["--window", str(args.window)]
     if args.windows_per_pass is not None:
         passed += ["--windows-per-pass", str(args.windows_per_pass)]
     return passed

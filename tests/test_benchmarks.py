@@ -83,3 +83,35 @@ def test_probe_features_are_pooled_per_example_in_file_order(tmp_path):
         np.testing.assert_allclose(one[level][0], pooled[level][5], rtol=1e-4, atol=1e-5)
     y = np.array(split.labels, dtype=int)
     assert probe(pooled["bytes"][:80], y[:80], pooled["bytes"][80:], y[80:])["accuracy"] > 90
+
+
+def test_imdb_benchmark_trains_ours_and_the_byte_cnn_on_review_files(tmp_path, monkeypatch):
+    import json
+
+    import imdb_lra
+
+    rng = torch.Generator().manual_seed(0)
+    words = ["film", "plot", "actor", "scene", "story", "music"]
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            picks = torch.randint(len(words), (30,), generator=rng).tolist()
+            out.append({"text": " ".join(words[p] for p in picks) + (" great" if i % 2 else " awful"), "label": i % 2})
+        return out
+
+    for name, n in (("train", 64), ("val", 24)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n)))
+    out = tmp_path / "out.json"
+    argv = ["imdb_lra.py", "--data", str(tmp_path), "--lengths", "300", "--steps", "4", "--evals", "2"]
+    argv += ["--arms", "random_w64", "--options", '{"preset": "tiny", "window": 64, "head_hidden": 16}']
+    argv += ["--cnn-steps", "4", "--val-examples", "20", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    imdb_lra.main()
+    results = json.loads(out.read_text())
+    run = results["runs"]["random_w64|300|all|0"]
+    assert run["steps"] == 4 and [c["step"] for c in run["curve"]] == [2, 4] and run["options"]["window"] == 64
+    assert 0 <= run["best"] <= 100 and run["examples_per_s"] > 0
+    (cnn,) = results["byte_cnn"].values()
+    assert [c["step"] for c in cnn["curve"]] == [2, 4] and 0 <= cnn["last"] <= 100
+    assert set(results["tfidf"]["300|all|s0|20"]) == {"tfidf_words_1_2", "tfidf_chars_1_5"}

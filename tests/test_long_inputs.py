@@ -292,5 +292,7 @@ def test_long_documents_benchmark_runs_on_a_tiny_config(monkeypatch):
     assert runs[0]["peak_memory_mib"] >= runs[0]["baseline_memory_mib"] > 0
     chunked = measure("tiny", 512, 1, 1, 0, windows_per_pass=2, overrides={"num_self_layers": 1})
     assert chunked["windows"] == 4 and chunked["windows_per_pass"] == 2
+    narrow = measure("tiny", 256, 1, 1, 0, overrides={"num_self_layers": 1}, window=64)
+    assert (narrow["window"], narrow["windows"], narrow["overrides"]) == (64, 4, {"num_self_layers": 1})
     rows = summarise(runs)
     assert [r["length"] for r in rows] == [64, 128, 256] and rows[0]["per_byte_vs_shortest"] == 1.0
