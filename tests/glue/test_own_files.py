@@ -266,3 +266,12 @@ def test_window_and_model_fields_are_options_kept_in_the_model(tmp_path):
         _options(tmp_path, checkpoint=str(tmp_path), model={"d_model": 32})
     with pytest.raises(PerceiverLMError, match="d_modle"):
         finetune(_options(tmp_path, **fields, model={"d_modle": 32}, overwrite=True))
+
+
+def test_the_shipped_imdb_recipe_is_a_valid_options_file(tmp_path):
+    from perceiver_lm.options import read_options_file
+    from perceiver_lm.validation import check_fields
+
+    data = read_options_file(REPO / "configs" / "imdb_lra.toml")
+    options = GlueOptions(**check_fields(GlueOptions, data, "configs/imdb_lra.toml", "GLUE option"))
+    assert (options.max_length, options.window, options.model) == (4000, 512, {"d_model": 128, "num_self_layers": 4})
