@@ -94,25 +94,24 @@ class FinetuneResult:
 
 def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
     heads = own.heads(tasks, options.head_hidden, options.max_length, options.window)
+    lm = None
     if options.checkpoint is None:
         changed = f" with {', '.join(sorted(options.model))} from [model]" if options.model else ""
         notes.append(f"no --checkpoint: random initialisation, preset {options.preset}{changed}")
         config = model_config(options.preset, options.model, "[model] of the fine-tuning options")
-        return PerceiverClassifier(_check_window(options, config), heads)
-    directory = ckpt.resolve_model_dir(options.checkpoint)
-    if (directory / ckpt.TASKS_FILE).is_file():
-        raise PerceiverLMError(f"--checkpoint {directory}: already fine-tuned; start from a pretrained MLM checkpoint")
-    lm = PerceiverLM.from_pretrained(directory)
-    _check_window(options, lm.config)
-    return PerceiverClassifier.from_lm(lm, heads)
-
-
-def _check_window(options: GlueOptions, config: PerceiverConfig) -> PerceiverConfig:
+    else:
+        directory = ckpt.resolve_model_dir(options.checkpoint)
+        if (directory / ckpt.TASKS_FILE).is_file():
+            raise PerceiverLMError(
+                f"--checkpoint {directory}: already fine-tuned; start from a pretrained MLM checkpoint"
+            )
+        lm = PerceiverLM.from_pretrained(directory)
+        config = lm.config
     if options.window is not None and options.window > config.max_seq_len:
         raise PerceiverLMError(
             f"--window {options.window}: longer than the model's window (max_seq_len={config.max_seq_len})"
         )
-    return config
+    return PerceiverClassifier(config, heads) if lm is None else PerceiverClassifier.from_lm(lm, heads)
 
 
 def task_loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
