@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import io
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from perceiver_lm.errors import one_line
+from perceiver_lm.errors import PerceiverLMError, Terminated, bounded_message, one_line
 from perceiver_lm.options import (
     AttentionOptions,
     ConvertOptions,
@@ -48,6 +49,11 @@ class OneLineErrors(TyperGroup):
     """Usage errors (an unknown option, ``--batch-size abc``) as one ``error:`` line, exit status 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        for stream in (sys.stdout, sys.stderr):
+            # A path may hold bytes that are not UTF-8 (decoded as surrogates): print them escaped rather than
+            # fail on the last line of a run whose weights are already saved.
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(errors="backslashreplace")
         try:
             code = super().main(
                 args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
@@ -63,7 +69,7 @@ class OneLineErrors(TyperGroup):
             if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
                 raise
             command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else ""
-            typer.echo(f"error: {command}{' '.join(err.format_message().split())}", err=True)
+            typer.echo(f"error: {bounded_message(command + ' '.join(err.format_message().split()))}", err=True)
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -89,6 +95,9 @@ def user_errors(func):
         except KeyboardInterrupt:
             typer.echo("\ninterrupted; completed checkpoints are kept (continue a run with --resume)", err=True)
             raise typer.Exit(130) from None
+        except Terminated as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(143) from None
         except Exception as err:
             message = one_line(err)
             if message is None or os.environ.get(DEBUG_VARIABLE) == "1":
@@ -187,13 +196,35 @@ def _pretrain(options: TrainingOptions, model: PretrainModelOptions) -> None:
         )
 
 
+def _check_new_file(path: Path, option: str, replace: bool) -> Path:
+    """`check_output_file`, and refuse a path whose folder does not exist or cannot be written: found before
+    any work, named as the user gave it (not as the temporary file the atomic write goes through)."""
+    check_output_file(path, option, replace=replace)
+    folder = path.parent
+    if not folder.is_dir():
+        raise PerceiverLMError(
+            f"{option} {path}: folder {folder} does not exist; create it first, or pick another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PerceiverLMError(f"{option} {path}: cannot write in folder {folder} (permission denied)")
+    return path
+
+
+def _write_json(path: Path, option: str, record: Any) -> None:
+    """`write_json_atomic`, a failure (a full disk, a folder removed meanwhile) naming ``path``."""
+    try:
+        write_json_atomic(path, record)
+    except OSError as err:
+        raise PerceiverLMError(f"{option} {path}: cannot write ({err.strerror or type(err).__name__})") from None
+
+
 @_command(app, "evaluate", EvalCheckpoint, EvalOptions)
 def _evaluate(target: EvalCheckpoint, options: EvalOptions) -> None:
     """Score a pretrained checkpoint on held-out text: bits per masked byte and accuracy, per byte class."""
     from perceiver_lm.evaluation import score_text
 
     if options.json not in (None, "-"):
-        check_output_file(Path(options.json), "--json", replace=options.overwrite)
+        _check_new_file(Path(options.json), "--json", replace=options.overwrite)
     report = score_text(target.checkpoint, options)
     if not report.main_process:
         return
@@ -205,7 +236,7 @@ def _evaluate(target: EvalCheckpoint, options: EvalOptions) -> None:
         return
     typer.echo(report.table())
     if options.json:
-        write_json_atomic(Path(options.json), record)
+        _write_json(Path(options.json), "--json", record)
         typer.echo(f"wrote {options.json}")
 
 
@@ -215,7 +246,8 @@ def _fill_mask(options: FillMaskOptions) -> None:
     from perceiver_lm.inference import fill_mask
     from perceiver_lm.model import PerceiverLM
 
-    result = fill_mask(PerceiverLM.from_pretrained(options.checkpoint), options.text, top_k=max(1, options.top_k))
+    model = PerceiverLM.from_pretrained(options.checkpoint)
+    result = fill_mask(model, options.text, top_k=max(1, options.top_k), source=options.checkpoint)
     typer.echo(result.text)
     for position, candidates in zip(result.positions, result.candidates, strict=True) if options.top_k else ():
         typer.echo(f"  byte {position}: " + ", ".join(f"{c!r}:{p:.2f}" for c, p in candidates))

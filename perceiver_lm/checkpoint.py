@@ -98,6 +98,29 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file`` with a reproducible header: the same tensors and metadata give the same bytes.
+
+    safetensors writes its ``__metadata__`` map in hash order, which differs between processes, so two
+    identical runs would write files whose hashes differ. The header is rewritten in place with the
+    metadata keys sorted: the same length (the same JSON, reordered), so no tensor moves.
+    """
+    save_file(tensors, str(path), metadata=metadata)
+    if not metadata or len(metadata) < 2:
+        return
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        ordered = {"__metadata__": header.pop("__metadata__"), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for the same JSON; keep the library's header rather than break the file
+            return
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))  # safetensors pads its header with spaces too
+
+
 def write_model_files(
     model: torch.nn.Module,
     config: PerceiverConfig,
@@ -121,11 +144,11 @@ def write_model_files(
         tasks.save(directory / TASKS_FILE)
     state = model.state_dict() if state is None else state
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, str(directory / MODEL_FILE), metadata={"format": "pt", "library": "perceiver-lm"})
+    save_safetensors(tensors, directory / MODEL_FILE, metadata={"format": "pt", "library": "perceiver-lm"})
     names = {name for name, _ in model.named_parameters()}
     parameters = sum(v.numel() for k, v in tensors.items() if k in names)
     card = model_card.render(config, tasks if isinstance(tasks, MultiTaskConfig) else None, parameters, training)
-    (directory / CARD_FILE).write_text(card)
+    (directory / CARD_FILE).write_text(card, encoding="utf-8", errors="backslashreplace")  # a path that is not UTF-8
 
 
 def save_model(
@@ -163,12 +186,29 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise PerceiverLMError(f"{path}: not a checkpoint (no {CONFIG_FILE}) and holds no checkpoint-N directories")
 
 
+@contextmanager
+def safetensors_name(file: Path) -> Iterator[str]:
+    """A name of ``file`` that safetensors can open: safetensors takes only UTF-8 paths, and any other name (a
+    POSIX path may hold any bytes) is reached through the open file's /dev/fd entry instead."""
+    try:
+        name = os.fsencode(file).decode("utf-8")
+    except UnicodeDecodeError:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            yield f"/dev/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def load_state_dict(directory: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     file = directory / MODEL_FILE
     if not file.is_file():
         raise PerceiverLMError(f"{directory}: {MODEL_FILE} is missing")
     try:
-        return load_file(str(file), device=str(map_location))
+        with safetensors_name(file) as name:
+            return load_file(name, device=str(map_location))
     except (SafetensorError, OSError) as err:
         raise PerceiverLMError(f"{file}: unreadable safetensors file ({err})") from None
 
@@ -225,7 +265,7 @@ def load_weights(model: torch.nn.Module, directory: Path, map_location: str | to
 def stored_parameters(file: Path) -> int:
     """How many numbers a safetensors file holds, from its header alone (no weight is read)."""
     try:
-        with safe_open(str(file), framework="pt") as handle:
+        with safetensors_name(file) as name, safe_open(name, framework="pt") as handle:
             return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
     except FileNotFoundError:
         raise PerceiverLMError(f"{file.parent}: {file.name} is missing") from None
@@ -268,6 +308,21 @@ def write_training_files(directory: Path, optimizer_state: dict[str, Any], train
     _write_json(directory / STATE_FILE, {**trainer_state, "optimizer": meta})
 
 
+def pretrained_window(directory: Path, config: PerceiverConfig) -> int | None:
+    """The window (bytes) a pretrained checkpoint was trained on when shorter than its ``max_seq_len``, else None.
+
+    Read from its ``trainer_state.json`` (the pretraining options' ``window``). Positions past it never trained,
+    nor (with trimmed latents) the latents over them, so its users read longer inputs as windows of this size.
+    A checkpoint without a trainer state (converted, or saved by hand) says nothing: None.
+    """
+    if not (directory / STATE_FILE).is_file():
+        return None
+    window = read_trainer_state(directory).get("options", {}).get("window")
+    if not matches(int, window) or not 1 <= window < config.max_seq_len:
+        return None
+    return window
+
+
 def read_trainer_state(directory: Path) -> dict[str, Any]:
     """``trainer_state.json`` of a training checkpoint, checked: a dict with an integer ``step``."""
     state = read_json(directory / STATE_FILE, "trainer state")
@@ -295,7 +350,8 @@ def read_training_files(directory: Path) -> tuple[dict[str, Any], dict[str, Any]
     """Return ``(optimizer_state_dict, trainer_state)`` of a training checkpoint."""
     trainer_state = read_trainer_state(directory)
     try:
-        tensors = load_file(str(directory / OPTIMIZER_FILE))
+        with safetensors_name(directory / OPTIMIZER_FILE) as name:
+            tensors = load_file(name)
     except FileNotFoundError:
         raise PerceiverLMError(f"{directory}: not a training checkpoint ({OPTIMIZER_FILE} missing)") from None
     except SafetensorError as err:

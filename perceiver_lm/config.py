@@ -261,7 +261,30 @@ class PerceiverConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> PerceiverConfig:
-        return cls.from_dict(read_json(path, "model config"), source=str(path))
+        """The model config a checkpoint's config.json holds; a transformers checkpoint's is refused, saying to
+        convert it (its fields are transformers', each an unknown field here)."""
+        data = read_json(path, "model config")
+        if is_transformers_config(data):
+            folder = Path(path).parent
+            architectures = data.get("architectures")
+            named = (
+                f" ({', '.join(map(str, architectures))})" if isinstance(architectures, list) and architectures else ""
+            )
+            raise PerceiverLMError(
+                f"{folder}: a transformers checkpoint{named}, not a perceiver-lm one; convert it first: "
+                f"perceiver-lm convert OUT --from-transformers {folder}, then use OUT"
+            )
+        return cls.from_dict(data, source=str(path))
+
+
+def is_transformers_config(data: Any) -> bool:
+    """Whether a config.json's content is Hugging Face transformers' for a Perceiver model (its ``model_type`` is
+    "perceiver" or an entry of its ``architectures`` names Perceiver), rather than a perceiver-lm model config."""
+    if not isinstance(data, dict):
+        return False
+    architectures = data.get("architectures")
+    named = isinstance(architectures, list) and any("Perceiver" in str(a) for a in architectures)
+    return data.get("model_type") == "perceiver" or named
 
 
 PRESETS: dict[str, PerceiverConfig] = {
@@ -320,7 +343,7 @@ def get_preset(name: str) -> PerceiverConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise PerceiverLMError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise PerceiverLMError(f"unknown preset {shown(name)}; choose one of: {', '.join(PRESETS)}") from None
 
 
 @dataclass(frozen=True)
@@ -400,7 +423,7 @@ class MultiTaskConfig:
         for i, task in enumerate(self.tasks):
             if task.name == name:
                 return i
-        raise PerceiverLMError(f"this model has no task {name!r}; it has: {', '.join(t.name for t in self.tasks)}")
+        raise PerceiverLMError(f"this model has no task {shown(name)}; it has: {', '.join(t.name for t in self.tasks)}")
 
     def to_dict(self) -> dict[str, Any]:
         tasks = [{k: v for k, v in dataclasses.asdict(t).items() if k != "about" or v is not None} for t in self.tasks]

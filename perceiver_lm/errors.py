@@ -23,10 +23,37 @@ _OS_MEANING = {
 }
 
 
+SHOWN_CHARACTERS = 80  # of a value a message echoes; the rest is counted, not printed
+_LONG_WORD = 200  # a run of characters without a space longer than this is an echoed value, cut to SHOWN_CHARACTERS
+_LONG_MESSAGE = 2000  # a message longer than this keeps its start and its end
+
+
+def clipped(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` itself, or its first ``limit`` characters and how long it was: ``abc…(100,000 characters)``."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text):,} characters)"
+
+
+def bounded_message(text: str) -> str:
+    """One line of bounded length: every long unbroken run (an echoed value, a path, a blob) `clipped`, and a
+    message still too long cut in the middle, so that its start (what failed) and end (what was expected) stay."""
+    text = " ".join(clipped(word) if len(word) > _LONG_WORD else word for word in text.split(" "))
+    if len(text) > _LONG_MESSAGE:
+        text = f"{text[:1200]} …({len(text) - 1800:,} characters)… {text[-600:]}"
+    return text
+
+
 class PerceiverLMError(ValueError):
     """A user-facing error: the message names the file, option or field and what was expected.
 
     A ValueError, so code that caught the ValueErrors of bad input before still does.
+    """
+
+
+class Terminated(BaseException):  # noqa: N818 (like KeyboardInterrupt: a stop asked for, not an error)
+    """The run stopped on SIGTERM (a scheduler's preemption) after writing a resumable checkpoint.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way treats it as a failure;
+    the CLI prints its one-line message and exits 143 (128 + SIGTERM), as the shell reports such a stop.
     """
 
 
@@ -66,5 +93,6 @@ def one_line(err: BaseException) -> str | None:
         text = f"safetensors: {_OS_MEANING.get(number, err)}" if number else f"safetensors: {err}"
     else:
         return None
-    # Exactly one line, whatever a message quoted (a file name with a newline, a library's multi-line text).
-    return " ".join(text.split("\n")).strip()
+    # Exactly one line, whatever a message quoted (a file name with a newline, a library's multi-line text), and of
+    # bounded length, whatever value it echoes.
+    return bounded_message(" ".join(text.split("\n")).strip())

@@ -30,6 +30,7 @@ from perceiver_lm.data import (
     spread,
 )
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.masking import maskable
 from perceiver_lm.noise import Noise, noisy_texts, parse_noise
 from perceiver_lm.options import EvalOptions
 from perceiver_lm.tokenizer import NUM_SPECIAL
@@ -83,14 +84,53 @@ def masked_byte_stats(model: torch.nn.Module, loader: DataLoader, accelerator: A
     return totals
 
 
-def summarize(totals: torch.Tensor) -> dict[str, Any]:
-    """Bits per masked byte, accuracy and counts from `masked_byte_stats`, overall and per class."""
+VALIDATION_SOURCE = "the validation windows (--val-data, or the end of --data)"
+
+
+def no_byte_to_score(
+    source: str, whole_words: bool = True, noise: list[str] | tuple[str, ...] = ()
+) -> PerceiverLMError:
+    """The error for a score that would be averaged over zero masked bytes, naming the text (``source``)."""
+    what = "no maskable word (whitespace only?)" if whole_words else "no byte"
+    after = f" after --noise {' '.join(noise)}" if noise else ""
+    return PerceiverLMError(f"{source}: no byte to score: the text{after} has {what}")
+
+
+def count_maskable(examples: Any, whole_words: bool) -> int:
+    """How many bytes of masked examples (dicts of `MaskedWindows`) masking could have chosen.
+
+    The original bytes are the corrupted ``input_ids`` with the ``labels`` put back at the masked positions.
+    """
+    total = 0
+    for index in range(len(examples)):
+        example = examples[index]
+        ids = example["input_ids"].copy()
+        ids[example["positions"]] = example["labels"]
+        total += int(np.count_nonzero(maskable(ids, whole_words)))
+    return total
+
+
+def require_scorable(examples: Any, whole_words: bool, source: str, noise: list[str] | tuple[str, ...] = ()) -> int:
+    """`count_maskable`, refusing (`no_byte_to_score`) examples that hold no maskable byte: every score
+    of them would be an average over zero masked bytes. Call it before training or scoring starts."""
+    count = count_maskable(examples, whole_words)
+    if count == 0:
+        raise no_byte_to_score(source, whole_words, noise)
+    return count
+
+
+def summarize(totals: torch.Tensor, source: str = VALIDATION_SOURCE) -> dict[str, Any]:
+    """Bits per masked byte, accuracy and counts from `masked_byte_stats`, overall and per class.
+
+    Zero masked bytes is an error naming ``source`` (the scored text), not a score of 0 bits.
+    """
 
     def numbers(loss: float, correct: float, count: float) -> dict[str, float]:
-        count = max(count, 1.0)
         return {"bits_per_byte": loss / count / LN2, "accuracy": correct / count, "loss": loss / count}
 
     overall = totals.sum(0).tolist()
+    if overall[2] <= 0:
+        raise no_byte_to_score(source)
     classes = {
         name: {**numbers(*row), "masked_bytes": int(row[2])}
         for name, row in zip(BYTE_CLASSES, totals.tolist(), strict=True)
@@ -99,8 +139,9 @@ def summarize(totals: torch.Tensor) -> dict[str, Any]:
     return {**numbers(*overall), "masked_bytes": int(overall[2]), "classes": classes}
 
 
-def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int) -> ByteCorpus:
-    """The corpus with every line corrupted by ``noises`` (line i of the whole corpus draws from (seed, i))."""
+def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int, source: str | None = None) -> ByteCorpus:
+    """The corpus with every line corrupted by ``noises`` (line i of the whole corpus draws from (seed, i));
+    noise that leaves no text at all is an error naming ``source`` (default: the corpus's name)."""
     # Bytes that are not UTF-8 pass through unchanged (surrogateescape) instead of being replaced.
     docs = [
         bytes(corpus.buffers[buffer_index][start:end]).decode("utf-8", "surrogateescape").split("\n")
@@ -108,6 +149,9 @@ def noisy_corpus(corpus: ByteCorpus, noises: list[Noise], seed: int) -> ByteCorp
     ]
     noisy = iter(noisy_texts([line for lines in docs for line in lines], noises, seed))
     rebuilt = ["\n".join(next(noisy) for _ in lines) for lines in docs]
+    if not any(rebuilt):
+        shown = " ".join(map(str, noises))
+        raise PerceiverLMError(f"{source or corpus.name}: no byte to score: --noise {shown} leaves no text")
     return corpus_from_texts(rebuilt, f"{corpus.name} ({', '.join(map(str, noises))})", errors="surrogateescape")
 
 
@@ -123,6 +167,8 @@ class TextScore:
     windows_total: int
     mask_unit: str
     mask_rate: float
+    maskable_bytes: int  # bytes of the scored windows masking could choose
+    effective_mask_rate: float  # masked bytes / maskable bytes: what was scored, whatever --mask-rate asked
     seed: int
     noise: list[str]
     precision: str
@@ -136,6 +182,8 @@ class TextScore:
             f"{self.checkpoint}{'' if self.step is None else f' (step {self.step})'} on {self.text}",
             f"{self.windows} of {self.windows_total} windows of {self.window} bytes; {self.mask_unit} masking at "
             f"{self.mask_rate:g}, seed {self.seed}; {self.precision}",
+            f"effective mask rate {self.effective_mask_rate:.4f} ({m['masked_bytes']:,} masked of "
+            f"{self.maskable_bytes:,} maskable bytes)",
             "",
             f"{'bytes':<12} {'masked':>9} {'bits/byte':>10} {'accuracy':>9}",
             f"{'all':<12} {m['masked_bytes']:>9,} {m['bits_per_byte']:>10.4f} {m['accuracy']:>9.4f}",
@@ -161,21 +209,28 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
     directory = ckpt.resolve_model_dir(checkpoint)
     model = PerceiverLM.from_pretrained(directory)
     step = ckpt.read_trainer_state(directory)["step"] if (directory / ckpt.STATE_FILE).is_file() else None
+    source = f"--dataset {options.dataset}" if options.dataset else f"--data {' '.join(map(str, options.data))}"
     corpus = load_corpus(options)
     if noises:
-        corpus = noisy_corpus(corpus, noises, options.seed)
-    window = min(options.window or model.config.max_seq_len, len(corpus))
+        corpus = noisy_corpus(corpus, noises, options.seed, source)
+    trained = ckpt.pretrained_window(directory, model.config)
+    window = min(options.window or trained or model.config.max_seq_len, len(corpus))
+    if trained is not None and window > trained:
+        print(f"note: --window {window} reads positions past the {trained} bytes this model was pretrained on "
+              "(they never trained)", file=sys.stderr)  # fmt: skip
     if window > model.config.max_seq_len:
         raise PerceiverLMError(f"--window {window} is longer than the model's max_seq_len ({model.config.max_seq_len})")
     masking = MaskingOptions(options.mask_rate, options.mask_unit == "word")
     windows = MaskedWindows(CorpusRange(corpus, 0, len(corpus)), window, masking, options.seed, shuffle=False)
     count = len(windows) if not options.max_windows else min(options.max_windows, len(windows))
     picks = spread(len(windows), count)
+    scored = Subset(windows, picks)
+    maskable_bytes = require_scorable(scored, masking.whole_words, source, [str(n) for n in noises])
     accelerator, precision = use_accelerator(accelerator, options.mixed_precision, options.cpu)
-    loader = DataLoader(Subset(windows, picks), batch_size=options.batch_size, collate_fn=collate_masked)
+    loader = DataLoader(scored, batch_size=options.batch_size, collate_fn=collate_masked)
     model, loader = accelerator.prepare(model, loader)
     accelerator.print(f"scoring {len(picks)} windows of {window} bytes from {corpus.name}", file=sys.stderr)
-    metrics = summarize(masked_byte_stats(model, loader, accelerator))
+    metrics = summarize(masked_byte_stats(model, loader, accelerator), source)
     return TextScore(
         checkpoint=str(directory),
         step=step,
@@ -185,6 +240,8 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
         windows_total=len(windows),
         mask_unit=options.mask_unit,
         mask_rate=options.mask_rate,
+        maskable_bytes=maskable_bytes,
+        effective_mask_rate=metrics["masked_bytes"] / maskable_bytes,
         seed=options.seed,
         noise=[str(n) for n in noises],
         precision=precision,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import PerceiverLMError, clipped
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.tokenizer import MASK_ID, NUM_SPECIAL, bytes_to_ids, decode_bytes
 
@@ -33,7 +35,14 @@ def parse_masked_text(text: str, max_length: int | None = None) -> tuple[np.ndar
     pieces, positions, length, cursor = [], [], 0, 0
     for match in MASK_MARK.finditer(raw):
         before = bytes_to_ids(raw[cursor : match.start()])
-        count = int(match.group(1) or 1)
+        digits = match.group(1) or b"1"
+        if len(digits.lstrip(b"0")) > 12:  # no window is that long; int() of thousands of digits would fail
+            window = "" if max_length is None else f" ({max_length})"
+            raise PerceiverLMError(
+                f"mask mark [MASK*{clipped(digits.decode())}] covers more bytes than any text can hold, longer than "
+                f"the model's window{window}"
+            )
+        count = int(digits)
         if count == 0:
             raise PerceiverLMError(f"mask mark {match.group(0).decode()} must cover at least one byte")
         if max_length is not None and length + len(before) + count > max_length:
@@ -51,14 +60,39 @@ def parse_masked_text(text: str, max_length: int | None = None) -> tuple[np.ndar
     return np.concatenate(pieces), np.array(positions, dtype=np.int64)
 
 
+def nonfinite_weight(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding a NaN or an infinity; None if none does."""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite(model: torch.nn.Module, output: torch.Tensor, source: str | Path | None, what: str) -> None:
+    """Refuse (one line naming ``source``, the checkpoint) an ``output`` of ``model`` holding NaN or infinities:
+    anything read from it (a byte, a latent's bytes) would be noise. Names the broken weight when one is."""
+    if bool(torch.isfinite(output).all()):
+        return
+    where = "" if source is None else f"{source}: "
+    name = nonfinite_weight(model)
+    if name is not None:
+        raise PerceiverLMError(
+            f"{where}weight {name} holds NaN or infinite values (a diverged or corrupt checkpoint); cannot {what}"
+        )
+    raise PerceiverLMError(
+        f"{where}the model's output is NaN or infinite on this text (its weights overflow); cannot {what}"
+    )
+
+
 @torch.no_grad()
-def fill_mask(model: PerceiverLM, text: str, top_k: int = 3) -> FillMaskResult:
+def fill_mask(model: PerceiverLM, text: str, top_k: int = 3, source: str | Path | None = None) -> FillMaskResult:
     """Predict every masked byte of ``text`` at once and return the argmax filling.
 
     Args:
         model: a trained model (put in eval mode here).
         text: text with ``[MASK]`` / ``[MASK*N]`` marks.
         top_k: candidates to report per masked byte.
+        source: the checkpoint the model came from, named when its output is not finite (NaN weights).
     """
     if not 1 <= top_k <= 256:
         raise PerceiverLMError(f"--top-k must be in 1..256 (the byte values), got {top_k}")
@@ -70,6 +104,7 @@ def fill_mask(model: PerceiverLM, text: str, top_k: int = 3) -> FillMaskResult:
     input_ids = torch.from_numpy(ids)[None].to(device)
     query = torch.from_numpy(positions)[None].to(device)
     logits = model(input_ids, query_positions=query).logits[0].float()  # [Q, vocab]
+    check_finite(model, logits[:, NUM_SPECIAL:], source, "fill masks")
     logits[:, :NUM_SPECIAL] = float("-inf")  # only bytes can fill a byte slot
     probs = logits.softmax(-1)
     top = probs.topk(top_k, dim=-1)

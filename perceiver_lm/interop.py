@@ -14,8 +14,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from perceiver_lm.checkpoint import atomic_directory, check_state_dict, resolve_model_dir, write_model_files
-from perceiver_lm.config import PerceiverConfig
+from perceiver_lm.checkpoint import (
+    atomic_directory,
+    check_state_dict,
+    resolve_model_dir,
+    safetensors_name,
+    write_model_files,
+)
+from perceiver_lm.config import PerceiverConfig, is_transformers_config
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverLM
 from perceiver_lm.run_dir import check_output_folder, refuse_non_empty
@@ -174,7 +180,8 @@ def _read_transformers_weights(directory: Path) -> dict[str, torch.Tensor]:
     bin_file = directory / "pytorch_model.bin"
     if safetensors_file.is_file():
         try:
-            return load_file(str(safetensors_file))
+            with safetensors_name(safetensors_file) as name:
+                return load_file(name)
         except SafetensorError as err:
             raise PerceiverLMError(f"{safetensors_file}: unreadable safetensors file ({err})") from None
     if not bin_file.is_file():
@@ -208,12 +215,11 @@ def _locate(source: str) -> Path:
 
 
 def is_transformers_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder holding a transformers Perceiver checkpoint (its config names the model type)."""
+    """Whether ``path`` is a folder holding a transformers Perceiver checkpoint (`is_transformers_config`)."""
     config = Path(path) / "config.json"
     if not config.is_file():
         return False
-    data = read_json(config, "transformers config")
-    return isinstance(data, dict) and data.get("model_type") == "perceiver"
+    return is_transformers_config(read_json(config, "transformers config"))
 
 
 def load_from_transformers(source: str | Path) -> PerceiverLM:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import PerceiverLMError, clipped
+from perceiver_lm.validation import NUMBER_TEXT
 
 NOISE_KINDS: dict[str, str] = {
     "drop": "each character is deleted with probability RATE",
@@ -66,23 +67,29 @@ class Noise:
 
 
 def parse_noise(spec: str, option: str = "--noise") -> Noise:
-    """Parse a ``--noise`` value of the form KIND:RATE, e.g. ``drop:0.1`` (``option`` names it in errors)."""
-    shown = " ".join(spec.split())  # the message stays on one line whatever was typed
+    """Parse a ``--noise`` value of the form KIND:RATE, e.g. ``drop:0.1`` (``option`` names it in errors).
+
+    RATE is written in ASCII (digits, a point, an exponent), as every number option takes it: ``drop:０.５``
+    (full-width digits, which Python's float() would take) is refused like ``--lr ０.５`` is.
+    """
+    shown = clipped(" ".join(spec.split()))  # the message stays on one line, and short, whatever was typed
     kind, colon, rate_text = spec.strip().partition(":")
     kind = kind.strip().lower()
     if kind not in NOISE_KINDS:
         raise PerceiverLMError(
-            f"{option} {shown}: unknown noise kind {kind!r} (expected KIND:RATE with KIND one of: "
+            f"{option} {shown}: unknown noise kind {clipped(repr(kind))} (expected KIND:RATE with KIND one of: "
             f"{', '.join(NOISE_KINDS)})"
         )
     if not colon or not rate_text.strip():
         raise PerceiverLMError(f"{option} {shown}: the rate is missing (expected KIND:RATE, e.g. {kind}:0.1)")
-    try:
-        rate = float(rate_text)
-    except ValueError:
+    if not NUMBER_TEXT.fullmatch(rate_text.strip()):
         raise PerceiverLMError(
-            f"{option} {shown}: rate {rate_text.strip()!r} is not a number (expected KIND:RATE, e.g. {kind}:0.1)"
-        ) from None
+            f"{option} {shown}: rate {clipped(repr(rate_text.strip()))} is not a number in ASCII digits 0-9 "
+            f"(expected KIND:RATE, e.g. {kind}:0.1)"
+        )
+    rate = float(rate_text)
+    if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):  # named as typed: 1e999 is no "inf" to the user
+        raise PerceiverLMError(f"{option} {shown}: rate must be a finite number from 0 to 1")
     return Noise(kind, rate)
 
 

@@ -13,12 +13,30 @@ from typing import Any, Literal
 
 import tomllib
 
-from perceiver_lm.config import PRESETS, PerceiverConfig, model_config
-from perceiver_lm.errors import PerceiverLMError, one_line
-from perceiver_lm.validation import check_fields, check_range, expected, matches, shown
+from perceiver_lm.config import PRESETS, SIZE_LIMITS, PerceiverConfig, model_config
+from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.user_files import OPTIONS_FILE_LIMIT, parse_json, parse_toml, read_bounded
+from perceiver_lm.validation import INTEGER_TEXT, check_fields, check_range, expected, matches, parse_int, shown
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (which Accelerate's set_seed calls) takes no more
 MAX_WORKERS = 256
+# Sane upper bounds of the integer options, so that a typo (or 2**70 in a config file) is refused at once
+# instead of starting a run without end or overflowing an int64 tensor.
+MAX_STEPS = 10**9  # optimizer steps, and the step intervals and counts (warm-up, eval/save/log every N)
+MAX_BATCH = 1 << 20  # examples or windows per batch per process; gradient accumulation steps
+MAX_COUNT = 2**31 - 1  # examples, windows, checkpoints kept: counts that index arrays
+MAX_WINDOW = SIZE_LIMITS["max_seq_len"]  # bytes per window: no model reads more
+MAX_HEADS = 1 << 16  # --head, --top: far above any model's heads and latents
+# The cap of each integer option of that name, in every command (`check_range`'s ``cap``).
+CAPS = {
+    **dict.fromkeys(
+        ("max_steps", "warmup_steps", "eval_every", "save_every", "log_every", "freeze_body_steps"), MAX_STEPS
+    ),
+    **dict.fromkeys(("batch_size", "eval_batch_size", "grad_accum"), MAX_BATCH),
+    **dict.fromkeys(
+        ("eval_windows", "max_windows", "keep_checkpoints", "max_train_examples", "max_eval_examples"), MAX_COUNT
+    ),
+}
 MAX_LR = 1000.0  # far above any rate that trains; larger ones overflow float32 in the optimizer's update
 Precision = Literal["auto", "no", "bf16", "fp16"]  # the one choice list of every --mixed-precision
 PRECISION_HELP = (
@@ -32,6 +50,8 @@ def option(default: Any, help: str, *, data_order: bool = False, **kwargs: Any) 
 
     ``data_order=True`` marks a field that decides which examples each step sees (or what a checkpoint's
     state means): ``--resume`` refuses to continue a run whose checkpoint was written with another value.
+    ``files=True`` marks one that names local files: ``--resume`` compares what they hold (`data_fingerprints`),
+    not how their paths are spelt.
     """
     metadata = {"help": help, "data_order": data_order, **kwargs}
     if isinstance(default, list):
@@ -103,7 +123,9 @@ def check_choices(options: Any) -> None:
     for name, hint in typing.get_type_hints(type(options)).items():
         value = getattr(options, name)
         if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-            raise PerceiverLMError(f"{flag(name)} must be one of {', '.join(typing.get_args(hint))}; got {value!r}")
+            raise PerceiverLMError(
+                f"{flag(name)} must be one of {', '.join(typing.get_args(hint))}; got {shown(value)}"
+            )
         path = _path_hint(hint)
         if path is not None and not (value is None and path[1]):
             if path[0] and not isinstance(value, (list, tuple)):
@@ -116,14 +138,14 @@ def check_choices(options: Any) -> None:
 
 def read_options_file(path: str | Path, option_name: str = "--config") -> dict[str, Any]:
     """The table of options in a JSON or TOML (``.toml``) file, or one line (naming ``option_name``) saying why
-    it cannot be read."""
+    it cannot be read. A regular file of at most `OPTIONS_FILE_LIMIT` bytes (`perceiver_lm.user_files`)."""
     path = Path(path)
     kind = "TOML" if path.suffix == ".toml" else "JSON"
+    label = f"{option_name} {path}"
+    raw = read_bounded(path, OPTIONS_FILE_LIMIT, label, f"{kind} file of options")
     try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except OSError as err:
-        raise PerceiverLMError(f"{option_name} {path}: cannot read ({one_line(err).partition(': ')[2]})") from None
+        text = raw.decode("utf-8")
+        data = parse_toml(text, label) if kind == "TOML" else parse_json(text, label)
     except UnicodeDecodeError as err:
         raise PerceiverLMError(
             f"{option_name} {path}: not UTF-8 text (byte {err.start}); expected a {kind} file of options"
@@ -146,8 +168,10 @@ class TrainingOptions:
 
     data: list[str] = option(
         [],
-        "Text files, globs or folders to pretrain on (raw bytes, memory-mapped). Default: the built-in corpus.",
+        "Text files, globs or folders to pretrain on (raw bytes, read from disk a window at a time). Default: the "
+        "built-in corpus.",
         data_order=True,
+        files=True,
     )
     dataset: str | None = option(None, "Hugging Face dataset name to pretrain on instead of --data.", data_order=True)
     dataset_config: str | None = option(None, "Configuration name of --dataset.", data_order=True)
@@ -157,7 +181,10 @@ class TrainingOptions:
         False, "Stream --dataset instead of loading it (for corpora larger than memory or disk).", data_order=True
     )
     val_data: list[str] = option(
-        [], "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.", data_order=True
+        [],
+        "Validation files/globs/folders; default: carve --val-fraction off the end of the corpus.",
+        data_order=True,
+        files=True,
     )
     val_fraction: float = option(
         0.005, "Share of the corpus held out for validation (at least 8 windows).", data_order=True
@@ -221,16 +248,16 @@ class TrainingOptions:
             "lr",
         )
         for name in positive:
-            check_range(flag(name), getattr(self, name), 0, low_open=True)
+            check_range(flag(name), getattr(self, name), 0, low_open=True, cap=CAPS.get(name))
         check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         for name in ("weight_decay", "warmup_steps", "clip_norm", "max_minutes"):
-            check_range(flag(name), getattr(self, name), 0)
+            check_range(flag(name), getattr(self, name), 0, cap=CAPS.get(name))
         check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
         check_range("--val-fraction", self.val_fraction, 0, 1, high_open=True)
         check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
         check_range("--seed", self.seed, 0, MAX_SEED)
         check_range("--num-workers", self.num_workers, 0, MAX_WORKERS)
-        check_range("--window", self.window, 2)
+        check_range("--window", self.window, 2, cap=MAX_WINDOW)
         if self.resume and self.overwrite:
             raise PerceiverLMError(
                 "give --resume (continue the run in --output-dir) or --overwrite (start over there), not both"
@@ -272,11 +299,11 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_range("--batch-size", self.batch_size, 0, low_open=True)
-        check_range("--max-windows", self.max_windows, 0)
+        check_range("--batch-size", self.batch_size, 0, low_open=True, cap=MAX_BATCH)
+        check_range("--max-windows", self.max_windows, 0, cap=MAX_COUNT)
         check_range("--mask-rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
-        check_range("--window", self.window, 2)
+        check_range("--window", self.window, 2, cap=MAX_WINDOW)
         if self.data and self.dataset:
             raise PerceiverLMError("give either --data or --dataset, not both")
 
@@ -335,7 +362,7 @@ class FillMaskOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_range("--top-k", self.top_k, 0)
+        check_range("--top-k", self.top_k, 0)  # at most 256 (the byte values): fill_mask says so
 
 
 @dataclass(frozen=True)
@@ -406,22 +433,34 @@ class AttentionOptions:
         check_choices(self)
         if (self.text is None) == (self.file is None):
             raise PerceiverLMError("give the text as an argument or with --file, not both")
-        check_range("--top", self.top, 0)
-        _ = self.zoom  # refuse a malformed --span before any work
+        check_range("--top", self.top, 0, cap=MAX_HEADS)
+        check_range("--head", self.head, -1, MAX_HEADS)
+        _ = self.zoom  # refuse a malformed --span or --query before any work
+        _ = self.decoder_query
 
     @property
     def zoom(self) -> tuple[int, int] | None:
         """``--span`` as (first, end) byte positions, or None for the default view."""
         if self.span is None:
             return None
+        parts = self.span.split(":")
         try:
-            first, end = (int(x) for x in self.span.split(":"))
-        except ValueError:
-            raise PerceiverLMError(f"--span {self.span!r}: {SPAN_FORMAT}") from None
+            if len(parts) != 2:
+                raise PerceiverLMError(SPAN_FORMAT)
+            first, end = (parse_int(x, "--span") for x in parts)
+        except PerceiverLMError:
+            raise PerceiverLMError(f"--span {shown(self.span)}: {SPAN_FORMAT} (ASCII digits 0-9)") from None
         return first, end
 
     @property
     def decoder_query(self) -> int | str | None:
-        """``--query`` as a byte position (digits) or a task name."""
+        """``--query`` as a byte position (ASCII digits, as every integer option takes) or a task name (an
+        identifier, as every task name is); anything else, such as ``²``, is refused."""
         query = self.query
-        return int(query) if query is not None and query.lstrip("-").isdigit() else query
+        if query is None or (query.isidentifier() and not query[0].isdigit()):
+            return query
+        if not INTEGER_TEXT.fullmatch(query.strip(" \t")):
+            raise PerceiverLMError(
+                f"--query {shown(query)}: expected a byte position (ASCII digits 0-9) or a task name"
+            )
+        return parse_int(query, "--query")

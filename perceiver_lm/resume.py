@@ -8,6 +8,7 @@ another data order), `restore` loads it into a prepared run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from perceiver_lm import checkpoint as ckpt
+from perceiver_lm.data import fingerprint
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import data_order_fields, flag, options_record
 from perceiver_lm.run_dir import finite_json, remove_tree
@@ -50,9 +52,20 @@ def gather_state(model: torch.nn.Module, optimizer: Any = None) -> tuple[dict[st
     return get_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
 
 
+def data_fingerprints(options: Any) -> dict[str, str]:
+    """What the options' fields marked ``files`` name, as `fingerprint`s: how ``--resume`` knows the data again."""
+    prints = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.metadata.get("files") and value:
+            prints[f.name] = fingerprint(value if isinstance(value, list) else [value], flag(f.name))
+    return prints
+
+
 def run_record(run: Run, state: TrainState) -> dict[str, Any]:
     """What a checkpoint (and a model card) records about the run so far."""
     return {
+        "data_fingerprints": run.fingerprints,
         "step": state.step,
         "eval": state.last_eval,
         "job": state.job,
@@ -131,11 +144,17 @@ def resume_source(output: Path, resume: bool) -> Path | None:
 
 
 def check_resume(
-    source: Path, model: torch.nn.Module, options: Any, processes: int, also: tuple[str, ...] = ()
+    source: Path,
+    model: torch.nn.Module,
+    options: Any,
+    processes: int,
+    also: tuple[str, ...] = (),
+    fingerprints: dict[str, str] | None = None,
 ) -> None:
     """Refuse a checkpoint that cannot continue this run: another model shape or task set, a change in an
     option that decides which examples each step sees (the options' fields marked ``data_order``, and
-    ``also``), or another number of processes."""
+    ``also``; for files, a change in what they hold: ``fingerprints``, default `data_fingerprints`), or another
+    number of processes."""
     order = data_order_fields(type(options)) + also
     _, config, tasks = ckpt.read_model_dir(source)
     if config != model.config:
@@ -147,8 +166,16 @@ def check_resume(
         raise PerceiverLMError(f"{source}: checkpoint holds other task heads than this run; use the same --tasks")
     trainer_state = ckpt.read_trainer_state(source)
     saved, now = trainer_state.get("options", {}), options_record(options)
-    changed = [name for name in order if name in saved and saved[name] != now[name]]
-    changes = [f"{flag(name)} {saved[name]!r} -> {now[name]!r}" for name in changed]
+    saved_prints = trainer_state.get("data_fingerprints")  # None in checkpoints older than fingerprints
+    prints = fingerprints if fingerprints is not None else data_fingerprints(options)
+    changes = []
+    for name in order:
+        if isinstance(saved_prints, dict) and (name in saved_prints or name in prints):
+            # files: the same content under any spelling is the same data, and other content is not
+            if saved_prints.get(name) != prints.get(name):
+                changes.append(f"{flag(name)} {now[name]!r}: its files hold other data than the checkpoint's run read")
+        elif name in saved and saved[name] != now[name]:
+            changes.append(f"{flag(name)} {saved[name]!r} -> {now[name]!r}")
     if trainer_state.get("num_processes", processes) != processes:
         changes.append(f"processes {trainer_state['num_processes']} -> {processes}")
     if changes:

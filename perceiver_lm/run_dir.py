@@ -210,7 +210,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``path`` through a temporary sibling and a rename: readers (and a full disk) never leave half a file."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")  # paths that are not UTF-8
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

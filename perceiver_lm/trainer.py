@@ -11,11 +11,14 @@ batch, what evaluating means, what else it writes) is the `Job` protocol; masked
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,10 +28,18 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import PerceiverLMError, Terminated
 from perceiver_lm.optim import warmup_cosine
 from perceiver_lm.options import flag
-from perceiver_lm.resume import TrainState, check_resume, newest_checkpoint, restore, resume_source, save_checkpoint
+from perceiver_lm.resume import (
+    TrainState,
+    check_resume,
+    data_fingerprints,
+    newest_checkpoint,
+    restore,
+    resume_source,
+    save_checkpoint,
+)
 from perceiver_lm.run_dir import finite_json, run_folder
 from perceiver_lm.runtime import finish_trackers, on_main, use_accelerator
 
@@ -140,6 +151,7 @@ class Run:
     streaming: bool = False
     place_batches: bool = False  # the train loader is not Accelerate's: move its batches to the device here
     card: list[str] = field(default_factory=list)  # the job's model-card lines
+    fingerprints: dict[str, str] = field(default_factory=dict)  # what the data files hold (`data_fingerprints`)
 
     def say(self, message: str) -> None:
         self.accelerator.print(message, file=sys.stderr, flush=True)
@@ -168,10 +180,30 @@ def train(options: Any, job: Job, accelerator: Any = None) -> TrainState:
             accelerator, options.mixed_precision, options.cpu, options.grad_accum, **job.accelerator_kwargs(output)
         )
         try:
-            run, state = _prepare_run(job, output, accelerator, precision)
-            return fit(run, job, state)
+            with _sigterm_stops_at_a_step():
+                run, state = _prepare_run(job, output, accelerator, precision)
+                return fit(run, job, state)
         finally:
             finish_trackers(accelerator)
+
+
+# Set by SIGTERM while `train` runs: the loop checkpoints after the step in progress and stops (`_after_step`).
+_SIGTERM = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_at_a_step() -> Iterator[None]:
+    """SIGTERM (what SLURM and Kubernetes send before they kill a job) ends the current step, writes a
+    checkpoint and raises `Terminated`, instead of killing the run with nothing saved since the last one."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    _SIGTERM.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _SIGTERM.set())
+    try:
+        yield  # a SIGTERM after the last step changes nothing: the run ends as it would have
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare_run(job: Job, output: Path, accelerator: Any, precision: str) -> tuple[Run, TrainState]:
@@ -183,8 +215,9 @@ def _prepare_run(job: Job, output: Path, accelerator: Any, precision: str) -> tu
     source = resume_source(output, job.options.resume)
     model = job.build_model(source)
     options = job.options  # with the defaults the model decided, which the resume check compares
-    if source is not None:  # before any data is read: a refused resume says only why
-        check_resume(source, model, options, processes, getattr(job, "also_data_order", ()))
+    fingerprints = data_fingerprints(options)
+    if source is not None:  # before the data is loaded: a refused resume says only why
+        check_resume(source, model, options, processes, getattr(job, "also_data_order", ()), fingerprints)
     elif options.resume:
         accelerator.print(f"note: no checkpoint in {output} yet; starting from scratch", file=sys.stderr)
     data = job.build_data(model, accelerator)
@@ -200,6 +233,7 @@ def _prepare_run(job: Job, output: Path, accelerator: Any, precision: str) -> tu
     per_step = data.per_step * processes * options.grad_accum
     run = Run(accelerator, model, optimizer, train_loader, output, schedule, options, (data.unit, per_step))
     run.eval_loaders, run.sampler, run.card = evaluation, data.sampler, job.card()
+    run.fingerprints = fingerprints
     run.streaming = run.place_batches = data.streaming
     state = restore(run, source) if source is not None else TrainState()
     detail = job.started(run, state, source)
@@ -224,18 +258,19 @@ class _RunningLoss:
         self.sums[:, slot, 1] += 1
 
     def read(
-        self, window: int, accelerator: Any, flag_up: bool = False, reset: bool = True
-    ) -> tuple[dict[str, float], bool]:
-        """Mean loss per slot over all processes since the window was last reset, and whether any process
-        raised its flag (processes agree on stopping this way)."""
-        values = torch.cat([self.sums[window].flatten(), torch.tensor([float(flag_up)], device=self.sums.device)])
+        self, window: int, accelerator: Any, flags: tuple[bool, ...] = (), reset: bool = True
+    ) -> tuple[dict[str, float], list[bool]]:
+        """Mean loss per slot over all processes since the window was last reset, and for each of ``flags``
+        whether any process raised it (processes agree on stopping this way)."""
+        raised = torch.tensor([float(f) for f in flags], device=self.sums.device)
+        values = torch.cat([self.sums[window].flatten(), raised])
         if accelerator.num_processes > 1:
             values = accelerator.reduce(values, "sum")
         host = values.tolist()
         if reset:
             self.sums[window].zero_()
         means = {s: host[2 * i] / host[2 * i + 1] for i, s in enumerate(self.slots) if host[2 * i + 1]}
-        return means, host[-1] > 0
+        return means, [v > 0 for v in host[len(host) - len(flags) :]]
 
 
 def step_seed(seed: int, micro_step: int, world: int, rank: int) -> int:
@@ -361,17 +396,24 @@ def _after_step(
     log_due, eval_due, save_due = (
         step % every == 0 or done for every in (schedule.log_every, schedule.eval_every, schedule.save_every)
     )
+    terminated = _SIGTERM.is_set()
     single = accelerator.num_processes == 1
-    if not (log_due or eval_due or save_due or (single and out_of_time)):
+    if not (log_due or eval_due or save_due or (single and (out_of_time or terminated))):
         return False  # no host sync on an ordinary step
-    # The processes agree here on stopping (one reduce); several processes check the clock only here.
-    means, out_of_time = losses.read(losses.SINCE_LOG, accelerator, out_of_time, reset=log_due or done)
+    # The processes agree here on stopping (one reduce); several processes check the clock and SIGTERM only here.
+    means, (out_of_time, terminated) = losses.read(
+        losses.SINCE_LOG, accelerator, (out_of_time, terminated), reset=log_due or done
+    )
     if not all(map(math.isfinite, means.values())):
         raise PerceiverLMError(
             f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights (the "
             f"newest checkpoint is {newest_checkpoint(run.output)}); lower --lr, keep --clip-norm on, or try "
             "--mixed-precision no"
         )
+    if terminated and not done:  # no evaluation: a scheduler's grace period is short
+        state.elapsed_s = clock.elapsed()
+        save_checkpoint(run, state)
+        raise Terminated(f"terminated (SIGTERM) after step {step}: saved {state.checkpoint}; continue with --resume")
     done = done or out_of_time
     state.elapsed_s = clock.elapsed()
     if log_due or done:

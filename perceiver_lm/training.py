@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from perceiver_lm.data import (
     StreamingWindows,
     builtin_corpus,
     collate_masked,
+    file_overlap,
     load_corpus,
     load_files,
     load_hf_texts,
+    shown_path,
     split_corpus,
     spread,
 )
@@ -74,9 +77,16 @@ def build_data(options: TrainingOptions, window: int, rank: int = 0, world: int 
             )
         train = StreamingWindows(texts, window, masking, options.seed, len(val), rank, world)
         return PretrainData(train, val, f"{options.dataset} (streaming)")
-    corpus = load_corpus(options, builtin_corpus)
+    output = Path(options.output_dir)
+    corpus = load_corpus(options, builtin_corpus, exclude=output)
     if options.val_data:
-        val_corpus = load_files(options.val_data)
+        val_corpus = load_files(options.val_data, "--val-data", exclude=output)
+        shared = file_overlap(corpus.file_paths, val_corpus.file_paths)
+        if shared is not None:
+            raise PerceiverLMError(
+                f"--val-data {shown_path(shared)}: is also a training file (--data); validation must be held-out "
+                "text: give other files, or leave --val-data out to hold out the end of --data"
+            )
         train_part, val_part = CorpusRange(corpus, 0, len(corpus)), CorpusRange(val_corpus, 0, len(val_corpus))
     else:
         train_part, val_part = split_corpus(corpus, window, options.val_fraction)
@@ -152,6 +162,14 @@ class MaskedLM:
 
     def accelerator_kwargs(self, output: Path) -> dict[str, Any]:
         tracker = _tracker(self.options)
+        if tracker == "tensorboard" and not _utf8(output):
+            # TensorBoard's writer fails on a folder name that is not UTF-8; metrics.jsonl holds the same records.
+            if self.options.report_to == "tensorboard":
+                raise PerceiverLMError(
+                    f"--report-to tensorboard: TensorBoard cannot write under {shown_path(output)} (not UTF-8); "
+                    "choose another --output-dir or --report-to none"
+                )
+            tracker = "none"
         return {"log_with": None if tracker == "none" else tracker, "project_dir": str(output)}
 
     def build_model(self, source: Path | None) -> PerceiverLM:
@@ -217,9 +235,15 @@ class MaskedLM:
 
     def card(self) -> list[str]:
         options = self.options
-        data = options.dataset or ", ".join(options.data) or "the built-in corpus (Python documentation topics)"
+        data = (
+            options.dataset
+            or ", ".join(map(shown_path, options.data))
+            or "the built-in corpus (Python documentation topics)"
+        )
         lines = [f"- Pretrained (masked bytes) on: {data}"]
-        return lines + ([f"- Started from the weights of: {options.init_from}"] if options.init_from else [])
+        return lines + (
+            [f"- Started from the weights of: {shown_path(options.init_from)}"] if options.init_from else []
+        )
 
 
 def pretrain(
@@ -239,6 +263,14 @@ def pretrain(
     state = train(options, MaskedLM(options, config), accelerator)
     main = accelerator.is_main_process if accelerator is not None else is_main_rank()
     return PretrainResult(Path(options.output_dir), state.step, state.checkpoint, state.last_eval, main)
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _tracker(options: TrainingOptions) -> str:

@@ -10,19 +10,56 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.errors import SHOWN_CHARACTERS, PerceiverLMError, clipped
+from perceiver_lm.user_files import METADATA_FILE_LIMIT, parse_json, read_bounded
+
+MAX_INTEGER = 2**63 - 1  # no integer option or field holds more (torch and numpy take at most int64)
+MAX_DIGITS = 18  # of an integer written in an option (ASCII digits); more cannot be below MAX_INTEGER anyway
 
 
-def shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so a binary blob cannot flood the one-line error."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def shown(value: Any, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)`` cut to ``limit`` characters and its length (`perceiver_lm.errors.clipped`), so that a
+    binary blob or a 100 KB option cannot flood the one-line error; an integer too long to print, by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {int(math.log10(abs(value))) + 1:,} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a container of integers too long to print
+        return f"a {type(value).__name__} too large to show"
+    return clipped(text, limit)
+
+
+# Integers and numbers as the command line writes them (ASCII only: str.isdigit and float() take far more).
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)", re.I)
+
+
+def parse_int(text: str, label: str) -> int:
+    """An integer written in ASCII digits (with an optional sign and surrounding spaces), as the command line's
+    integer options take them; anything else (``²``, full-width ``１０``, ``1_000``, 5,000 digits) is refused with
+    one line naming ``label``."""
+    body = text.strip(" \t")
+    if not INTEGER_TEXT.fullmatch(body):
+        raise PerceiverLMError(f"{label}: expected an integer in ASCII digits 0-9, got {shown(text)}")
+    if len(body.lstrip("+-")) > MAX_DIGITS:
+        raise PerceiverLMError(f"{label}: expected an integer of at most {MAX_DIGITS} digits, got {shown(text)}")
+    return int(body)
+
+
+def parse_float(text: str, label: str) -> float:
+    """A number written in ASCII (digits, a point, an exponent; or nan/inf, refused later where a finite number
+    belongs), as the command line's number options take them; anything else is refused naming ``label``."""
+    body = text.strip(" \t")
+    if not NUMBER_TEXT.fullmatch(body):
+        raise PerceiverLMError(f"{label}: expected a number in ASCII digits 0-9 (e.g. 0.1, 1e-4), got {shown(text)}")
+    return float(body)
 
 
 def _alternatives(hint: Any) -> list[Any]:
@@ -124,10 +161,19 @@ def check_range(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    cap: int | None = None,
 ) -> None:
-    """Refuse ``value`` outside [low, high] (an open end with ``*_open``); None passes (an unset option)."""
+    """Refuse ``value`` outside [low, high] (an open end with ``*_open``); None passes (an unset option).
+
+    ``cap`` is a sanity ceiling rather than part of the range ("at most 1,000,000,000" steps), named on its
+    own; an integer without ``high`` or ``cap`` is capped at `MAX_INTEGER` (int64, what tensors hold).
+    """
     if value is None:
         return
+    if cap is None and high is None and isinstance(value, int):
+        cap = MAX_INTEGER
+    if cap is not None and value > cap:
+        raise PerceiverLMError(f"{label} must be at most {cap:,}, got {shown(value)}")
     ok = (low is None or (value > low if low_open else value >= low)) and (
         high is None or (value < high if high_open else value <= high)
     )
@@ -141,23 +187,19 @@ def check_range(
             if high is not None
             else f"at least {low}"
         )
-    raise PerceiverLMError(f"{label} must be {want}, got {value}")
+    raise PerceiverLMError(f"{label} must be {want}, got {shown(value)}")
 
 
-def read_json(path: str | Path, what: str, limit: int = 1 << 24) -> Any:
+def read_json(path: str | Path, what: str, limit: int = METADATA_FILE_LIMIT) -> Any:
     """The JSON value in a small metadata file, or one line saying why it cannot be read.
 
-    ``limit`` bytes at most: metadata is small, and a huge file in its place is not metadata.
+    ``limit`` bytes at most (`perceiver_lm.user_files.read_bounded`: a regular file, never read past its limit):
+    metadata is small, and a huge file in its place is not metadata.
     """
     path = Path(path)
+    data = read_bounded(path, limit, str(path), f"{what} file")
     try:
-        if path.stat().st_size > limit:
-            raise PerceiverLMError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what} file")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise PerceiverLMError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise PerceiverLMError(f"{path}: is a folder, expected a {what} file") from None
+        return parse_json(data.decode("utf-8"), str(path))
     except UnicodeDecodeError as err:
         raise PerceiverLMError(f"{path}: not a {what} file (not UTF-8 text at byte {err.start})") from None
     except json.JSONDecodeError as err:

@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -80,3 +81,26 @@ def host_syncs(monkeypatch, run) -> int:
             patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
         run()
     return calls
+
+
+def sigterm_at(monkeypatch, micro_step: int) -> None:
+    """Send this process SIGTERM while the loop runs micro-step ``micro_step`` (as a scheduler would)."""
+    from perceiver_lm import trainer
+
+    real = trainer.step_seed
+
+    def step_seed(seed, step, world, rank):
+        if step == micro_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(seed, step, world, rank)
+
+    monkeypatch.setattr(trainer, "step_seed", step_seed)
+
+
+def newest_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from perceiver_lm import checkpoint as ckpt
+
+    with ckpt.safetensors_name(ckpt.list_checkpoints(out)[-1] / "model.safetensors") as name:
+        return load_file(name)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from glue.glue_files import write_task
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
 from conftest import letter_lines_corpus
-from perceiver_lm import PRESETS, PerceiverLM
+from perceiver_lm import PRESETS, PerceiverLM, PerceiverLMError
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.interop import export_to_transformers
 from perceiver_lm.model import PerceiverClassifier
@@ -38,6 +41,11 @@ EXPORTABLE = TINY.replace(
     decoder_v_channels=64,
 )
 runner = CliRunner()
+# What `evaluate`, `fill-mask`, `info` and `attention` say of a transformers checkpoint folder.
+TRANSFORMERS = (
+    "a transformers checkpoint (PerceiverForMaskedLM), not a perceiver-lm one; convert it first: "
+    "perceiver-lm convert OUT --from-transformers "
+)
 
 
 def _copy_checkpoint(source: Path, target: Path, **replace_files: bytes) -> Path:
@@ -81,6 +89,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w["userdir"] / "notes.txt").write_text("notes the user keeps here\n")
     (w["userdir"] / "tensorboard").mkdir()
     (w["userdir"] / "tensorboard" / "events").write_bytes(b"\x00events")
+    w["blank"] = root / "blank.txt"  # whitespace only: no word to mask, nothing to score
+    w["blank"].write_text(" \n\t  \n\n" * 100)
 
     w["run"] = root / "run"
     pretrain(
@@ -145,6 +155,11 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "hf_cfg_blocks": json.dumps({**hf_config, "num_blocks": 2}).encode(),
     }.items():
         w[name] = _copy_checkpoint(w["hf"], root / "broken" / name, config__json=content)
+    w["hf_arch_only"] = _copy_checkpoint(  # named by its architectures alone, no model_type
+        w["hf"],
+        root / "broken" / "hf_arch_only",
+        config__json=json.dumps({k: v for k, v in hf_config.items() if k != "model_type"}).encode(),
+    )
     w["hf_no_weights"] = _copy_checkpoint(w["hf"], root / "broken" / "hf_no_weights", model__safetensors=None)
     w["hf_bad_bin"] = _copy_checkpoint(w["hf"], root / "broken" / "hf_bad_bin", model__safetensors=None)
     (w["hf_bad_bin"] / "pytorch_model.bin").write_bytes(
@@ -158,6 +173,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["glue"] = root / "glue"
     rows = [("a good film", "", "1"), ("a bad film", "", "0")] * 4
     write_task(w["glue"], "SST-2", {"train": rows, "dev": rows}, {"test": [(a, b) for a, b, _ in rows]})
+    w["glue_empty_dev"] = root / "glue_empty_dev"  # a dev file with its header and no row
+    write_task(w["glue_empty_dev"], "SST-2", {"train": rows, "dev": []}, {})
     w["glue_bad"] = root / "glue_bad"
     write_task(w["glue_bad"], "SST-2", {"train": [("fine", "", "maybe")], "dev": rows}, {})
     w["glue_run"] = root / "glue_run"
@@ -212,6 +229,48 @@ def world(tmp_path_factory) -> dict[str, Path]:
         w[name.replace(".", "_")] = root / name
     w["configdir"] = root / "configdir.toml"
     w["configdir"].mkdir()
+    # Second campaign: special files (kept outside root: `snapshot` would read a FIFO or /dev/zero forever), files
+    # larger than their use, integers too long to read, non-finite weights, GLUE rows over the row limit.
+    specials = tmp_path_factory.mktemp("specials")
+    for suffix in ("toml", "txt", "csv"):
+        w[f"fifo_{suffix}"] = specials / f"pipe.{suffix}"
+        os.mkfifo(w[f"fifo_{suffix}"])
+    w["glue_dev_zero"] = specials / "glue_dev_zero"
+    (w["glue_dev_zero"] / "SST-2").mkdir(parents=True)
+    (w["glue_dev_zero"] / "SST-2" / "train.tsv").symlink_to("/dev/zero")
+    long_int = "1" * 5000
+    second = {
+        "c_big.toml": b"# " + b"x" * (5 << 20) + b"\n",
+        "c_long_int.json": f'{{"max_steps": {long_int}}}'.encode(),
+        "c_long_int.toml": f"preset = 'tiny'\n[model]\nd_model = {long_int}\n".encode(),
+        "c_hex_steps.toml": b"max_steps = 0x" + b"f" * 5000,
+        "c_steps_2_70.json": json.dumps({"max_steps": 2**70}).encode(),
+        "c_glue_steps_2_70.toml": f"max_steps = {2**70}".encode(),
+        "task_long_int.toml": (
+            f"[[task]]\ntrain_file = 'a.csv'\nvalidation_file = 'b.csv'\nname = {long_int}\n".encode()
+        ),
+    }
+    for name, content in second.items():
+        (root / name).write_bytes(content)
+        w[name.replace(".", "_")] = root / name
+    config = json.loads((ck / "config.json").read_text())
+    w["cfg_long_int"] = _copy_checkpoint(
+        ck,
+        root / "broken" / "cfg_long_int",
+        config__json=json.dumps({**config, "d_model": "LONG"}).replace('"LONG"', long_int).encode(),
+    )
+    w["weights_nan"] = _copy_checkpoint(ck, root / "broken" / "weights_nan")
+    weights = load_file(str(ck / "model.safetensors"))
+    save_file(
+        {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+        str(w["weights_nan"] / "model.safetensors"),
+    )
+    w["plot_long_int"] = root / "plot_long_int"
+    w["plot_long_int"].mkdir()
+    (w["plot_long_int"] / "metrics.jsonl").write_text(f'{{"step": {long_int}}}\n')
+    w["glue_long_row"] = root / "glue_long_row"  # a 140,000-byte field: over the csv module's 131,072 too
+    long_rows = [("a long film " * 12_000, "", "1"), *rows]
+    write_task(w["glue_long_row"], "SST-2", {"train": long_rows, "dev": long_rows}, {})
     return w
 
 
@@ -221,6 +280,58 @@ def _pretrain(*extra: str) -> list[str]:
 
 # (case id, arguments with {world} names, text the error line must hold)
 CASES = [
+    # Second campaign: scores from nothing, mask rate, evaluate outputs
+    (
+        "evaluate-whitespace-only",
+        ["evaluate", "{run}", "--data", "{blank}"],
+        "blank.txt: no byte to score: the text has no maskable word (whitespace only?)",
+    ),
+    (
+        "evaluate-whitespace-only-json",
+        ["evaluate", "{run}", "--data", "{blank}", "--json", "{root}/score.json"],
+        "blank.txt: no byte to score",
+    ),
+    (
+        "evaluate-noise-drops-every-byte",
+        ["evaluate", "{run}", "--data", "{corpus}", "--noise", "drop:1"],
+        "corpus.txt: no byte to score: the text after --noise drop:1 has no maskable word",
+    ),
+    (
+        "evaluate-noise-drops-every-byte-of-a-line",
+        ["evaluate", "{run}", "--data", "{small}", "--noise", "drop:1"],
+        "small.txt: no byte to score: --noise drop:1 leaves no text",
+    ),
+    (
+        "evaluate-noise-drops-every-byte-then-more",
+        ["evaluate", "{run}", "--data", "{corpus}", "--noise", "drop:1", "--noise", "uppercase:1"],
+        "no byte to score: the text after --noise drop:1 uppercase:1 has no maskable word",
+    ),
+    (
+        "evaluate-json-missing-folder",
+        ["evaluate", "{run}", "--data", "{corpus}", "--json", "{root}/out/dir/missing/x.json"],
+        "/out/dir/missing/x.json: folder ",
+    ),
+    (
+        "evaluate-json-missing-folder-overwrite",
+        ["evaluate", "{run}", "--data", "{corpus}", "--json", "{root}/nothing/x.json", "--overwrite"],
+        "/nothing/x.json: folder ",
+    ),
+    (
+        "evaluate-json-under-a-file",
+        ["evaluate", "{run}", "--data", "{corpus}", "--json", "{afile}/x.json"],
+        "is a file",
+    ),
+    ("evaluate-json-is-a-folder", ["evaluate", "{run}", "--data", "{corpus}", "--json", "{emptydir}"], "is a folder"),
+    ("evaluate-transformers-folder", ["evaluate", "{hf}", "--data", "{corpus}"], TRANSFORMERS),
+    ("evaluate-transformers-by-architectures", ["evaluate", "{hf_arch_only}", "--data", "{corpus}"], TRANSFORMERS),
+    ("fill-transformers-folder", ["fill-mask", "{hf}", "a [MASK]"], TRANSFORMERS),
+    ("info-transformers-folder", ["info", "{hf}"], TRANSFORMERS),
+    ("attention-transformers-folder", ["attention", "{hf}", "hello"], TRANSFORMERS),
+    (
+        "glue-eval-empty-dev",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue_empty_dev}"],
+        "dev.tsv: no examples",
+    ),
     # pretrain: every option type and range, from the command line
     ("batch-not-int", _pretrain("--batch-size", "abc"), "'--batch-size'"),
     ("batch-zero", _pretrain("--batch-size", "0"), "--batch-size must be positive"),
@@ -595,7 +706,7 @@ CASES = [
     (
         "glue-dir-missing",
         ["glue", "train", "--glue-dir", "{root}/nope", "--preset", "tiny", "--output-dir", "{root}/g3"],
-        "no SST-2/ folder",
+        "no such file or folder",
     ),
     (
         "glue-bad-row",
@@ -624,7 +735,7 @@ CASES = [
         ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--tasks", "cola"],
         "this model has no task 'cola'",
     ),
-    ("glue-eval-no-glue-dir", ["glue", "eval", "{clf}", "--glue-dir", "{root}/nope"], "no SST-2/ folder"),
+    ("glue-eval-no-glue-dir", ["glue", "eval", "{clf}", "--glue-dir", "{root}/nope"], "no such file or folder"),
     (
         "glue-eval-max-examples",
         ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--max-eval-examples", "-1"],
@@ -663,6 +774,165 @@ CASES = [
         ["glue", "predict", "{run}", "--glue-dir", "{glue}", "--out", "{root}/g4"],
         "not a fine-tuned task model",
     ),
+    # Second campaign: unbounded reads, tracebacks, option bounds
+    (
+        "attention-file-dev-zero",
+        ["attention", "{run}", "--file", "/dev/zero"],
+        "--file /dev/zero: is a character device, not a regular file",
+    ),
+    (
+        "attention-file-fifo",
+        ["attention", "{run}", "--file", "{fifo_txt}"],
+        "is a FIFO (named pipe), not a regular file",
+    ),
+    (
+        "attention-file-longer-than-window",
+        ["attention", "{run}", "--file", "{corpus}"],
+        "longer than the model's window",
+    ),
+    (
+        "config-dev-zero",
+        _pretrain("--config", "/dev/zero"),
+        "--config /dev/zero: is a character device, not a regular file",
+    ),
+    ("config-fifo", _pretrain("--config", "{fifo_toml}"), "pipe.toml: is a FIFO (named pipe), not a regular file"),
+    ("config-too-large", _pretrain("--config", "{c_big_toml}"), "more than a TOML file of options may hold"),
+    ("glue-config-dev-zero", ["glue", "train", "--config", "/dev/zero"], "--config /dev/zero: is a character device"),
+    (
+        "glue-task-file-dev-zero",
+        ["glue", "train", "--task-file", "/dev/zero", "--preset", "tiny", "--output-dir", "{root}/g7"],
+        "--task-file /dev/zero: is a character device, not a regular file",
+    ),
+    (
+        "glue-train-file-fifo",
+        [
+            "glue",
+            "train",
+            "--train-file",
+            "{fifo_csv}",
+            "--validation-file",
+            "{fifo_csv}",
+            "--preset",
+            "tiny",
+            "--output-dir",
+            "{root}/g7",
+        ],
+        "pipe.csv: is a FIFO (named pipe), not a regular file",
+    ),
+    (
+        "glue-tsv-dev-zero",
+        ["glue", "train", "--glue-dir", "{glue_dev_zero}", "--preset", "tiny", "--output-dir", "{root}/g7"],
+        "train.tsv: is a character device, not a regular file",
+    ),
+    (
+        "glue-tsv-long-row",
+        ["glue", "train", "--glue-dir", "{glue_long_row}", "--preset", "tiny", "--output-dir", "{root}/g7"],
+        "train.tsv: line 2: a row of more than 65,536 characters",
+    ),
+    (
+        "glue-eval-tsv-long-row",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue_long_row}"],
+        "dev.tsv: line 2: a row of more than 65,536 characters",
+    ),
+    (
+        "config-long-int-json",
+        _pretrain("--config", "{c_long_int_json}"),
+        "c_long_int.json: line 1: max_steps: an integer of 5,000 digits",
+    ),
+    (
+        "config-long-int-toml",
+        ["pretrain", "--config", "{c_long_int_toml}"],
+        "c_long_int.toml: line 3: d_model: an integer of 5,000 digits",
+    ),
+    (
+        "glue-config-long-int",
+        ["glue", "train", "--config", "{c_long_int_json}"],
+        "line 1: max_steps: an integer of 5,000 digits",
+    ),
+    (
+        "glue-task-file-long-int",
+        ["glue", "train", "--task-file", "{task_long_int_toml}", "--preset", "tiny", "--output-dir", "{root}/g7"],
+        "task_long_int.toml: line 4: name: an integer of 5,000 digits",
+    ),
+    ("info-config-long-int", ["info", "{cfg_long_int}"], "config.json: line 1: d_model: an integer of 5,000 digits"),
+    ("fill-config-long-int", ["fill-mask", "{cfg_long_int}", "a [MASK]"], "d_model: an integer of 5,000 digits"),
+    (
+        "plot-long-int",
+        ["plot", "{plot_long_int}", "--out", "{root}/p.png"],
+        "metrics.jsonl:1: line 1: step: an integer of 5,000 digits",
+    ),
+    (
+        "fill-mask-count-5000-digits",
+        ["fill-mask", "{run}", "a [MASK*" + "9" * 5000 + "]"],
+        "longer than the model's window",
+    ),
+    (
+        "attention-query-superscript",
+        ["attention", "{run}", "hello", "--query", "\u00b2"],
+        "--query '\u00b2': expected a byte position (ASCII digits 0-9) or a task name",
+    ),
+    (
+        "attention-query-full-width",
+        ["attention", "{clf}", "hello", "--query", "\uff11\uff10"],
+        "expected a byte position (ASCII digits 0-9)",
+    ),
+    (
+        "attention-query-5000-digits",
+        ["attention", "{run}", "hello", "--query", "9" * 5000],
+        "--query: expected an integer of at most 18 digits",
+    ),
+    (
+        "attention-span-superscript",
+        ["attention", "{run}", "hello", "--png", "{root}/a.png", "--span", "0:\u00b2"],
+        "expected FIRST:END byte positions",
+    ),
+    ("attention-head-huge", ["attention", "{run}", "hello", "--head", str(2**70)], "--head must be in [-1,"),
+    ("fill-nan-weights", ["fill-mask", "{weights_nan}", "a [MASK]"], "weights_nan: weight "),
+    ("attention-nan-weights", ["attention", "{weights_nan}", "hello"], "holds NaN or infinite values"),
+    ("max-steps-2-70", _pretrain("--max-steps", str(2**70)), "--max-steps must be at most 1,000,000,000"),
+    (
+        "config-max-steps-2-70",
+        _pretrain("--config", "{c_steps_2_70_json}"),
+        "--max-steps must be at most 1,000,000,000",
+    ),
+    (
+        "config-max-steps-hex",
+        _pretrain("--config", "{c_hex_steps_toml}"),
+        "--max-steps must be at most 1,000,000,000, got an integer of 6,021 digits",
+    ),
+    ("batch-2-40", _pretrain("--batch-size", str(2**40)), "--batch-size must be at most"),
+    ("warmup-2-70", _pretrain("--warmup-steps", str(2**70)), "--warmup-steps must be at most"),
+    ("evaluate-batch-2-40", ["evaluate", "{run}", "--batch-size", str(2**40)], "--batch-size must be at most"),
+    (
+        "glue-config-max-steps-2-70",
+        ["glue", "train", "--config", "{c_glue_steps_2_70_toml}"],
+        "--max-steps must be at most 1,000,000,000",
+    ),
+    ("glue-epochs-huge", ["glue", "train", "--epochs", "1e300"], "--epochs must be at most 1,000,000"),
+    ("glue-max-length-huge", ["glue", "train", "--max-length", str(2**40)], "--max-length must be at most"),
+    (
+        "glue-eval-noise-seed-negative",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--noise-seed", "-5"],
+        "--noise-seed must be in [0, 4294967295], got -5",
+    ),
+    (
+        "glue-eval-noise-full-width",
+        ["glue", "eval", "{clf}", "--glue-dir", "{glue}", "--noise", "drop:\uff10.\uff15"],
+        "is not a number in ASCII digits 0-9",
+    ),
+    (
+        "glue-sweep-full-width",
+        ["glue", "train", "--sweep", "--sweep-batch-sizes", "\uff11\uff16", "--output-dir", "{root}/g2"],
+        "expected comma-separated numbers (ASCII digits 0-9)",
+    ),
+    (
+        "long-optimizer-value",
+        _pretrain("--optimizer", "x" * 100_000),
+        "…(100,002 characters)",
+    ),
+    ("long-preset-value", ["pretrain", "--preset", "p" * 100_000], "…(100,002 characters)"),
+    ("long-noise-value", ["glue", "eval", "{clf}", "--noise", "drop:" + "9" * 100_000], "…(100,005 characters)"),
+    ("long-tasks-value", ["glue", "train", "--tasks", "sst2,cola " * 10_000], "characters)"),
 ]
 
 
@@ -713,3 +983,26 @@ def test_debug_variable_shows_the_traceback(world, monkeypatch):
     monkeypatch.setenv("PERCEIVER_LM_DEBUG", "1")
     result = runner.invoke(app, ["info", str(world["cfg_binary"])])
     assert result.exit_code != 0 and type(result.exception).__name__ == "PerceiverLMError"
+
+
+@pytest.mark.parametrize(
+    "split, expected",
+    [
+        ({"ids": [], "labels": []}, "GLUE sst2 dev: dev.tsv: no example to score (the split is empty)"),
+        (
+            {"ids": [np.array([4, 70, 5])], "labels": []},
+            "GLUE sst2 dev: dev.tsv: no example to score: the split has no labels",
+        ),
+    ],
+    ids=["empty", "unlabelled"],
+)
+def test_glue_dev_split_with_nothing_to_score_is_refused(split, expected):
+    """A dev split without an example, or without labels (the Hub's test splits carry -1), would be scored from
+    nothing or from NaN labels; `glue eval` and `glue train` refuse it before any model work."""
+    from tasks.glue.data import GlueSplit
+    from tasks.glue.predict import check_scorable
+    from tasks.glue.tasks import TASKS
+
+    with pytest.raises(PerceiverLMError, match="^" + re.escape(expected)):
+        check_scorable({("sst2", "dev"): GlueSplit(TASKS["sst2"], "dev", "dev.tsv", **split)})
+    check_scorable({("sst2", "dev"): GlueSplit(TASKS["sst2"], "dev", "dev.tsv", [np.array([4, 70, 5])], [1.0])})

@@ -1,8 +1,12 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from perceiver_lm.data import (
+    FileBytes,
     MaskedWindows,
     MaskingOptions,
     StreamingWindows,
@@ -13,7 +17,7 @@ from perceiver_lm.data import (
     split_corpus,
 )
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import SEP_ID, bytes_to_ids, decode
+from perceiver_lm.tokenizer import NUM_SPECIAL, SEP_ID, bytes_to_ids, decode
 
 
 def test_files_globs_and_folders_concatenate_with_separators(tmp_path):
@@ -29,7 +33,7 @@ def test_files_globs_and_folders_concatenate_with_separators(tmp_path):
     assert corpus.read(3, 5).tolist() == [*bytes_to_ids(b"ha"), SEP_ID, *bytes_to_ids(b"be")]
     by_glob = load_files([str(tmp_path / "**" / "*.txt")])
     assert len(by_glob) == len(corpus)
-    assert isinstance(load_files([tmp_path / "a.txt"]).buffers[0], np.memmap)
+    assert isinstance(load_files([tmp_path / "a.txt"]).buffers[0], FileBytes)  # read from disk, not loaded
 
 
 def test_wikiextractor_markup_lines_are_dropped(tmp_path):
@@ -67,7 +71,7 @@ def test_empty_and_too_small_corpus(tmp_path):
 def test_non_utf8_file_trains_on_bytes_with_a_note(tmp_path, capsys):
     (tmp_path / "latin1.txt").write_bytes("café au lait ".encode("latin-1") * 100)
     corpus = load_files([tmp_path / "latin1.txt"])
-    assert "latin1.txt is not valid UTF-8 (byte 3); training on its raw bytes anyway" in capsys.readouterr().err
+    assert "latin1.txt (byte 3) is not valid UTF-8; training on the raw bytes anyway" in capsys.readouterr().err
     assert corpus.read(3, 1).tolist() == [0xE9 + 6]
 
 
@@ -145,3 +149,84 @@ def test_a_stream_splits_by_process_and_worker_into_equal_whole_rounds():
     seen = sorted(bytes(w["input_ids"].numpy()) for w in loader)
     expected = sorted(bytes(everything[6 * r + s]) for r in range(len(everything) // 6) for s in (2, 3))
     assert seen == expected
+
+
+def _two_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.txt").write_bytes(b"alpha " * 50)
+    (folder / "b.txt").write_bytes(b"beta " * 50)
+    return folder
+
+
+def test_a_corpus_is_each_real_file_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _two_files(Path("d"))
+    (data / "self").symlink_to(".")  # a loop: d/self/self/... would list every file again and again
+    (data / "again.txt").symlink_to(data / "a.txt")
+    once = len(load_files([data / "a.txt", data / "b.txt"]))
+    assert len(load_files([str(data / "**")])) == once
+    assert len(load_files([data])) == once
+    assert len(load_files([data / "a.txt", data / "b.txt", "./d/a.txt"])) == once
+    assert "each file is read once" in capsys.readouterr().err
+
+
+def test_output_dir_inside_the_data_is_refused(tmp_path):
+    data = _two_files(tmp_path / "d")
+    (data / "run" / "checkpoint-0000010").mkdir(parents=True)
+    (data / "run" / "checkpoint-0000010" / "model.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(PerceiverLMError, match=r"--data .*model.safetensors: lies inside --output-dir .*run"):
+        load_files([data], exclude=data / "run")
+    assert len(load_files([data], exclude=tmp_path / "elsewhere")) == 300 + 250 + 64 + 3  # 3 files, each + [SEP]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [(lambda p: "/dev/zero", "a character device"), (lambda p: (os.mkfifo(p / "fifo"), p / "fifo")[1], "a FIFO")],
+)
+def test_special_files_are_refused_by_kind(tmp_path, make, kind):
+    with pytest.raises(PerceiverLMError, match=f"--data .*: is {kind}"):
+        load_files([make(tmp_path)])
+
+
+def test_more_files_than_descriptors_read_under_a_low_limit(tmp_path):
+    import resource
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(1500):
+        (folder / f"{i:05d}.txt").write_bytes(b"doc %d\n" % i)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        corpus = load_files([folder])
+        text = decode(corpus.read(0, len(corpus)).tolist())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert text.count("doc ") == 1500 and "doc 1499" in text
+
+
+def test_a_file_changed_under_a_run_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"some text to train on " * 100)
+    corpus = load_files([path])
+    windows = MaskedWindows(split_corpus(corpus, 64, 0.1)[0], 64, MaskingOptions(), seed=0)
+    windows[0]
+    path.write_bytes(b"cut")  # truncated: a memory map would have died with SIGBUS here
+    with pytest.raises(PerceiverLMError, match=r"a.txt: changed while being read \(was 2,200 bytes, now 3\)"):
+        windows[1]
+
+
+def test_wikiextractor_documents_across_scan_chunks(tmp_path, monkeypatch):
+    import perceiver_lm.data as data_module
+
+    docs = [b"first " * 30, b"second " * 40, b"third " * 20]
+    path = tmp_path / "wiki.txt"
+    path.write_bytes(b"".join(b'<doc id="%d" title="t">\n' % i + d + b"\n</doc>\n" for i, d in enumerate(docs)))
+    whole = load_files([path])
+    monkeypatch.setattr(data_module, "SCAN_CHUNK", 50)  # headers and footers fall on every side of a chunk edge
+    chunked = load_files([path])
+    assert chunked.spans.tolist() == whole.spans.tolist()
+    assert len(whole.spans) == 3
+    ids = whole.read(0, len(whole))
+    texts = bytes(np.where(ids == SEP_ID, 0, ids - NUM_SPECIAL).astype(np.uint8)).split(b"\0")
+    assert texts == [d + b"\n" for d in docs] + [b""]

@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from conftest import newest_weights, sigterm_at
 from perceiver_lm import PerceiverLM
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.run_dir import LOCK_FILE, FolderLock
@@ -358,3 +359,46 @@ def test_glue_overwrite_replaces_best_and_metrics_and_keeps_the_users_files(tmp_
     from perceiver_lm.model import PerceiverClassifier
 
     assert PerceiverClassifier.from_pretrained(out / "best").tasks.tasks[0].name == "sst2"
+
+
+def test_sigterm_in_pretraining_checkpoints_exits_143_and_resumes_identically(letters_file, tmp_path, monkeypatch):
+    # --save-every 100: without the SIGTERM checkpoint nothing would be saved before the end
+    common = ("--max-steps", "10", "--save-every", "100", "--eval-every", "100", "--warmup-steps", "2")
+    whole = runner.invoke(app, _args(letters_file, tmp_path / "whole", *common))
+    assert whole.exit_code == 0, whole.stderr[-3000:]
+    with monkeypatch.context() as patch:
+        sigterm_at(patch, 4)  # during step 5
+        stopped = runner.invoke(app, _args(letters_file, tmp_path / "cut", *common))
+    assert stopped.exit_code == 143, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == f"terminated (SIGTERM) after step 5: saved {tmp_path / 'cut' / 'checkpoint-0000005'}; continue with --resume"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "cut")] == ["checkpoint-0000005"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only as long as the run
+    resumed = runner.invoke(app, [*_args(letters_file, tmp_path / "cut", *common), "--resume"])
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
+    a, b = newest_weights(tmp_path / "whole"), newest_weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_paths_that_are_not_utf8_train_and_save_everything(letters_file, tmp_path):
+    # A data file and an output folder whose names hold bytes that are not UTF-8 (any POSIX path may): the run
+    # trains, its model card names them (escaped) and TensorBoard, which cannot write there, is left out.
+    root = os.fsencode(tmp_path)
+    corpus = os.fsdecode(root + b"/corpus\xff.txt")
+    Path(corpus).write_bytes(letters_file.read_bytes())
+    out = os.fsdecode(root + b"/run\xfe")
+    args = [a for a in _args(Path(corpus), Path(out), "--max-steps", "2", "--eval-every", "2") if a != "none"]
+    args[args.index("--report-to") : args.index("--report-to") + 1] = []  # the default: auto
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr[-3000:]
+    card = (ckpt.list_checkpoints(Path(out))[-1] / "README.md").read_text()
+    assert "corpus" in card and "xff.txt" in card, card  # named, escaped
+    assert "TensorBoard" not in result.stderr  # no tracker failure, no traceback
+    args[args.index("--max-steps") + 1] = "3"
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
+    assert ckpt.list_checkpoints(Path(out))[-1].name == "checkpoint-0000003" and newest_weights(Path(out))

@@ -12,12 +12,15 @@ from perceiver_lm.training import pretrain
 from tasks.glue.options import GlueOptions
 
 
-def _changed(options, name):
+def _changed(options, name, other_file=None):
     """A copy of ``options`` with field ``name`` set to another value of its type (validation bypassed:
-    the check reads the values, and some changes are only valid together with others)."""
+    the check reads the values, and some changes are only valid together with others); a list of files
+    gets ``other_file`` added."""
     value = getattr(options, name)
     hint = typing.get_type_hints(type(options))[name]
-    if typing.get_origin(hint) is typing.Literal:
+    if other_file is not None and isinstance(value, list):
+        new = [*value, str(other_file)]
+    elif typing.get_origin(hint) is typing.Literal:
         new = next(c for c in typing.get_args(hint) if c != value)
     elif isinstance(value, bool):
         new = not value
@@ -50,12 +53,23 @@ def test_every_field_marked_data_order_is_refused_on_resume_and_others_are_not(l
     check_resume(source, model, options, 1)  # the same options continue
     marked = data_order_fields(TrainingOptions)
     assert {"batch_size", "seed", "data", "mask_rate", "init_from"} <= set(marked)
+    other = tmp_path / "other.txt"
+    other.write_text("more text to read " * 20)
     for name in marked:
-        changed, new = _changed(options, name)
+        changed, new = _changed(options, name, other)
         with pytest.raises(PerceiverLMError, match=f"cannot resume, {flag(name)} "):
             check_resume(source, model, changed, 1)
     for name in ("lr", "max_steps", "eval_every", "keep_checkpoints"):  # not marked: a resumed run may change them
         check_resume(source, model, _changed(options, name)[0], 1)
+    # Files are known by what they hold: another spelling of the same file continues, an edit is refused.
+    respelt = copy.copy(options)
+    object.__setattr__(respelt, "data", [f"{letters_file.parent}/./{letters_file.name}"])
+    check_resume(source, model, respelt, 1)
+    text = letters_file.read_bytes()
+    letters_file.write_bytes(text[:100] + bytes([text[100] ^ 1]) + text[101:])  # the same size, one byte changed
+    with pytest.raises(PerceiverLMError, match="cannot resume, --data .*: its files hold other data"):
+        check_resume(source, model, options, 1)
+    letters_file.write_bytes(text)
     # A job may add fields that fix its order only in some runs (a stream's --eval-windows).
     with pytest.raises(PerceiverLMError, match="--eval-windows 4 -> 5"):
         check_resume(source, model, _changed(options, "eval_windows")[0], 1, also=("eval_windows",))

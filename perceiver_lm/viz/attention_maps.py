@@ -31,6 +31,7 @@ import torch
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, encode, pad_batch
+from perceiver_lm.validation import shown
 
 LOCAL_MIN_BYTES = 8.0
 LOCAL_FRACTION = 0.05
@@ -91,7 +92,9 @@ def _model_input(model, text: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def attention_maps(model, texts: list[str], query: int | str | None = None, batch_size: int = 8) -> list[AttentionMaps]:
+def attention_maps(
+    model, texts: list[str], query: int | str | None = None, batch_size: int = 8, source=None
+) -> list[AttentionMaps]:
     """Encoder (and one decoder query's) cross-attention maps for each text.
 
     Args:
@@ -100,7 +103,10 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
         query: for a masked LM, the byte position whose decoder query to show (default: none);
             for a task model, the task name (default: its first task).
         batch_size: texts per forward pass.
+        source: the checkpoint the model came from, named when its attention is not finite (NaN weights).
     """
+    from perceiver_lm.inference import check_finite
+
     model.eval()
     window = model.config.max_seq_len
     encoded = [_model_input(model, t) for t in texts]
@@ -114,7 +120,7 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
         task_name = query if isinstance(query, str) else model.tasks.tasks[0].name
         task_index = model.tasks.index(task_name)
     elif isinstance(query, str):
-        raise PerceiverLMError(f"--query {query!r}: a masked LM takes a byte position as its query")
+        raise PerceiverLMError(f"--query {shown(query)}: a masked LM takes a byte position as its query")
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
@@ -136,10 +142,13 @@ def attention_maps(model, texts: list[str], query: int | str | None = None, batc
         for row, seq in enumerate(chunk):
             length = len(seq)
             latents = model.encoder.active_latents(length)  # with trim_latents, a short text has fewer
+            encoder = result.encoder_attention[row, :, :latents, :length]
+            check_finite(model, encoder if decoder is None else decoder[row, :, :latents], source, "map its attention")
+            check_finite(model, encoder, source, "map its attention")
             maps = AttentionMaps(
                 texts[start + row],
                 seq,
-                result.encoder_attention[row, :, :latents, :length].float().cpu().numpy(),
+                encoder.float().cpu().numpy(),
                 None if decoder is None else decoder[row, :, :latents].float().cpu().numpy(),
                 None,
             )

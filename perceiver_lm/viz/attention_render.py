@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from perceiver_lm.config import SIZE_LIMITS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import AttentionOptions
 from perceiver_lm.run_dir import check_output_file, write_json_atomic
 from perceiver_lm.tokenizer import NUM_SPECIAL
+from perceiver_lm.user_files import check_regular_file, read_prefix
 from perceiver_lm.viz.attention_maps import (
     BYTE_CLASSES,
     KINDS,
@@ -33,6 +35,7 @@ from perceiver_lm.viz.attention_maps import (
 )
 
 SPAN_MASS = 0.3
+UTF8_CHECK_BYTES = 1 << 20  # of a --file longer than the window, read to tell a binary file from a long text
 KIND_COLOURS = {
     "local": "#1f77b4",
     "class-selective": "#d62728",
@@ -226,14 +229,25 @@ def summary_lines(maps: AttentionMaps, summaries: list[LatentSummary], head: int
     return lines
 
 
-def read_text(options: AttentionOptions) -> str:
-    """The text to read: the argument, or the ``--file``'s UTF-8 contents."""
+def read_text(options: AttentionOptions, window: int | None = None) -> str:
+    """The text to read: the argument, or the ``--file``'s UTF-8 contents: a regular file of at most ``window``
+    bytes (the model's; None: the largest window a model may have), of which no more than that is read."""
     if options.file is None:
         return options.text
+    label = f"--file {options.file}"
+    window = SIZE_LIMITS["max_seq_len"] if window is None else window
+    # A bounded prefix (at least 1 MiB), so that a long binary file is called what it is, not only too long.
+    read = max(window, UTF8_CHECK_BYTES)
+    data = read_prefix(options.file, read + 1, label, "text file")
+    longer = len(data) > window
     try:
-        return options.file.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise PerceiverLMError(f"--file {options.file}: not valid UTF-8 at byte {err.start}") from None
+        if not (len(data) > read and err.reason == "unexpected end of data"):  # not just a character cut off
+            raise PerceiverLMError(f"{label}: not valid UTF-8 at byte {err.start}") from None
+    if longer:
+        raise PerceiverLMError(f"{label}: more than {window:,} bytes, longer than the model's window; shorten it")
+    return text
 
 
 def attention_report(options: AttentionOptions) -> list[str]:
@@ -244,8 +258,11 @@ def attention_report(options: AttentionOptions) -> list[str]:
 
     for path, option in ((options.png, "--png"), (options.html, "--html"), (options.json, "--json")):
         check_output_file(path, option)
-    text = read_text(options)
-    maps = attention_maps(load_any(options.checkpoint), [text], query=options.decoder_query)[0]
+    if options.file is not None:
+        check_regular_file(options.file, f"--file {options.file}", "text file")  # before the model is loaded
+    model = load_any(options.checkpoint)
+    text = read_text(options, model.config.max_seq_len)
+    maps = attention_maps(model, [text], query=options.decoder_query, source=options.checkpoint)[0]
     summaries = summarize(maps, options.head)
     lines = summary_lines(maps, summaries, options.head, options.top)
     if options.png:

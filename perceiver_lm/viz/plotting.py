@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.validation import matches
+from perceiver_lm.user_files import MiB, parse_json, read_bounded
+from perceiver_lm.validation import matches, shown
+
+METRICS_FILE_LIMIT = 256 * MiB  # a metrics.jsonl line per logged step: millions of them
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise PerceiverLMError(f"{path}: no metrics file (is {run_dir} a pretraining run directory?)")
     records = []
-    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+    data = read_bounded(path, METRICS_FILE_LIMIT, str(path), "metrics file")
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             try:
-                record = json.loads(line)
+                record = parse_json(line, f"{path}:{number}")
             except (json.JSONDecodeError, RecursionError):
                 raise PerceiverLMError(f"{path}:{number}: not a JSON record") from None
             if not isinstance(record, dict) or not matches(int, record.get("step")):
@@ -40,7 +45,7 @@ def plot_curve(
         x: "minutes" (compare speed) or "steps" (compare learning per step, e.g. fp32 vs bf16).
     """
     if x not in ("minutes", "steps"):
-        raise PerceiverLMError(f"--x {x!r}: expected minutes or steps")
+        raise PerceiverLMError(f"--x {shown(x)}: expected minutes or steps")
     # The object API draws without pyplot, so a notebook's backend is left alone.
     from matplotlib.figure import Figure
 

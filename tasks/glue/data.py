@@ -22,7 +22,10 @@ import torch
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import Noise, apply_all, example_seed
+from perceiver_lm.options import MAX_SEED
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
+from perceiver_lm.user_files import check_input_file, check_regular_file, check_size
+from perceiver_lm.validation import check_range, shown
 from tasks.glue.tasks import Columns, GlueTask
 
 
@@ -71,10 +74,10 @@ def _label_value(task: GlueTask, raw: str) -> float:
     if task.is_regression:
         value = float(raw)  # ValueError is reported with the line by the caller
         if not np.isfinite(value):
-            raise ValueError(f"score {raw!r} is not finite")
+            raise ValueError(f"score {shown(raw)} is not finite")
         return value
     if raw not in task.labels:
-        raise ValueError(f"label {raw!r} is not one of {', '.join(task.labels)}")
+        raise ValueError(f"label {shown(raw)} is not one of {', '.join(task.labels)}")
     return float(task.labels.index(raw))
 
 
@@ -82,7 +85,7 @@ def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int
     if spec is None or isinstance(spec, int):
         return spec
     if spec not in header:
-        raise PerceiverLMError(f"{path}: line 1: header has no column {spec!r} (found: {', '.join(header)})")
+        raise PerceiverLMError(f"{path}: line 1: header has no column {shown(spec)} (found: {', '.join(header)})")
     return header.index(spec)
 
 
@@ -92,6 +95,11 @@ class Corruption:
 
     noises: tuple[Noise, ...] = ()
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise PerceiverLMError(f"noise seed must be an integer, got {type(self.seed).__name__}")
+        check_range("noise seed", self.seed, 0, MAX_SEED)  # as every seed option (--seed, --noise-seed)
 
     def encode(self, a: str, b: str | None, example: int, max_length: int) -> np.ndarray:
         if self.noises:
@@ -104,6 +112,35 @@ class Corruption:
 
 
 CLEAN = Corruption()
+
+TSV_FILE_LIMIT = 4 << 30  # bytes of one GLUE TSV file; MNLI's train.tsv, the largest, has ~0.4 GB
+MIN_ROW_CHARACTERS = 1 << 16  # the longest row any GLUE TSV may have, whatever the examples read (RTE's: ~1.5 K)
+ROW_LENGTHS_READ = 8  # ...or this many times the bytes an example reads (--max-length), if more
+
+
+def row_limit(max_length: int) -> int:
+    """The longest row (line) of a GLUE TSV that is read, in characters: far above what an example of
+    ``max_length`` bytes uses (a longer one is a bad row, never read whole into memory)."""
+    return max(MIN_ROW_CHARACTERS, ROW_LENGTHS_READ * max_length)
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _bounded_lines(handle, limit: int, overlong: set[int]):
+    """The lines of ``handle``, each of at most ``limit`` characters (and its line end); a longer line is
+    skipped unread in pieces of ``limit``, yielded as an empty line, and its number put into ``overlong``."""
+    ends = ("\n", "\r")
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith(ends):
+            overlong.add(number)
+            while (rest := handle.readline(limit + 1)) and not rest.endswith(ends):
+                pass
+            line = "\n"
+        yield line
 
 
 def read_tsv(
@@ -118,31 +155,55 @@ def read_tsv(
     """Read one GLUE TSV file of ``task`` laid out as ``columns``."""
     split = GlueSplit(task, name, str(path) + corruption.describe())
     first_error = None
+    not_found = f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})"
+    if not os.path.lexists(path):
+        raise PerceiverLMError(not_found)
+    # A regular file (a FIFO would block the open, a device never end), of a size a GLUE file can have.
+    check_size(check_regular_file(path, what="GLUE TSV file").st_size, TSV_FILE_LIMIT, str(path), "GLUE TSV file")
+    limit = row_limit(max_length)
+    overlong: set[int] = set()
+    field_limit = csv.field_size_limit()
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")
+        # O_NONBLOCK: should the path have become a FIFO since the check, the open does not wait for a writer.
+        handle = open(path, encoding="utf-8-sig", newline="", opener=_nonblocking)
     except FileNotFoundError:
-        raise PerceiverLMError(
-            f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})"
-        ) from None
+        raise PerceiverLMError(not_found) from None
     with handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        # Rows are lines (quoting is off) of at most `limit` characters, so no field is longer: the csv module's
+        # own limit (131,072 characters) is raised to it for this file, and a longer row is a bad row.
+        csv.field_size_limit(max(field_limit, limit + 2))
+        reader = csv.reader(_bounded_lines(handle, limit, overlong), delimiter="\t", quoting=csv.QUOTE_NONE)
         header = None
         try:
             if columns.header:
-                header = next(reader, None)
+                try:
+                    header = next(reader, None)
+                except csv.Error as err:
+                    raise PerceiverLMError(f"{path}: line 1: {err}") from None
                 if header is None:
                     raise PerceiverLMError(f"{path}: empty file")
+                if reader.line_num in overlong:
+                    raise PerceiverLMError(f"{path}: line 1: a header of more than {limit:,} characters")
             width = len(header) if header else 4  # CoLA's headerless files have 4 columns
             where = [_column(header, c, path) for c in (columns.text_a, columns.text_b, columns.label, columns.index)]
             a_col, b_col, label_col, index_col = where
-            for row in reader:
-                if not row or row == [""]:
-                    continue
+            while True:
                 try:
+                    row = next(reader, None)
+                    if row is None:
+                        break
+                    if reader.line_num in overlong:
+                        raise ValueError(
+                            f"a row of more than {limit:,} characters (an example reads at most {max_length:,} bytes)"
+                        )
+                    if not row or row == [""]:
+                        continue
                     if len(row) != width:
                         raise ValueError(f"expected {width} tab-separated columns, got {len(row)}")
                     label = _label_value(task, row[label_col]) if label_col is not None else None
-                except ValueError as err:
+                except UnicodeDecodeError:
+                    raise  # the file, not a row, is broken: reported below
+                except (ValueError, csv.Error) as err:
                     message = f"{path}: line {reader.line_num}: {err}"
                     if not skip_bad_rows:
                         raise PerceiverLMError(
@@ -161,6 +222,8 @@ def read_tsv(
                     split.index.append(row[index_col])
         except UnicodeDecodeError as err:
             raise PerceiverLMError(f"{path}: line {reader.line_num + 1}: not valid UTF-8 ({err.reason})") from None
+        finally:
+            csv.field_size_limit(field_limit)
     if split.skipped:
         print(f"note: skipped {split.skipped} malformed row(s) of {path}; first: {first_error}", file=sys.stderr)
     if not split.ids:
@@ -208,10 +271,12 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
                 raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name} row {row_number}: {err}") from None
         elif label is not None and label != -1:  # the Hub's test splits carry -1: no label
             split.labels.append(float(label))
+    if not split.ids:
+        raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name}: no examples")
     if split.labels and len(split.labels) != len(split.ids):
         raise PerceiverLMError(
             f"GLUE {task.name} {name}: {where}:{hub_name}: {len(split.ids) - len(split.labels)} of {len(split.ids)} "
-            f"rows have no label in column {task.hub_label!r}; a split is labelled throughout or not at all"
+            f"rows have no label in column {shown(task.hub_label)}; a split is labelled throughout or not at all"
         )
     return split
 
@@ -231,8 +296,7 @@ def read_rows(path: str, split: str = "train") -> Any:
     suffix = Path(path).suffix.lower()
     if suffix not in FILE_BUILDERS:
         raise PerceiverLMError(f"{path}: expected a {', '.join(FILE_BUILDERS)} file")
-    if not Path(path).is_file():
-        raise PerceiverLMError(f"{path}: no such file")
+    check_input_file(path, what=f"{suffix[1:].upper()} file")  # datasets would read a FIFO or a device forever
     builder, kwargs = FILE_BUILDERS[suffix]
     import datasets
 
@@ -264,10 +328,12 @@ def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corrupti
         texts = []
         for column in task.hub_text:
             if not isinstance(row[column], str):
-                raise PerceiverLMError(f"{path}: row {number}, column {column!r}: expected text, got {row[column]!r}")
+                raise PerceiverLMError(
+                    f"{path}: row {number}, column {shown(column)}: expected text, got {shown(row[column])}"
+                )
             texts.append(row[column])
         if labeled:
-            where = f"{path}: row {number}, column {task.hub_label!r}"
+            where = f"{path}: row {number}, column {shown(task.hub_label)}"
             split.labels.append(_row_label(task, row[task.hub_label], where))
         split.ids.append(corruption.encode(texts[0], texts[1] if len(texts) > 1 else None, len(split.ids), max_length))
         split.index.append(str(number - 1 if task.hub_index is None else row[task.hub_index]))
@@ -281,13 +347,15 @@ def _row_label(task: GlueTask, value: Any, where: str) -> float:
         try:
             score = float(value)
         except (TypeError, ValueError):
-            raise PerceiverLMError(f"{where}: expected a number (a regression target), got {value!r}") from None
+            raise PerceiverLMError(f"{where}: expected a number (a regression target), got {shown(value)}") from None
         if not np.isfinite(score):
-            raise PerceiverLMError(f"{where}: the target {value!r} is not finite")
+            raise PerceiverLMError(f"{where}: the target {shown(value)} is not finite")
         return score
     name = label_name(value)
     if name not in task.labels:
-        raise PerceiverLMError(f"{where}: label {name!r} is not one of the training labels ({', '.join(task.labels)})")
+        raise PerceiverLMError(
+            f"{where}: label {shown(name)} is not one of the training labels ({', '.join(task.labels)})"
+        )
     return float(task.labels.index(name))
 
 
@@ -322,12 +390,15 @@ def load_split(
     dev = dict(task.dev)
     tests = dict(task.test_files)
     if name != "train" and name not in dev and name not in tests:
-        raise PerceiverLMError(f"GLUE {task.name} has no split {name!r} (train, {', '.join([*dev, *tests])})")
+        raise PerceiverLMError(f"GLUE {task.name} has no split {shown(name)} (train, {', '.join([*dev, *tests])})")
     if task.files:
         return _file_split(task, name, max_length, corruption)
     if glue_dir is None:
         return _hub_split(task, name, max_length, corruption)
     folder = Path(glue_dir) / task.directory
+    if not Path(glue_dir).is_dir():
+        what = "is not a folder" if Path(glue_dir).exists() else "no such file or folder"
+        raise PerceiverLMError(f"--glue-dir {glue_dir}: {what}")
     if not folder.is_dir():
         raise PerceiverLMError(f"--glue-dir {glue_dir}: no {task.directory}/ folder for task {task.name}")
     if name in tests:

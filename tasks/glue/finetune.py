@@ -25,7 +25,7 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.noise import parse_noise
 from perceiver_lm.optim import adamw, parameter_groups
-from perceiver_lm.options import options_record
+from perceiver_lm.options import MAX_STEPS, options_record
 from perceiver_lm.resume import TrainState, save_model_copy
 from perceiver_lm.run_dir import write_json_atomic
 from perceiver_lm.runtime import on_main
@@ -33,8 +33,8 @@ from perceiver_lm.trainer import Data, Run, Schedule, train
 from tasks.glue import own
 from tasks.glue.data import Corruption, GlueSplit, ProportionalBatches, TaskExamples, collate, load_split, subset_split
 from tasks.glue.options import GlueOptions
+from tasks.glue.predict import check_scorable, evaluate_splits, primary_score
 from tasks.glue.predict import eval_loaders as make_eval_loaders
-from tasks.glue.predict import evaluate_splits, primary_score
 from tasks.glue.tasks import GlueTask
 
 METRICS_FILE = "dev_metrics.json"
@@ -49,6 +49,11 @@ FINETUNE_DEFAULTS: dict[str, dict[str, float]] = {
     "small": {"lr": 3e-4, "warmup_steps": 60},
     "base": {"lr": 5e-5, "warmup_steps": 200},
 }
+
+
+# The lookup tables `--embedding-lr-scale` speeds up: the byte embedding and the hashed n-gram table (not the
+# position embedding, which every example updates at every position).
+EMBEDDING_TABLES = ("encoder.token_embedding.weight", "encoder.ngrams.table.weight")
 
 
 # How the body is fine-tuned: from random weights everything trains at --lr from the first step. A
@@ -114,6 +119,27 @@ def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -
     return PerceiverClassifier(config, heads) if lm is None else PerceiverClassifier.from_lm(lm, heads)
 
 
+def _pretrained_window(options: GlueOptions, notes: list[str]) -> GlueOptions:
+    """``options`` with --window defaulting to the window the --checkpoint was pretrained on (when shorter than
+    its max_seq_len): positions past it, and with trimmed latents the latents over them, never trained."""
+    if options.checkpoint is None:
+        return options
+    directory = ckpt.resolve_model_dir(options.checkpoint)
+    if not (directory / ckpt.CONFIG_FILE).is_file():
+        return options  # _load_model says what is wrong with it
+    trained = ckpt.pretrained_window(directory, PerceiverConfig.load(directory / ckpt.CONFIG_FILE))
+    if trained is None:
+        return options
+    if options.window is None:
+        notes.append(f"--checkpoint was pretrained on {trained}-byte windows: longer inputs are read as windows of "
+                     f"{trained} bytes (--window to change)")  # fmt: skip
+        return dataclasses.replace(options, window=trained)
+    if options.window > trained:
+        notes.append(f"note: --window {options.window} reads positions past the {trained} bytes the --checkpoint "
+                     "was pretrained on (they never trained)")  # fmt: skip
+    return options
+
+
 def task_loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for classification, mean squared error for regression (STS-B)."""
     if task.is_regression:
@@ -147,6 +173,7 @@ class GlueTraining:
         return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=len(self.tasks) > 1)]}
 
     def build_model(self, source: Path | None) -> PerceiverClassifier:
+        self.options = _pretrained_window(self.options, self.notes)
         model = _load_model(self.options, self.tasks, self.notes)
         self.options, note = with_defaults(self.options, model.config)  # the resume check compares filled values
         self.notes += [note] if note else []
@@ -175,16 +202,26 @@ class GlueTraining:
         return Data(train_loader, list(loaders.values()), "examples", options.batch_size, sampler=sampler)
 
     def build_optimizer(self, model: PerceiverClassifier) -> torch.optim.Optimizer:
-        body = (self.options.body_lr_scale, self.options.freeze_body_steps)
-        groups = parameter_groups(
-            model, self.options.weight_decay, lambda name: (1.0, 0) if name.startswith("decoder.") else body
-        )
-        return adamw(groups, lr=self.options.lr)
+        options = self.options
+        body = (options.body_lr_scale, options.freeze_body_steps)
+        tables = (options.body_lr_scale * options.embedding_lr_scale, options.freeze_body_steps)
+
+        def schedule_of(name: str) -> tuple[float, int]:
+            if name.startswith("decoder."):
+                return 1.0, 0
+            return tables if name in EMBEDDING_TABLES else body
+
+        return adamw(parameter_groups(model, options.weight_decay, schedule_of), lr=options.lr)
 
     def schedule(self, batches_per_epoch: int | None) -> Schedule:
         options = self.options
         per_epoch = max(1, batches_per_epoch // options.grad_accum)  # optimizer steps per epoch
         total = options.max_steps or max(1, math.ceil(options.epochs * per_epoch))
+        if total > MAX_STEPS:
+            raise PerceiverLMError(
+                f"--epochs {options.epochs:g}: {total:,} optimizer steps of {per_epoch:,} per epoch, more than "
+                f"{MAX_STEPS:,}; give fewer epochs or --max-steps"
+            )
         eval_every = options.eval_every or per_epoch
         return Schedule.of(
             options,
@@ -298,4 +335,5 @@ def _load_splits(
         for t in tasks
         for split, _ in t.dev
     }
+    check_scorable(dev)
     return train, dev

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.validation import shown
 
 if TYPE_CHECKING:
     import evaluate
@@ -73,7 +74,7 @@ def load_glue_metric(task_name: str, **load_kwargs) -> evaluate.EvaluationModule
         config_keys(task_name)
     except ValueError:
         raise PerceiverLMError(
-            f"no GLUE metric for task {task_name!r}; expected one of {', '.join(CONFIGS)}, "
+            f"no GLUE metric for task {shown(task_name)}; expected one of {', '.join(CONFIGS)}, "
             f"or metric keys joined by '+' among {', '.join(_scorers())}"
         ) from None
     return evaluate.load(str(_MODULE), task_name, **load_kwargs)
@@ -89,7 +90,7 @@ def _check(metric: str, predictions: np.ndarray, labels: np.ndarray, keys: dict[
     if len(predictions) != len(labels) or len(labels) == 0:
         raise PerceiverLMError(f"{metric}: {len(predictions)} predictions for {len(labels)} labels")
     if metric not in keys:
-        raise PerceiverLMError(f"unknown metric {metric!r}; expected one of {', '.join(keys)}")
+        raise PerceiverLMError(f"unknown metric {shown(metric)}; expected one of {', '.join(keys)}")
 
 
 def _class_ids(metric: str, values: np.ndarray) -> np.ndarray:

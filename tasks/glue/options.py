@@ -10,6 +10,9 @@ from perceiver_lm.config import PRESETS
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import parse_noise
 from perceiver_lm.options import (
+    CAPS,
+    MAX_BATCH,
+    MAX_COUNT,
     MAX_LR,
     MAX_SEED,
     Precision,
@@ -20,8 +23,13 @@ from perceiver_lm.options import (
     options_from_dict,
     precision_option,
 )
-from perceiver_lm.validation import check_range
+from perceiver_lm.validation import check_range, parse_float, parse_int, shown
 from tasks.glue.tasks import TASKS, parse_tasks
+
+MAX_EXAMPLE_BYTES = 1 << 24  # --max-length, --window: as MultiTaskConfig takes them
+MAX_HEAD_HIDDEN = 1 << 16  # --head-hidden: as wide as any model config size
+MAX_EPOCHS = 1_000_000  # --epochs: passes over the data
+GLUE_CAPS = {**CAPS, "head_hidden": MAX_HEAD_HIDDEN, "epochs": MAX_EPOCHS}
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,13 @@ class GlueOptions:
         "A task of your own: its training file (CSV, TSV, JSON, JSON Lines or Parquet), read by the columns below; "
         "its labels are the values of the label column there.",
         data_order=True,
+        files=True,
     )
     validation_file: str | None = option(
-        None, "The validation file of your task, scored at every evaluation (the same columns).", data_order=True
+        None,
+        "The validation file of your task, scored at every evaluation (the same columns).",
+        data_order=True,
+        files=True,
     )
     test_file: str | None = option(None, "The test file of your task, for `glue predict` (labels not needed).")
     dataset: str | None = option(
@@ -82,6 +94,7 @@ class GlueOptions:
         "dashes or the task_ prefix (train_file, validation_file, test_file, text_column, text_pair_column, "
         "label_column, id_column, type, name, metrics); paths relative to the file.",
         data_order=True,
+        files=True,
     )
     checkpoint: str | None = option(
         None,
@@ -103,6 +116,7 @@ class GlueOptions:
         None,
         "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.",
         data_order=True,
+        files=True,
     )
     output_dir: str = option("runs/glue", "Run directory: best model, checkpoints, dev metrics JSON.")
     epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
@@ -124,6 +138,13 @@ class GlueOptions:
         None,
         "Learning rate of the body (embeddings, byte encoder, latents, processor) as a fraction of --lr; the task "
         "queries and heads train at --lr. Default: 1 (the pretrained recipe's value with --checkpoint).",
+        data_order=True,
+    )
+    embedding_lr_scale: float = option(
+        1.0,
+        "Learning rate of the byte and n-gram embedding tables as a multiple of the body's. Each row is a sparse "
+        "feature, updated only in the steps whose text holds its byte or n-gram: from random weights on IMDb a "
+        "rate 10x the body's learns several times faster (README, 'IMDb reviews').",
         data_order=True,
     )
     freeze_body_steps: int | None = option(
@@ -199,15 +220,16 @@ class GlueOptions:
             "epochs",
             "lr",
         ):
-            check_range(flag(name), getattr(self, name), 0, low_open=True)
+            check_range(flag(name), getattr(self, name), 0, low_open=True, cap=GLUE_CAPS.get(name))
         for name in ("warmup_steps", "weight_decay", "clip_norm", "freeze_body_steps", "max_minutes"):
-            check_range(flag(name), getattr(self, name), 0)
+            check_range(flag(name), getattr(self, name), 0, cap=GLUE_CAPS.get(name))
         check_range("--min-lr-ratio", self.min_lr_ratio, 0, 1)
         check_range("--body-lr-scale", self.body_lr_scale, 0, 1000)
+        check_range("--embedding-lr-scale", self.embedding_lr_scale, 0, 1000, low_open=True)
         check_range("--lr", self.lr, 0, MAX_LR, low_open=True)
         check_range("--seed", self.seed, 0, MAX_SEED)
-        check_range("--max-length", self.max_length, 4)
-        check_range("--window", self.window, 16, 1 << 24)
+        check_range("--max-length", self.max_length, 4, cap=MAX_EXAMPLE_BYTES)
+        check_range("--window", self.window, 16, MAX_EXAMPLE_BYTES)
         if not isinstance(self.model, (dict, type(None))):
             raise PerceiverLMError(f"`model` must be a table of model config fields, got {type(self.model).__name__}")
         if self.model and self.checkpoint is not None:
@@ -252,12 +274,16 @@ class GlueTrainOptions:
     def grid(self) -> tuple[list[int], list[float]]:
         """The sweep's batch sizes and learning rates."""
         try:
-            return [int(b) for b in self.sweep_batch_sizes.split(",")], [float(x) for x in self.sweep_lrs.split(",")]
-        except ValueError:
+            sizes = [parse_int(b, "--sweep-batch-sizes") for b in self.sweep_batch_sizes.split(",")]
+            lrs = [parse_float(x, "--sweep-lrs") for x in self.sweep_lrs.split(",")]
+        except PerceiverLMError:
             raise PerceiverLMError(
-                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers, got {self.sweep_batch_sizes!r} / "
-                f"{self.sweep_lrs!r}"
+                f"--sweep-batch-sizes/--sweep-lrs: expected comma-separated numbers (ASCII digits 0-9), got "
+                f"{shown(self.sweep_batch_sizes)} / {shown(self.sweep_lrs)}"
             ) from None
+        for size in sizes:
+            check_range("--sweep-batch-sizes", size, 0, low_open=True, cap=MAX_BATCH)
+        return sizes, lrs
 
 
 @dataclass(frozen=True)
@@ -282,8 +308,8 @@ class GlueEvalOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_range("--batch-size", self.batch_size, 0, low_open=True)
-        check_range("--max-eval-examples", self.max_eval_examples, 0, low_open=True)
+        check_range("--batch-size", self.batch_size, 0, low_open=True, cap=MAX_BATCH)
+        check_range("--max-eval-examples", self.max_eval_examples, 0, low_open=True, cap=MAX_COUNT)
         check_range("--noise-seed", self.noise_seed, 0, MAX_SEED)
         for spec in self.noise:
             parse_noise(spec, "--noise")
@@ -308,4 +334,4 @@ class GluePredictOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_range("--batch-size", self.batch_size, 0, low_open=True)
+        check_range("--batch-size", self.batch_size, 0, low_open=True, cap=MAX_BATCH)

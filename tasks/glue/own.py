@@ -18,6 +18,7 @@ from typing import Any
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import read_options_file
+from perceiver_lm.validation import shown
 from tasks.glue.data import label_name, read_rows
 from tasks.glue.metrics import metric_names
 from tasks.glue.options import GlueOptions
@@ -52,7 +53,7 @@ class OwnTask:
         name = self.name or _name_of(source)
         name = name if not name[0].isdigit() else f"t_{name}"
         if not name.isidentifier():
-            raise PerceiverLMError(f"task name {name!r}: expected letters, digits and _ (pass --task-name)")
+            raise PerceiverLMError(f"task name {shown(name)}: expected letters, digits and _ (pass --task-name)")
         return name
 
 
@@ -123,7 +124,7 @@ def build_task(own: OwnTask) -> GlueTask:
     """The `GlueTask` of a task of your own, with its labels read from its training file."""
     name = own.task_name()
     if own.type not in ("classification", "regression"):
-        raise PerceiverLMError(f"task {name}: type must be classification or regression, got {own.type!r}")
+        raise PerceiverLMError(f"task {name}: type must be classification or regression, got {shown(own.type)}")
     labels: tuple[str, ...] = ()
     if own.type == "classification":
         labels = _labels_of(own)
@@ -199,20 +200,20 @@ def _labels_of(own: OwnTask) -> tuple[str, ...]:
     else:
         where, rows = own.train_file, read_rows(own.train_file)
     if own.label_column not in rows.column_names:
-        raise PerceiverLMError(f"{where}: no column {own.label_column!r} (found: {', '.join(rows.column_names)})")
+        raise PerceiverLMError(f"{where}: no column {shown(own.label_column)} (found: {', '.join(rows.column_names)})")
     values = rows.unique(own.label_column)
     if any(v is None for v in values):
         row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None)
-        raise PerceiverLMError(f"{where}: row {row}, column {own.label_column!r}: no label")
+        raise PerceiverLMError(f"{where}: row {row}, column {shown(own.label_column)}: no label")
     if own.dataset is not None and not all(isinstance(v, str) for v in values):
         raise PerceiverLMError(
-            f"{where}: column {own.label_column!r} holds numbers without class names; give label names, or pass "
+            f"{where}: column {shown(own.label_column)} holds numbers without class names; give label names, or pass "
             "--task-type regression"
         )
     labels = _sorted_labels({label_name(v) for v in values})
     if not 2 <= len(labels) <= MAX_LABELS:
         raise PerceiverLMError(
-            f"{where}: column {own.label_column!r} holds {len(labels)} distinct label(s); "
+            f"{where}: column {shown(own.label_column)} holds {len(labels)} distinct label(s); "
             f"classification needs 2 to {MAX_LABELS} (or pass --task-type regression)"
         )
     return labels

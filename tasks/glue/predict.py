@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.noise import parse_noise
+from perceiver_lm.options import MAX_SEED
 from perceiver_lm.run_dir import check_output_folder, write_text_atomic
 from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range
@@ -56,11 +57,28 @@ def eval_loaders(
     return {key: eval_loader(split, task_index[key[0]], batch_size, pin_memory) for key, split in splits.items()}
 
 
+def check_scorable(splits: dict[tuple[str, str], GlueSplit]) -> None:
+    """Refuse a dev split with no example to score, or with no labels to score against: its metrics would be
+    computed from nothing (or from NaN labels). Call it before any model work."""
+    for (name, split_name), split in splits.items():
+        if len(split) == 0:
+            raise PerceiverLMError(
+                f"GLUE {name} {split_name}: {split.source}: no example to score (the split is empty)"
+            )
+        if not split.labeled:
+            raise PerceiverLMError(
+                f"GLUE {name} {split_name}: {split.source}: no example to score: the split has no labels "
+                "(a test split?)"
+            )
+
+
 def evaluate_splits(model, loaders, tasks_by_name, task_index, accelerator) -> dict[str, dict[str, dict[str, float]]]:
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for (name, split), loader in loaders.items():
         task = tasks_by_name[name]
         preds, labels = predict_split(model, loader, task_index[name], task, accelerator)
+        if len(labels) == 0 or np.isnan(labels).any():  # `check_scorable` refuses these before any work
+            raise PerceiverLMError(f"GLUE {name} {split}: no labelled example to score")
         scores.setdefault(name, {})[split] = compute_all(task.metrics, preds, labels)
     return scores
 
@@ -82,6 +100,7 @@ def evaluate_checkpoint(
     scored on its validation file, or on ``validation_file`` (a model with one such task).
     """
     check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
+    check_range("--noise-seed", noise_seed, 0, MAX_SEED)  # as `glue eval --noise-seed` and every other seed
     corruption = Corruption(tuple(parse_noise(spec) for spec in noise), noise_seed)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
@@ -95,6 +114,7 @@ def evaluate_checkpoint(
         for t in tasks
         for s, _ in t.dev
     }
+    check_scorable(splits)
     loaders = eval_loaders(splits, task_index, batch_size)
     model, *prepared = accelerator.prepare(model, *loaders.values())
     return evaluate_splits(

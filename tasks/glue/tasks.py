@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perceiver_lm.errors import PerceiverLMError
+from perceiver_lm.validation import shown
 
 # Our split names -> nyu-mll/glue's; a split not listed (the test splits: "test", "test_matched", ...) is named alike.
 GLUE_HUB_SPLITS: tuple[tuple[str, str], ...] = (
@@ -216,5 +217,5 @@ def parse_tasks(spec: str) -> list[GlueTask]:
             f"choose from {', '.join(TASKS)} or all"
         )
     if len(set(names)) != len(names):
-        raise PerceiverLMError(f"--tasks: a task is listed twice ({spec})")
+        raise PerceiverLMError(f"--tasks: a task is listed twice ({shown(spec)})")
     return [TASKS[n] for n in names]

@@ -145,7 +145,7 @@ def test_eval_and_predict_options_are_checked_before_any_work(tmp_path, args, me
     "args, message",
     [
         (["--tasks", "squad"], "unknown GLUE task(s) squad"),
-        (["--tasks", "rte", "--glue-dir", "nowhere"], "--glue-dir nowhere: no RTE/ folder"),
+        (["--tasks", "rte", "--glue-dir", "nowhere"], "--glue-dir nowhere: no such file or folder"),
         (["--tasks", "rte", "--batch-size", "0"], "--batch-size must be positive"),
         (["--tasks", "rte", "--checkpoint", "missing"], "missing: no such checkpoint"),
     ],

@@ -2,13 +2,16 @@ import dataclasses
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from glue_files import pair_and_regression_tasks, write_task
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
-from conftest import REPO, host_syncs, two_cpu_processes
+from cli.main import app
+from conftest import REPO, host_syncs, newest_weights, sigterm_at, two_cpu_processes
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
@@ -23,6 +26,8 @@ from tasks.glue.finetune import (
 )
 from tasks.glue.predict import predict_split
 from tasks.glue.tasks import TASKS
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +290,27 @@ def test_parameter_groups_carry_the_body_schedule_and_the_loop_applies_it():
     # Without a schedule function: the two groups (decayed matrices first) older checkpoints hold.
     plain = parameter_groups(model, 0.01)
     assert [g["weight_decay"] for g in plain] == [0.01, 0.0]
+
+
+def test_sigterm_in_fine_tuning_checkpoints_exits_143_and_resumes_identically(synthetic_glue, tmp_path, monkeypatch):
+    def args(out: Path, *extra: str) -> list[str]:
+        return [
+            "glue", "train", "--tasks", "mrpc,stsb", "--preset", "tiny", "--glue-dir", str(synthetic_glue),
+            "--output-dir", str(out), "--max-steps", "8", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2",
+            "--eval-every", "4", "--head-hidden", "32", "--max-train-examples", "24", "--max-eval-examples", "32",
+            "--mixed-precision", "no", *extra,
+        ]  # fmt: skip
+
+    whole = runner.invoke(app, args(tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.stderr[-3000:]
+    with monkeypatch.context() as patch:
+        sigterm_at(patch, 5)  # during step 6, after the step-4 evaluation and checkpoint
+        stopped = runner.invoke(app, args(tmp_path / "cut"))
+    assert stopped.exit_code == 143, stopped.stderr[-3000:]
+    assert "terminated (SIGTERM) after step 6: saved" in stopped.stderr.strip().splitlines()[-1]
+    resumed = runner.invoke(app, args(tmp_path / "cut", "--resume"))
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
+    a, b = newest_weights(tmp_path / "whole"), newest_weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((tmp_path / "cut" / "dev_metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [4, 8]
