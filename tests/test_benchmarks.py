@@ -115,3 +115,33 @@ def test_imdb_benchmark_trains_ours_and_the_byte_cnn_on_review_files(tmp_path, m
     (cnn,) = results["byte_cnn"].values()
     assert [c["step"] for c in cnn["curve"]] == [2, 4] and 0 <= cnn["last"] <= 100
     assert set(results["tfidf"]["300|all|s0|20"]) == {"tfidf_words_1_2", "tfidf_chars_1_5"}
+
+
+def test_synthetic_world_keeps_unseen_spellings_out_of_training_and_bounds_its_entropy(tmp_path):
+    import json
+    import math
+
+    from synthetic_world import World, WorldOptions
+
+    options = WorldOptions(classes=10, spellings=5, seen_spellings=2, corpus_bytes=20_000, train_sentences=40,
+                           dev_sentences=40, seed=3)  # fmt: skip
+    world = World(options)
+    paths = world.write(tmp_path)
+    assert World(options).lexicon == world.lexicon  # a pure function of its options
+    sentiment = {w: c for c in (*world.positive, *world.negative) for w in world.lexicon[c]}
+    for name, allowed in (("train.jsonl", range(2)), ("dev.jsonl", range(2, 5))):
+        rows = [json.loads(line) for line in paths[name].read_text().splitlines()]
+        for row in rows:
+            found = [w for w in row["text"].split() if w in sentiment]
+            assert len(found) == 1  # exactly one sentiment word, of a spelling of the split's kind
+            cls = sentiment[found[0]]
+            assert world.lexicon[cls].index(found[0]) in allowed
+            assert row["label"] == ("positive" if cls in world.positive else "negative")
+    corpus = paths["corpus.txt"].read_text().splitlines()
+    for line in corpus[:50]:  # every sentence follows the chain
+        classes = [next(c for c, ws in enumerate(world.lexicon) if w in ws) for w in line.split()]
+        assert all(b in world.successors[a] for a, b in zip(classes, classes[1:], strict=False))
+    entropy = json.loads(paths["world.json"].read_text())
+    # One masked word with its neighbours known: at most its spelling among 5 and its class among the successors.
+    assert 0 < entropy["mlm_floor_bits_per_masked_byte"] < entropy["letters_at_random"] == math.log2(26)
+    assert 0 < entropy["bits_per_byte"] < 2

@@ -296,3 +296,38 @@ def test_long_documents_benchmark_runs_on_a_tiny_config(monkeypatch):
     assert (narrow["window"], narrow["windows"], narrow["overrides"]) == (64, 4, {"num_self_layers": 1})
     rows = summarise(runs)
     assert [r["length"] for r in rows] == [64, 128, 256] and rows[0]["per_byte_vs_shortest"] == 1.0
+
+
+def test_a_model_pretrained_on_short_windows_is_read_in_those_windows(tmp_path, capsys):
+    # Pretrained on 64-byte windows of a 128-byte model: positions 64..127 (and the latents over them) never
+    # trained, so fine-tuning, its evaluation and MLM scoring read longer inputs as 64-byte windows by default.
+    import json
+
+    from perceiver_lm.evaluation import score_text
+    from perceiver_lm.options import EvalOptions, TrainingOptions
+    from perceiver_lm.training import pretrain
+    from tasks.glue.finetune import GlueOptions, finetune
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"word{i % 7} and more words {i}\n" for i in range(400)))
+    pretrain(
+        TrainingOptions(data=[str(corpus)], output_dir=str(tmp_path / "lm"), window=64, batch_size=4, max_steps=2,
+                        eval_every=2, eval_windows=2, report_to="none"),
+        PRESETS["tiny"],
+    )  # fmt: skip
+    rows = [{"text": "x" * (90 + i) + (" good" if i % 2 else " bad"), "label": i % 2} for i in range(8)]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = finetune(
+        GlueOptions(train_file=str(train_file), validation_file=str(train_file), checkpoint=str(tmp_path / "lm"),
+                    output_dir=str(tmp_path / "ft"), max_steps=1, batch_size=4)
+    )  # fmt: skip
+    assert "pretrained on 64-byte windows" in capsys.readouterr().err
+    tasks = MultiTaskConfig.load(result.best_model / "tasks.json")
+    assert tasks.window == 64 and tasks.max_length is None  # 128-byte inputs: two windows of 64
+    assert PerceiverClassifier.from_pretrained(result.best_model)._window(None) == 64
+    scored = score_text(tmp_path / "lm", EvalOptions(data=[str(corpus)], max_windows=2))
+    assert scored.window == 64
+    # Asked for explicitly, a longer window is read, with a note that its tail never trained.
+    scored = score_text(tmp_path / "lm", EvalOptions(data=[str(corpus)], max_windows=2, window=128))
+    assert scored.window == 128 and "past the 64 bytes" in capsys.readouterr().err
