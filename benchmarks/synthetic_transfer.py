@@ -92,6 +92,62 @@ def finetune(args: argparse.Namespace, paths: dict[str, Path], checkpoint: Path 
     }
 
 
+def body_probes(checkpoint: Path | None, paths: dict[str, Path], seed: int) -> dict[str, Any]:
+    """Linear probes of the frozen body (`transfer_probe.probe`) on the labelled sentences: byte features, latents
+    after cross-attention and after the processor, each pooled over the sentence; with the collapse statistics."""
+    import numpy as np
+    import torch
+    from transfer_probe import LEVELS, latent_statistics, probe
+
+    from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
+    from perceiver_lm.model import PerceiverClassifier, PerceiverLM
+    from perceiver_lm.tokenizer import encode_batch
+
+    heads = MultiTaskConfig((TaskSpec(TASK, 2),), 64)
+    torch.manual_seed(seed)
+    if checkpoint is None:
+        model = PerceiverClassifier(get_preset("small"), heads)
+    else:
+        model = PerceiverClassifier.from_lm(PerceiverLM.from_pretrained(checkpoint), heads)
+    model.eval()
+    encoder = model.encoder
+
+    def pooled(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
+        captured: dict[str, torch.Tensor] = {}
+        hook = encoder.cross.register_forward_hook(lambda _m, _i, out: captured.__setitem__("cross", out.hidden))
+        out: dict[str, list[np.ndarray]] = {level: [] for level in LEVELS}
+        try:
+            with torch.no_grad():
+                for i in range(0, len(rows), 64):
+                    batch = encode_batch([r["text"] for r in rows[i : i + 64]])
+                    ids, mask = torch.as_tensor(batch.input_ids), torch.as_tensor(batch.attention_mask)
+                    real = mask.float()[..., None]  # [B, L, 1]
+                    out["bytes"].append(((encoder.embed(ids, mask) * real).sum(1) / real.sum(1)).numpy())
+                    encoded = encoder(ids, mask)
+                    keep = (
+                        torch.ones(encoded.hidden.shape[:2])
+                        if encoded.latent_mask is None
+                        else encoded.latent_mask.float()
+                    )[..., None]  # [B, N, 1]
+                    for level, hidden in (("cross", captured["cross"]), ("latents", encoded.hidden)):
+                        out[level].append(((hidden * keep).sum(1) / keep.sum(1)).numpy())
+        finally:
+            hook.remove()
+        return {level: np.concatenate(chunks) for level, chunks in out.items()}
+
+    data = {
+        name: [json.loads(line) for line in paths[name].read_text().splitlines()]
+        for name in ("train.jsonl", "dev.jsonl")
+    }
+    labels = {name: np.array([r["label"] == "positive" for r in rows], dtype=int) for name, rows in data.items()}
+    train, dev = pooled(data["train.jsonl"]), pooled(data["dev.jsonl"])
+    scores = {
+        level: probe(train[level], labels["train.jsonl"], dev[level], labels["dev.jsonl"])["accuracy"]
+        for level in LEVELS
+    }
+    return {"accuracy": scores, "latent_statistics": latent_statistics(dev["latents"])}
+
+
 def spread(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -190,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps (batch 32 unless --finetune-args)")
     parser.add_argument("--evals", type=int, default=3, help="evaluations per fine-tuning run")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: torch's)")
+    parser.add_argument("--probe", action="store_true", help="also probe the frozen bodies (random and pretrained)")
     parser.add_argument("--runs", default="runs/synthetic_transfer")
     parser.add_argument("--out", default="docs/synthetic_transfer.json")
     parser.add_argument("--plot", default=None, help="PNG of bits and gap against minutes")
@@ -235,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "pretrain": pretrained,
                 "finetune": finetune(args, paths, checkpoint, seed, folder),
             }
+            if args.probe:
+                results["runs"][key]["probes"] = body_probes(checkpoint, paths, seed)
             save()
             run = results["runs"][key]
             print(f"{key}: {run['pretrain']['bits_per_byte']} bits, {run['finetune']['last']:.1f} % "
