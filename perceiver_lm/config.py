@@ -128,6 +128,12 @@ class PerceiverConfig:
     the encoder and reading neighbouring latents in the decoder (see model.LocalityBias)."""
     tie_decoder_queries: bool = False
     """Use the input position embeddings as MLM decoder queries instead of a separate table."""
+    span_queries: bool = False
+    """MLM decoder queries also say where inside a run of [MASK] bytes their position sits (its offsets from
+    the run's start and end, up to 32), which the input shows but a position query must otherwise work out
+    from the latents. Under whole-word masking a letter's distribution depends on its place in the word: a
+    model that knows a masked word's class but not that place gains little, so without it the class and the
+    place are learnt together, slowly (measured: docs/synthetic_transfer.md). Not in the public checkpoint."""
     byte_encoder: str = "none"
     """What gives each byte its neighbourhood before the latents read it: ``none`` (plain token +
     position embedding, the public checkpoint's shape) or parts of `BYTE_ENCODER_PARTS` joined by

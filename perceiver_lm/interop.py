@@ -131,8 +131,8 @@ def _config_from_transformers(hf: dict[str, Any], source: str) -> PerceiverConfi
 def config_to_transformers(config: PerceiverConfig) -> dict[str, Any]:
     """Our config as a transformers ``PerceiverConfig`` dict; refuses what transformers cannot express."""
     problems = []
-    if config.locality_bias or config.tie_decoder_queries:
-        problems.append("locality_bias/tie_decoder_queries must be off")
+    if config.locality_bias or config.tie_decoder_queries or config.span_queries:
+        problems.append("locality_bias/tie_decoder_queries/span_queries must be off")
     if config.byte_encoder != "none":
         problems.append(f"byte_encoder must be none (transformers has no {config.byte_encoder!r} byte encoder)")
     if (config.decoder_heads, config.decoder_qk_channels, config.decoder_v_channels) != (

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from perceiver_lm import checkpoint as ckpt
 from perceiver_lm.config import NGRAM_SIZES, MultiTaskConfig, PerceiverConfig
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import PAD_ID
+from perceiver_lm.tokenizer import MASK_ID, PAD_ID
 
 
 def _tensors_visible_to_hooks(cls: type) -> type:
@@ -420,7 +420,10 @@ class PerceiverEncoder(nn.Module):
         return x
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_weights: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
     ) -> EncoderOutput:
         """Encode ids [B, L] into latents [B, N, D]; ``weights`` are the encoder maps [B, H, N, L]."""
         b, length = input_ids.shape
@@ -481,10 +484,33 @@ class PositionalQueries(nn.Module):
         self._tied = [input_positions] if config.tie_decoder_queries else []
         self.embedding = None if config.tie_decoder_queries else nn.Embedding(config.max_seq_len, config.d_model)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Queries [B, Q, D] for positions [B, Q]."""
+    def forward(self, positions: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Queries [B, Q, D] for positions [B, Q] of inputs [B, L]."""
         table = self._tied[0] if self._tied else self.embedding
         return table(positions)
+
+
+class SpanQueries(PositionalQueries):
+    """Positional queries plus where a position sits inside a run of [MASK] ids (config.span_queries)."""
+
+    LONGEST = 32  # offsets past this share one row: longer runs are pieces of unspaced text, not words
+
+    def __init__(self, config: PerceiverConfig, input_positions: nn.Embedding) -> None:
+        super().__init__(config, input_positions)
+        # Row 0: not masked; row 1 + k: k bytes from the run's start (resp. end), capped at LONGEST.
+        self.from_start = nn.Embedding(self.LONGEST + 2, config.d_model)
+        self.from_end = nn.Embedding(self.LONGEST + 2, config.d_model)
+
+    def forward(self, positions: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        masked = input_ids == MASK_ID  # [B, L]
+        length = input_ids.shape[1]
+        at = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+        before = torch.where(masked, -1, at).cummax(1).values  # the last unmasked position at or before each
+        after = torch.where(masked, length, at).flip(1).cummin(1).values.flip(1)  # the first at or after each
+        start = torch.where(masked, 1 + (at - before - 1).clamp(max=self.LONGEST), 0)
+        end = torch.where(masked, 1 + (after - at - 1).clamp(max=self.LONGEST), 0)
+        start, end = start.gather(1, positions), end.gather(1, positions)  # [B, Q]
+        return super().forward(positions, input_ids) + self.from_start(start) + self.from_end(end)
 
 
 class MLMDecoder(nn.Module):
@@ -493,7 +519,7 @@ class MLMDecoder(nn.Module):
     def __init__(self, config: PerceiverConfig, input_positions: nn.Embedding) -> None:
         super().__init__()
         c = config
-        self.queries = PositionalQueries(c, input_positions)
+        self.queries = (SpanQueries if c.span_queries else PositionalQueries)(c, input_positions)
         attention = Attention(
             q_dim=c.d_model,
             kv_dim=c.d_latents,
@@ -517,13 +543,15 @@ class MLMDecoder(nn.Module):
         positions: torch.Tensor,
         latent_mask: torch.Tensor | None = None,
         return_weights: bool = False,
+        input_ids: torch.Tensor | None = None,
     ) -> AttentionOutput:
-        """Decode latents [B, N, D] at positions [B, Q] into [B, Q, D]; ``latent_mask`` [B, N] hides latents."""
+        """Decode latents [B, N, D] at positions [B, Q] of inputs [B, L] into [B, Q, D]; ``latent_mask`` [B, N]
+        hides latents."""
         n = latents.shape[1]
         bias = None if self.locality is None else self.locality(positions)[..., :n]  # [B, H, Q, N]
         if latent_mask is not None:
             bias = bias.masked_fill(~latent_mask[:, None, None, :], float("-inf"))
-        return self.cross(self.queries(positions), latents, bias, return_weights)
+        return self.cross(self.queries(positions, input_ids), latents, bias, return_weights)
 
 
 class SavedModel(nn.Module):
@@ -580,7 +608,7 @@ class PerceiverLM(SavedModel):
         if query_positions is None:
             query_positions = torch.arange(length, device=input_ids.device).expand(b, -1)
         encoded = self.encoder(input_ids, attention_mask, return_attentions)
-        decoded = self.decoder(encoded.hidden, query_positions, encoded.latent_mask, return_attentions)
+        decoded = self.decoder(encoded.hidden, query_positions, encoded.latent_mask, return_attentions, input_ids)
         logits = decoded.hidden @ self.encoder.token_embedding.weight.T + self.output_bias  # [B, Q, vocab]
         return PerceiverLMOutput(logits, encoded.weights, decoded.weights)
 

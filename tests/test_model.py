@@ -260,3 +260,29 @@ def test_the_classifier_reads_inputs_longer_than_its_window_and_the_masked_lm_st
     with pytest.raises(ValueError, match="more than max_seq_len=128"):
         PerceiverLM(config)(ids)
     assert model.num_parameters() == 274_214  # reading windows adds no weights (the count before it did)
+
+
+def test_span_queries_know_where_inside_a_masked_run_they_sit():
+    from perceiver_lm.tokenizer import MASK_ID
+
+    model = PerceiverLM(PRESETS["tiny"].replace(span_queries=True)).eval()
+    queries = model.decoder.queries
+    with torch.no_grad():
+        model.encoder.position_embedding.weight.zero_()
+        for table, channel in ((queries.from_start, 0), (queries.from_end, 1)):
+            table.weight.zero_()
+            table.weight[:, channel] = torch.arange(table.num_embeddings, dtype=torch.float)
+    m = MASK_ID
+    ids = torch.tensor([[10, m, m, m, 11, m, 12, m, m], [m, m, 10, 11, 12, 13, 14, 15, m]])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8]])
+    q = queries(positions, ids)
+    # Row 0: unmasked; 1 + k: k bytes after the run's start (channel 0) and before its end (channel 1).
+    assert q[0, :, 0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
+    assert q[0, :, 1].tolist() == [0, 3, 2, 1, 0, 1, 0, 2, 1]
+    assert q[1, :, 0].tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 1]
+    assert q[1, :, 1].tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 1]
+    long = torch.full((1, 100), m)
+    assert queries(torch.tensor([[0, 50, 99]]), long)[0, :, 0].tolist() == [1, 33, 33]  # capped at 32 bytes
+    # Without span queries the same positions get the same queries whatever the input holds.
+    plain = PerceiverLM(PRESETS["tiny"]).decoder.queries
+    assert torch.equal(plain(positions, ids), plain(positions, torch.full_like(ids, 10)))

@@ -64,9 +64,17 @@ RANDOM_START = {"body_lr_scale": 1.0, "freeze_body_steps": 0}
 PRETRAINED_START = {"body_lr_scale": 1.0, "freeze_body_steps": 0}
 
 
+# Model fields that only the masked-LM decoder reads: a classifier built on the body is the same either way.
+MLM_DECODER_ONLY = ("span_queries",)
+
+
 def finetune_defaults(config: PerceiverConfig) -> tuple[str, dict[str, float]]:
     """The preset whose shape ``config`` is (or "base" for any other shape) and its fine-tuning defaults."""
-    name = next((n for n, preset in PRESETS.items() if preset == config and n in FINETUNE_DEFAULTS), "base")
+
+    def same_body(preset: PerceiverConfig) -> bool:
+        return preset == config.replace(**{f: getattr(preset, f) for f in MLM_DECODER_ONLY})
+
+    name = next((n for n, preset in PRESETS.items() if same_body(preset) and n in FINETUNE_DEFAULTS), "base")
     return name, FINETUNE_DEFAULTS[name]
 
 

@@ -110,6 +110,9 @@ def test_finetune_defaults_follow_the_model_shape():
     assert finetune_defaults(PRESETS["small"]) == ("small", FINETUNE_DEFAULTS["small"])
     assert finetune_defaults(PRESETS["base"]) == ("base", {"lr": 5e-5, "warmup_steps": 200})  # the paper's
     assert finetune_defaults(PRESETS["tiny"].replace(num_self_layers=3))[0] == "base"  # any other shape
+    # A field only the masked-LM decoder reads leaves the fine-tuned body, and so its defaults, the preset's.
+    flipped = not PRESETS["small"].span_queries
+    assert finetune_defaults(PRESETS["small"].replace(span_queries=flipped))[0] == "small"
     options, note = with_defaults(GlueOptions(), PRESETS["small"])
     assert (options.lr, options.warmup_steps) == (
         3e-4,
@@ -282,7 +285,9 @@ def test_parameter_groups_carry_the_body_schedule_and_the_loop_applies_it():
     for group in groups:
         body = {names[id(p)].startswith("encoder.") for p in group["params"]}
         assert body == {group["lr_scale"] == 0.25}
-    run = type("R", (), {"schedule": Schedule(10, 1e-3, 0, 1.0, 0, 0, 1, 1, 1, 1), "optimizer": optimizer})
+    run = type(
+        "R", (), {"schedule": Schedule(10, 1e-3, 0, 1.0, 0, 0, 1, 1, 1, 1), "optimizer": optimizer, "horizon": None}
+    )
     _set_lr(run, 4)
     assert {(g["lr_scale"], g["lr"]) for g in groups} == {(1.0, 1e-3), (0.25, 0.0)}
     _set_lr(run, 5)
