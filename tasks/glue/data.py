@@ -26,7 +26,7 @@ from perceiver_lm.options import MAX_SEED
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
 from perceiver_lm.user_files import check_input_file, check_regular_file, check_size
 from perceiver_lm.validation import check_range, shown
-from tasks.glue.tasks import Columns, GlueTask
+from tasks.glue.tasks import TASKS, Columns, GlueTask
 
 
 @dataclass
@@ -235,6 +235,9 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
     """Split ``name`` of ``task`` from the Hub: its dataset, configuration, split names and columns (``task.hub_*``)."""
     hub_name = task.hub_split(name)
     where = task.hub_dataset if task.hub_config is None else f"{task.hub_dataset}/{task.hub_config}"
+    tests = dict(task.test_files)
+    glue = TASKS.get(task.name) is task
+    prefix = f"{'GLUE ' if glue else 'task '}{task.name} {name}: {where}:{hub_name}"
     try:
         import datasets
 
@@ -246,6 +249,8 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             if offline
             else (str(err).strip().splitlines() or [type(err).__name__])[0]
         )
+        if not glue:
+            raise PerceiverLMError(f"task {task.name} {name}: --dataset {where} cannot be loaded: {hint}") from None
         raise PerceiverLMError(
             f"GLUE {task.name} {name}: no --glue-dir given and {task.hub_dataset} cannot be loaded: {hint}; "
             "pass --glue-dir DIR with the original GLUE layout (SST-2/train.tsv, ...)"
@@ -255,8 +260,7 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
     missing = [c for c in columns if c not in rows.column_names]
     if missing:
         raise PerceiverLMError(
-            f"GLUE {task.name} {name}: {where}:{hub_name} has no column {', '.join(map(repr, missing))} "
-            f"(found: {', '.join(rows.column_names)})"
+            f"{prefix} has no column {', '.join(map(repr, missing))} (found: {', '.join(rows.column_names)})"
         )
     split = GlueSplit(task, name, f"{where}:{hub_name}{corruption.describe()}")
     a_key, b_key = task.hub_text[0], (task.hub_text[1] if len(task.hub_text) > 1 else None)
@@ -268,41 +272,93 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             try:
                 split.labels.append(_label_value(task, label))
             except ValueError as err:
-                raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name} row {row_number}: {err}") from None
-        elif label is not None and label != -1:  # the Hub's test splits carry -1: no label
+                raise PerceiverLMError(f"{prefix} row {row_number}: {err}") from None
+        elif label is not None and not (label == -1 and (not task.is_regression or name in tests)):
+            # -1 is the Hub's "no label" (test splits, and class ids); a regression target of -1 is a target.
+            if not np.isfinite(float(label)):
+                raise PerceiverLMError(
+                    f"{prefix}: row {row_number}, column {shown(task.hub_label)}: the target {label} is not finite"
+                )
             split.labels.append(float(label))
     if not split.ids:
-        raise PerceiverLMError(f"GLUE {task.name} {name}: {where}:{hub_name}: no examples")
+        raise PerceiverLMError(f"{prefix}: no examples")
     if split.labels and len(split.labels) != len(split.ids):
         raise PerceiverLMError(
-            f"GLUE {task.name} {name}: {where}:{hub_name}: {len(split.ids) - len(split.labels)} of {len(split.ids)} "
+            f"{prefix}: {len(split.ids) - len(split.labels)} of {len(split.ids)} "
             f"rows have no label in column {shown(task.hub_label)}; a split is labelled throughout or not at all"
         )
     return split
 
 
-# File extension -> (datasets builder, its arguments) for the files of a task of your own.
+# File extension -> (datasets builder, its arguments) for the files of a task of your own that a builder reads
+# (JSON keeps its own types); CSV and TSV are read by `read_delimited`, every cell as text.
 FILE_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
 }
+# TSV: one row a line, quoting off (a text may start with a quote, as GLUE's do); CSV: RFC 4180 quoting.
+DELIMITED: dict[str, dict[str, Any]] = {
+    ".tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE},
+    ".csv": {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL},
+}
+OWN_FILE_KINDS = (".csv", ".tsv", *FILE_BUILDERS)
+
+
+def read_delimited(path: str, dialect: dict[str, Any]) -> dict[str, list[str]]:
+    """The columns of a CSV/TSV file with a header row, every cell the text it holds: nothing is typed, nothing
+    read as missing (``NA``, ``null`` and ``007`` stay what they are), and a row of another width than the
+    header is an error naming its line, so that no row is lost or merged into another."""
+    size = os.stat(path).st_size
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, size + 1))  # no cell is longer than the file (the default is 131,072)
+    try:
+        with open(path, encoding="utf-8-sig", newline="", opener=_nonblocking) as handle:
+            reader = csv.reader(handle, strict=True, **dialect)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    raise PerceiverLMError(f"{path}: no examples")
+                repeated = sorted({c for c in header if header.count(c) > 1})
+                if repeated:
+                    raise PerceiverLMError(f"{path}: line 1: column name(s) {', '.join(map(shown, repeated))} twice")
+                columns: dict[str, list[str]] = {name: [] for name in header}
+                for row in reader:
+                    if not row:  # a blank line holds no row
+                        continue
+                    if len(row) != len(header):
+                        raise PerceiverLMError(
+                            f"{path}: line {reader.line_num}: {len(row)} field(s), the header has {len(header)}"
+                            + (" (quoting is off in TSV files: a tab inside a text splits it)" if "\t" in
+                               dialect["delimiter"] else "")
+                        )  # fmt: skip
+                    for name, cell in zip(header, row, strict=True):
+                        columns[name].append(cell)
+            except csv.Error as err:
+                raise PerceiverLMError(f"{path}: line {reader.line_num}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    finally:
+        csv.field_size_limit(limit)
+    if not next(iter(columns.values()), []):
+        raise PerceiverLMError(f"{path}: no examples")
+    return columns
 
 
 def read_rows(path: str, split: str = "train") -> Any:
     """The rows of one CSV/TSV/JSON/JSON Lines/Parquet file as a `datasets.Dataset`, or one line saying why not."""
     suffix = Path(path).suffix.lower()
-    if suffix not in FILE_BUILDERS:
-        raise PerceiverLMError(f"{path}: expected a {', '.join(FILE_BUILDERS)} file")
+    if suffix not in OWN_FILE_KINDS:
+        raise PerceiverLMError(f"{path}: expected a {', '.join(OWN_FILE_KINDS)} file")
     check_input_file(path, what=f"{suffix[1:].upper()} file")  # datasets would read a FIFO or a device forever
-    builder, kwargs = FILE_BUILDERS[suffix]
     import datasets
 
+    if suffix in DELIMITED:
+        return datasets.Dataset.from_dict(read_delimited(path, DELIMITED[suffix]))
+    builder, kwargs = FILE_BUILDERS[suffix]
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
-    except Exception as err:  # the builders raise many types (pyarrow, pandas, json) for a malformed file
+    except Exception as err:  # the builders raise many types (pyarrow, json) for a malformed file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if "corresponds to no data" in first or Path(path).stat().st_size == 0:  # a header, or nothing at all
             raise PerceiverLMError(f"{path}: no examples") from None

@@ -202,8 +202,8 @@ def _labels_of(own: OwnTask) -> tuple[str, ...]:
     if own.label_column not in rows.column_names:
         raise PerceiverLMError(f"{where}: no column {shown(own.label_column)} (found: {', '.join(rows.column_names)})")
     values = rows.unique(own.label_column)
-    if any(v is None for v in values):
-        row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None)
+    if any(v is None or v == "" for v in values):
+        row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None or v == "")
         raise PerceiverLMError(f"{where}: row {row}, column {shown(own.label_column)}: no label")
     if own.dataset is not None and not all(isinstance(v, str) for v in values):
         raise PerceiverLMError(

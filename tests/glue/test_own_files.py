@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 from perceiver_lm import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
+from perceiver_lm.tokenizer import decode
 from tasks.glue.data import load_split
 from tasks.glue.finetune import GlueOptions, finetune
 from tasks.glue.own import OwnTask, build_task, job_tasks, read_task_file
@@ -275,3 +276,60 @@ def test_the_shipped_imdb_recipe_is_a_valid_options_file(tmp_path):
     data = read_options_file(REPO / "configs" / "imdb_lra.toml")
     options = GlueOptions(**check_fields(GlueOptions, data, "configs/imdb_lra.toml", "GLUE option"))
     assert (options.max_length, options.window, options.model) == (4000, 512, {"d_model": 128, "num_self_layers": 4})
+
+
+def test_own_tsv_and_csv_cells_are_read_as_the_text_they_hold(tmp_path):
+    # Quoting is off in TSV: a text may start with a quote or hold an unclosed one, and every line is one row.
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text(
+        'id\ttext\tlabel\n007\t"quoted" start\t01\n008\tan "unclosed quote\t02\n009\tNA\t01\n'
+        '010\tnull\t02\n011\tNone\t01\n012\t"\t02\n'
+    )
+    task = build_task(OwnTask(str(tsv), str(tsv), id_column="id"))
+    split = load_split(task, "dev", None, 64)
+    assert task.labels == ("01", "02")  # the label names as written, sorted by value
+    assert split.index == ["007", "008", "009", "010", "011", "012"]
+    assert split.labels == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    assert [decode(ids) for ids in split.ids] == ['"quoted" start', 'an "unclosed quote', "NA", "null", "None", '"']
+    # CSV keeps its quoting rules (a quoted cell may hold commas and line breaks), and nothing is typed.
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_text('id,text,label\n007,"a, b\nc",1.50\n008,NA,2\n')
+    regression = build_task(OwnTask(str(csv_file), str(csv_file), id_column="id", type="regression"))
+    split = load_split(regression, "dev", None, 64)
+    assert split.index == ["007", "008"] and split.labels == [1.5, 2.0]
+    assert [decode(ids) for ids in split.ids] == ["a, b\nc", "NA"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("w.tsv", "text\tlabel\na\tx\nb\ty\textra\n", r"w\.tsv: line 3: 3 field\(s\), the header has 2"),
+        ("w.csv", 'text,label\n"a,x\nb,y\n', r"w\.csv: line \d+: unexpected end of data"),
+        ("w.csv", "text,label\na,x\nb\n", r"w\.csv: line 3: 1 field\(s\), the header has 2"),
+        ("w.csv", "text,text\na,x\n", r"w\.csv: line 1: column name\(s\) 'text' twice"),
+        ("w.csv", "text,label\na,x\nb,\n", r"w\.csv: row 2, column 'label': no label"),
+        ("w.tsv", "text\tlabel\na\tNaN\nb\t1\n", r"w\.tsv: row 1, column 'label': the target 'NaN' is not finite"),
+    ],
+)
+def test_own_files_that_would_lose_or_merge_rows_are_one_line_naming_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    kind = "regression" if "NaN" in content else "classification"
+    with pytest.raises(PerceiverLMError, match=message):
+        load_split(build_task(OwnTask(str(path), str(path), type=kind)), "train", None, 64)
+
+
+def test_a_regression_target_of_minus_one_is_a_target_and_nan_is_refused_on_the_dataset_path(tmp_path):
+    import datasets
+
+    folder = tmp_path / "scores"
+    (folder / "data").mkdir(parents=True)
+    for split, values in (("train", [-1.0, 0.5, 2.0]), ("validation", [-1.0, float("nan")])):
+        table = {"text": [f"t{i}" for i in range(len(values))], "label": values}
+        datasets.Dataset.from_dict(table).to_parquet(str(folder / "data" / f"{split}.parquet"))
+    task = build_task(OwnTask(dataset=str(folder), type="regression"))
+    assert load_split(task, "train", None, 64).labels == [-1.0, 0.5, 2.0]
+    with pytest.raises(
+        PerceiverLMError, match=r"task scores dev: .*row 1, column 'label': the target nan is not finite"
+    ):
+        load_split(task, "dev", None, 64)
