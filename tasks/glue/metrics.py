@@ -57,6 +57,11 @@ def metric_names() -> tuple[str, ...]:
     return tuple(_keys())
 
 
+def regression_metric(name: str) -> bool:
+    """Whether metric ``name`` (one of `metric_names`) scores real values rather than class ids."""
+    return _scorers()[_keys()[name]].regression
+
+
 def load_glue_metric(task_name: str, **load_kwargs) -> evaluate.EvaluationModule:
     """A new ``evaluate`` metric for one GLUE task (or list of metric keys), loaded offline from glue_metric.py.
 

@@ -10,6 +10,7 @@ numbers); the saved model keeps its declaration and label names (``TaskSpec.abou
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import read_options_file
 from perceiver_lm.validation import shown
 from tasks.glue.data import label_name, read_rows
-from tasks.glue.metrics import metric_names
+from tasks.glue.metrics import metric_names, regression_metric
 from tasks.glue.options import GlueOptions
 from tasks.glue.tasks import TASKS, Columns, GlueTask, parse_tasks
 
@@ -135,18 +136,27 @@ def build_task(own: OwnTask) -> GlueTask:
         raise PerceiverLMError(
             f"task {name}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(metric_names())}"
         )
+    mismatched = [m for m in metrics if regression_metric(m) != (own.type == "regression")]
+    if mismatched:
+        kind = "regression" if own.type == "regression" else "classification"
+        fits = [m for m in metric_names() if regression_metric(m) == (own.type == "regression")]
+        raise PerceiverLMError(
+            f"task {name}: metric(s) {', '.join(mismatched)} do not score {kind} (choose from {', '.join(fits)})"
+        )
     if "f1" in metrics and len(labels) != 2:
         raise PerceiverLMError(f"task {name}: f1 scores a two-label task (its second label is the positive one)")
     text = (own.text_column,) if own.text_pair_column is None else (own.text_column, own.text_pair_column)
     if own.dataset is not None:
         splits = (("train", own.train_split), ("dev", own.validation_split), ("test", own.test_split))
-        return own_task(
-            name, text, own.label_column, own.id_column, labels, metrics, own.dataset_config, own.dataset, splits
-        )
+        # A local folder is stored absolute (as files are); anything else is a Hub name.
+        dataset = os.path.abspath(own.dataset) if os.path.isdir(own.dataset) else own.dataset
+        columns = (own.label_column, own.id_column)
+        return own_task(name, text, *columns, labels, metrics, own.dataset_config, dataset, splits)
+    # Stored absolute in the model, so that `glue eval` and `glue predict` find them from any folder.
     files = (
-        ("train", own.train_file),
-        ("dev", own.validation_file),
-        *((("test", own.test_file),) if own.test_file else ()),
+        ("train", os.path.abspath(own.train_file)),
+        ("dev", os.path.abspath(own.validation_file)),
+        *((("test", os.path.abspath(own.test_file)),) if own.test_file else ()),
     )
     return own_task(name, text, own.label_column, own.id_column, labels, metrics, files=files)
 

@@ -333,3 +333,19 @@ def test_a_regression_target_of_minus_one_is_a_target_and_nan_is_refused_on_the_
         PerceiverLMError, match=r"task scores dev: .*row 1, column 'label': the target nan is not finite"
     ):
         load_split(task, "dev", None, 64)
+
+
+def test_relative_paths_are_kept_absolute_and_a_metric_of_the_other_kind_is_refused_before_training(
+    tmp_path, monkeypatch
+):
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    _write_jsonl(tmp_path / "t.jsonl", rows)
+    monkeypatch.chdir(tmp_path)
+    task = build_task(OwnTask("t.jsonl", "./t.jsonl"))
+    assert dict(task.files) == {"train": str(tmp_path / "t.jsonl"), "dev": str(tmp_path / "t.jsonl")}
+    with pytest.raises(PerceiverLMError, match=r"task t: metric\(s\) pearson do not score classification"):
+        build_task(OwnTask("t.jsonl", "t.jsonl", metrics=("accuracy", "pearson")))
+    scores = [{"text": "a", "label": 0.5}, {"text": "b", "label": 2}]
+    _write_jsonl(tmp_path / "s.jsonl", scores)
+    with pytest.raises(PerceiverLMError, match=r"task s: metric\(s\) accuracy do not score regression \(choose from "):
+        build_task(OwnTask("s.jsonl", "s.jsonl", type="regression", metrics=("accuracy",)))
