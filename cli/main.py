@@ -321,7 +321,7 @@ def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
 @_command(glue_app, "eval", GlueEvalOptions)
 def _glue_eval(options: GlueEvalOptions) -> None:
     """Score a fine-tuned model on the dev splits of its tasks (optionally with noisy inputs)."""
-    from tasks.glue.predict import evaluate_checkpoint, results_table
+    from tasks.glue.predict import COLUMN_OPTIONS, evaluate_checkpoint, results_table
 
     check_output_file(options.out, "--out")
     o = options
@@ -334,6 +334,7 @@ def _glue_eval(options: GlueEvalOptions) -> None:
         tuple(o.noise),
         o.noise_seed,
         o.validation_file,
+        {name: getattr(o, name) for name in COLUMN_OPTIONS},
     )
     typer.echo(results_table({name: {"scores": s} for name, s in scores.items()}))
     if options.out:
@@ -345,10 +346,11 @@ def _glue_eval(options: GlueEvalOptions) -> None:
 @_command(glue_app, "predict", GluePredictOptions)
 def _glue_predict(options: GluePredictOptions) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""
-    from tasks.glue.predict import predict_test
+    from tasks.glue.predict import COLUMN_OPTIONS, predict_test
 
     o = options
-    written = predict_test(o.checkpoint, o.glue_dir, o.out, o.batch_size, o.overwrite, o.test_file)
+    columns = {name: getattr(o, name) for name in COLUMN_OPTIONS if hasattr(o, name)}
+    written = predict_test(o.checkpoint, o.glue_dir, o.out, o.batch_size, o.overwrite, o.test_file, columns)
     for path in written:
         typer.echo(f"wrote {path}")
 

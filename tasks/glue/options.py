@@ -307,6 +307,10 @@ class GlueEvalOptions:
     validation_file: str | None = option(
         None, "Score the model's task of your own on this file instead of the validation file it trained with."
     )
+    text_column: str | None = option(None, "Column of the texts: checked against the model's task of your own.")
+    text_pair_column: str | None = option(None, "Column of the second texts: checked like --text-column.")
+    label_column: str | None = option(None, "Column of the labels: checked like --text-column.")
+    id_column: str | None = option(None, "Column of the ids: checked like --text-column.")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -333,6 +337,9 @@ class GluePredictOptions:
     test_file: str | None = option(
         None, "Predict the model's task of your own on this file (default: the test file it was declared with)."
     )
+    text_column: str | None = option(None, "Column of the texts: checked against the model's task of your own.")
+    text_pair_column: str | None = option(None, "Column of the second texts: checked like --text-column.")
+    id_column: str | None = option(None, "Column of the ids: checked like --text-column.")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -16,7 +16,7 @@ from perceiver_lm.noise import parse_noise
 from perceiver_lm.options import MAX_SEED
 from perceiver_lm.run_dir import check_output_folder, write_text_atomic
 from perceiver_lm.runtime import make_accelerator
-from perceiver_lm.validation import check_range
+from perceiver_lm.validation import check_range, shown
 from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
 from tasks.glue.metrics import compute_all
 from tasks.glue.own import is_own, model_tasks
@@ -92,19 +92,21 @@ def evaluate_checkpoint(
     noise: Sequence[str] = (),
     noise_seed: int = 0,
     validation_file: str | None = None,
+    columns: dict[str, str | None] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Dev scores of a fine-tuned checkpoint on its tasks (or the ``task_names`` subset of them).
 
     ``noise`` ("KIND:RATE" specs, applied together in order) corrupts the dev texts first, the same
     way for the same ``noise_seed``: robustness to typos, casing and spacing. A task of your own is
-    scored on its validation file, or on ``validation_file`` (a model with one such task).
+    scored on its validation file, or on ``validation_file`` (a model with one such task); ``columns`` are the
+    column options a user repeated, checked against the model's declaration (`check_columns`).
     """
     check_range("--max-eval-examples", max_eval_examples, 0, low_open=True)
     check_range("--noise-seed", noise_seed, 0, MAX_SEED)  # as `glue eval --noise-seed` and every other seed
     corruption = Corruption(tuple(parse_noise(spec) for spec in noise), noise_seed)
     accelerator = make_accelerator()
     model = PerceiverClassifier.from_pretrained(checkpoint)
-    tasks = _tasks(model, task_names, "dev", validation_file, "--validation-file")
+    tasks = _tasks(model, task_names, "dev", validation_file, "--validation-file", columns)
     task_index = {t.name: model.tasks.index(t.name) for t in tasks}
     length = model.tasks.max_length or model.config.max_seq_len
     splits = {
@@ -122,8 +124,47 @@ def evaluate_checkpoint(
     )
 
 
-def _tasks(model: PerceiverClassifier, names: str | None, split: str, file: str | None, option: str) -> list[GlueTask]:
-    """The model's tasks (or the ``names`` subset), a task of your own reading ``split`` from ``file`` if given."""
+COLUMN_OPTIONS = ("text_column", "text_pair_column", "label_column", "id_column")
+
+
+def _declared_column(task: GlueTask, option: str) -> str | None:
+    if option == "text_column":
+        return task.hub_text[0]
+    if option == "text_pair_column":
+        return task.hub_text[1] if len(task.hub_text) > 1 else None
+    return task.hub_label if option == "label_column" else task.hub_index
+
+
+def check_columns(tasks: list[GlueTask], columns: dict[str, str | None]) -> None:
+    """Column options repeated at evaluation or prediction (``COLUMN_OPTIONS``; None: not given) must name the
+    columns the model's tasks of their own were fine-tuned on: a model reads the columns it declared."""
+    own = [t for t in tasks if is_own(t)]
+    for option, value in columns.items():
+        if value is None:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if not own:
+            raise PerceiverLMError(f"{flag} {value}: the model has no task of your own (its columns are GLUE's)")
+        for task in own:
+            declared = _declared_column(task, option)
+            if value != declared:
+                held = "no such column" if declared is None else f"column {shown(declared)}"
+                raise PerceiverLMError(
+                    f"{flag} {value}: the model's task {task.name} reads {held} (declared when it was fine-tuned); "
+                    "give a file with that column, or leave the option out"
+                )
+
+
+def _tasks(
+    model: PerceiverClassifier,
+    names: str | None,
+    split: str,
+    file: str | None,
+    option: str,
+    columns: dict[str, str | None] | None = None,
+) -> list[GlueTask]:
+    """The model's tasks (or the ``names`` subset), a task of your own reading ``split`` from ``file`` if given;
+    ``columns`` are column options to check against the tasks' declarations (`check_columns`)."""
     own = [s.name for s in model.tasks.tasks if s.about is not None and "files" in s.about]
     if file is not None and len(own) != 1:
         raise PerceiverLMError(
@@ -131,6 +172,7 @@ def _tasks(model: PerceiverClassifier, names: str | None, split: str, file: str 
             + (f" ({', '.join(own)})" if own else "")
         )
     tasks = model_tasks(model.tasks, {split: file} if file else None)
+    check_columns(tasks, columns or {})
     if names is None:
         return tasks
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -146,6 +188,7 @@ def predict_test(
     batch_size: int = 64,
     overwrite: bool = False,
     test_file: str | None = None,
+    columns: dict[str, str | None] | None = None,
 ) -> list[Path]:
     """Write test-set predictions: GLUE's submission format (``SST-2.tsv``: ``index<TAB>prediction``), and for a
     task of your own ``NAME.tsv`` with its ids and label names (scores for regression).
@@ -155,7 +198,7 @@ def predict_test(
     """
     out = check_output_folder(out_dir, "--out")
     unwrapped = PerceiverClassifier.from_pretrained(checkpoint)
-    tasks = _tasks(unwrapped, None, "test", test_file, "--test-file")
+    tasks = _tasks(unwrapped, None, "test", test_file, "--test-file", columns)
     plan = []
     for task in tasks:
         if task.files and "test" not in dict(task.files):

@@ -64,30 +64,38 @@ def _options(tmp_path, **fields):
 
 
 def test_a_csv_task_trains_evaluates_and_predicts_label_names_from_the_cli(tmp_path):
-    train = _write_csv(tmp_path / "reviews_train.csv", _reviews(400, 0))
+    _write_csv(tmp_path / "reviews_train.csv", _reviews(400, 0))
     dev = _write_csv(tmp_path / "reviews_dev.csv", _reviews(100, 1))
     test = _write_csv(
         tmp_path / "reviews_test.csv", [{k: v for k, v in r.items() if k != "sentiment"} for r in _reviews(12, 2)]
     )
     env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
 
-    def cli(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=tmp_path, env=env
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+    def cli(*args, cwd=tmp_path, rc=0):
+        done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+        assert done.returncode == rc, done.stderr[-2000:]
+        return done.stdout if rc == 0 else done.stderr
 
     common = ("--preset", "tiny", "--max-steps", "80", "--eval-every", "40", "--batch-size", "16", "--lr", "1e-3")
     shown = cli(
-        "glue", "train", "--train-file", train, "--validation-file", dev, "--test-file", test,
+        "glue", "train", "--train-file", "reviews_train.csv", "--validation-file", dev, "--test-file", test,
         "--text-column", "review", "--label-column", "sentiment", "--id-column", "id",
         "--head-hidden", "32", "--output-dir", str(tmp_path / "run"), *common,
     )  # fmt: skip
     assert "reviews " in shown and "accuracy/f1" in shown
     scores = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())["best"]["reviews"]["scores"]["dev"]
     assert scores["accuracy"] > 90.0, scores
-    assert "reviews" in cli("glue", "eval", str(tmp_path / "run" / "best"))
+    # From another folder (the model keeps its files' absolute paths), repeating the columns it was trained on.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    best = str(tmp_path / "run" / "best")
+    columns = ("--text-column", "review", "--label-column", "sentiment")
+    assert "reviews" in cli("glue", "eval", best, *columns, cwd=elsewhere)
+    refused = cli("glue", "eval", best, "--text-column", "text", rc=2)
+    assert refused.strip().splitlines() == [
+        "error: --text-column text: the model's task reviews reads column 'review' (declared when it was fine-tuned); "
+        "give a file with that column, or leave the option out"
+    ]
     cli("glue", "predict", str(tmp_path / "run" / "best"), "--out", str(tmp_path / "pred"))
     lines = (tmp_path / "pred" / "reviews.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
