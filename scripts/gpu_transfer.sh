@@ -9,7 +9,9 @@
 # then on the GPU, from the repository root:
 #     OUT=folder bash scripts/gpu_transfer.sh
 # Knobs (environment): PRESET (small), BATCH (64 windows of 2,048 bytes), LR (1e-3), PRETRAIN_MINUTES (8),
-# PRETRAIN_STEPS (the cosine's length; 8000), FT_STEPS (600), TASKS (sst2,mrpc,stsb,cola), SEEDS (0).
+# PRETRAIN_STEPS (8000; the cosine ends by PRETRAIN_MINUTES when that comes first), FT_STEPS (600),
+# TASKS (sst2,mrpc,stsb,cola), SEEDS (0), SYNTHETIC_MINUTES (2: the synthetic-transfer benchmark, world seeds
+# 0 and 1, default recipe; 0 skips it).
 set -u
 DATA_OUT=runs/gpu_data
 if [[ ${1:-} == prepare ]]; then
@@ -50,3 +52,9 @@ timeout 360 python3 benchmarks/transfer_study.py --glue-dir "$DATA_OUT/glue" --t
     --labels all --seeds "${SEEDS:-0}" --arms "random,pretrained=$RUNS/pretrain" --preset "${PRESET:-small}" \
     --full-steps "${FT_STEPS:-600}" --evals 3 --runs "$RUNS/finetune" --out "$OUT/transfer_gpu.json" 2>&1 \
     | grep -v "^glue" | tee "$OUT/transfer_gpu.txt"
+if (( ${SYNTHETIC_MINUTES:-2} > 0 )); then
+    echo "== synthetic transfer (benchmarks/synthetic_transfer.py), ${SYNTHETIC_MINUTES:-2} minutes of pretraining"
+    timeout $(( ${SYNTHETIC_MINUTES:-2} * 120 + 300 )) python3 benchmarks/synthetic_transfer.py --seeds 0,1 \
+        --minutes "${SYNTHETIC_MINUTES:-2}" --pretrain-args "--preset small --window 256 --batch-size 32" \
+        --runs "$RUNS/synthetic" --out "$OUT/synthetic_transfer_gpu.json" 2>&1 | tail -8 | tee "$OUT/synthetic_gpu.txt"
+fi
