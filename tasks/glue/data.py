@@ -446,7 +446,8 @@ def load_split(
     dev = dict(task.dev)
     tests = dict(task.test_files)
     if name != "train" and name not in dev and name not in tests:
-        raise PerceiverLMError(f"GLUE {task.name} has no split {shown(name)} (train, {', '.join([*dev, *tests])})")
+        kind = "GLUE " if TASKS.get(task.name) is task else "task "
+        raise PerceiverLMError(f"{kind}{task.name} has no split {shown(name)} (train, {', '.join([*dev, *tests])})")
     if task.files:
         return _file_split(task, name, max_length, corruption)
     if glue_dir is None:

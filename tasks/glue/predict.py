@@ -57,17 +57,22 @@ def eval_loaders(
     return {key: eval_loader(split, task_index[key[0]], batch_size, pin_memory) for key, split in splits.items()}
 
 
+def _kind(task: GlueTask) -> str:
+    """How messages name a task: "GLUE sst2", or "task reviews" for a task of your own."""
+    return "task " if is_own(task) else "GLUE "
+
+
 def check_scorable(splits: dict[tuple[str, str], GlueSplit]) -> None:
     """Refuse a dev split with no example to score, or with no labels to score against: its metrics would be
     computed from nothing (or from NaN labels). Call it before any model work."""
     for (name, split_name), split in splits.items():
         if len(split) == 0:
             raise PerceiverLMError(
-                f"GLUE {name} {split_name}: {split.source}: no example to score (the split is empty)"
+                f"{_kind(split.task)}{name} {split_name}: {split.source}: no example to score (the split is empty)"
             )
         if not split.labeled:
             raise PerceiverLMError(
-                f"GLUE {name} {split_name}: {split.source}: no example to score: the split has no labels "
+                f"{_kind(split.task)}{name} {split_name}: {split.source}: no example to score: the split has no labels "
                 "(a test split?)"
             )
 
@@ -78,7 +83,7 @@ def evaluate_splits(model, loaders, tasks_by_name, task_index, accelerator) -> d
         task = tasks_by_name[name]
         preds, labels = predict_split(model, loader, task_index[name], task, accelerator)
         if len(labels) == 0 or np.isnan(labels).any():  # `check_scorable` refuses these before any work
-            raise PerceiverLMError(f"GLUE {name} {split}: no labelled example to score")
+            raise PerceiverLMError(f"{_kind(task)}{name} {split}: no labelled example to score")
         scores.setdefault(name, {})[split] = compute_all(task.metrics, preds, labels)
     return scores
 

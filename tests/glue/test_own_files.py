@@ -351,6 +351,8 @@ def test_relative_paths_are_kept_absolute_and_a_metric_of_the_other_kind_is_refu
     monkeypatch.chdir(tmp_path)
     task = build_task(OwnTask("t.jsonl", "./t.jsonl"))
     assert dict(task.files) == {"train": str(tmp_path / "t.jsonl"), "dev": str(tmp_path / "t.jsonl")}
+    with pytest.raises(PerceiverLMError, match=r"^task t has no split 'matched' \(train, dev, test\)$"):
+        load_split(task, "matched", None, 64)  # a task of your own is not spoken of as GLUE
     with pytest.raises(PerceiverLMError, match=r"task t: metric\(s\) pearson do not score classification"):
         build_task(OwnTask("t.jsonl", "t.jsonl", metrics=("accuracy", "pearson")))
     scores = [{"text": "a", "label": 0.5}, {"text": "b", "label": 2}]
