@@ -261,6 +261,10 @@ def test_two_cpu_processes_with_gloo_train_on_different_windows_and_save_the_mod
         f"pretrain(TrainingOptions(data=[{str(letters_file)!r}], output_dir={str(tmp_path / 'ddp')!r}, batch_size=4, "
         "max_steps=8, eval_every=4, eval_windows=8, save_every=8, report_to='none'), PRESETS['tiny'])\n"
         f"open({str(tmp_path)!r} + f'/rank{{captured[\"rank\"]}}.json', 'w').write(json.dumps(captured))\n"
+        # A launched script ends its process group, as the CLI does: a gloo group torn down at interpreter exit
+        # while the other rank is already gone may abort ("terminate called without an active exception").
+        "from perceiver_lm.runtime import end_processes\n"
+        "end_processes()\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -344,6 +348,8 @@ def test_two_processes_stream_train_and_resume_without_dispatching_from_rank_0(t
         "pretrain(TrainingOptions(dataset=data, streaming=True, output_dir=out, batch_size=4, max_steps=steps, "
         "eval_every=4, eval_windows=4, save_every=4, keep_checkpoints=2, report_to='none', mixed_precision='no', "
         "resume=resume), PRESETS['tiny'])\n"
+        "from perceiver_lm.runtime import end_processes\n"
+        "end_processes()\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
