@@ -71,14 +71,8 @@ def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
 
 
 def _label_value(task: GlueTask, raw: str) -> float:
-    if task.is_regression:
-        value = float(raw)  # ValueError is reported with the line by the caller
-        if not np.isfinite(value):
-            raise ValueError(f"score {shown(raw)} is not finite")
-        return value
-    if raw not in task.labels:
-        raise ValueError(f"label {shown(raw)} is not one of {', '.join(task.labels)}")
-    return float(task.labels.index(raw))
+    """The target of a label string; ValueError is reported with the line by the caller."""
+    return task.kind.target(raw, task.labels)
 
 
 def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int | None:
@@ -273,7 +267,7 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
                 split.labels.append(_label_value(task, label))
             except ValueError as err:
                 raise PerceiverLMError(f"{prefix} row {row_number}: {err}") from None
-        elif label is not None and not (label == -1 and (not task.is_regression or name in tests)):
+        elif label is not None and not (label == -1 and (not task.kind.regression or name in tests)):
             # -1 is the Hub's "no label" (test splits, and class ids); a regression target of -1 is a target.
             if not np.isfinite(float(label)):
                 raise PerceiverLMError(
@@ -399,27 +393,10 @@ def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corrupti
 
 
 def _row_label(task: GlueTask, value: Any, where: str) -> float:
-    if task.is_regression:
-        try:
-            score = float(value)
-        except (TypeError, ValueError):
-            raise PerceiverLMError(f"{where}: expected a number (a regression target), got {shown(value)}") from None
-        if not np.isfinite(score):
-            raise PerceiverLMError(f"{where}: the target {shown(value)} is not finite")
-        return score
-    name = label_name(value)
-    if name not in task.labels:
-        raise PerceiverLMError(
-            f"{where}: label {shown(name)} is not one of the training labels ({', '.join(task.labels)})"
-        )
-    return float(task.labels.index(name))
-
-
-def label_name(value: Any) -> str:
-    """A label value of a file as the label's name: strings as they are, whole numbers without ".0"."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
+    try:
+        return task.kind.target(value, task.labels)
+    except ValueError as err:
+        raise PerceiverLMError(f"{where}: {err}") from None
 
 
 def load_split(

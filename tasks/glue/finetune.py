@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from perceiver_lm import checkpoint as ckpt
@@ -149,10 +148,8 @@ def _pretrained_window(options: GlueOptions, notes: list[str]) -> GlueOptions:
 
 
 def task_loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for classification, mean squared error for regression (STS-B)."""
-    if task.is_regression:
-        return F.mse_loss(logits[:, 0].float(), labels)
-    return F.cross_entropy(logits.float(), labels.long())
+    """The loss of the task's kind: cross-entropy for classification, mean squared error for regression."""
+    return task.kind.loss(logits, labels)
 
 
 class GlueTraining:

@@ -20,7 +20,8 @@ from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import read_options_file
 from perceiver_lm.validation import shown
-from tasks.glue.data import label_name, read_rows
+from tasks.glue.data import read_rows
+from tasks.glue.kinds import TaskKind, kind_named, label_name
 from tasks.glue.metrics import metric_names, regression_metric
 from tasks.glue.options import GlueOptions
 from tasks.glue.tasks import TASKS, Columns, GlueTask, parse_tasks
@@ -121,27 +122,29 @@ def _sorted_labels(values: set[str]) -> tuple[str, ...]:
         return tuple(sorted(values))
 
 
+def _kind(name: str, where: str) -> TaskKind:
+    try:
+        return kind_named(name, where)
+    except ValueError as err:
+        raise PerceiverLMError(str(err)) from None
+
+
 def build_task(own: OwnTask) -> GlueTask:
     """The `GlueTask` of a task of your own, with its labels read from its training file."""
     name = own.task_name()
-    if own.type not in ("classification", "regression"):
-        raise PerceiverLMError(f"task {name}: type must be classification or regression, got {shown(own.type)}")
-    labels: tuple[str, ...] = ()
-    if own.type == "classification":
-        labels = _labels_of(own)
-    default = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",) if labels else ("pearson", "spearman")
-    metrics = tuple(own.metrics) or default
+    kind = _kind(own.type, f"task {name}")
+    labels = _labels_of(own) if kind.named_labels else ()
+    metrics = tuple(own.metrics) or kind.default_metrics(labels)
     unknown = [m for m in metrics if m not in metric_names()]
     if unknown:
         raise PerceiverLMError(
             f"task {name}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(metric_names())}"
         )
-    mismatched = [m for m in metrics if regression_metric(m) != (own.type == "regression")]
+    mismatched = [m for m in metrics if regression_metric(m) != kind.regression]
     if mismatched:
-        kind = "regression" if own.type == "regression" else "classification"
-        fits = [m for m in metric_names() if regression_metric(m) == (own.type == "regression")]
+        fits = [m for m in metric_names() if regression_metric(m) == kind.regression]
         raise PerceiverLMError(
-            f"task {name}: metric(s) {', '.join(mismatched)} do not score {kind} (choose from {', '.join(fits)})"
+            f"task {name}: metric(s) {', '.join(mismatched)} do not score {kind.name} (choose from {', '.join(fits)})"
         )
     if "f1" in metrics and len(labels) != 2:
         raise PerceiverLMError(f"task {name}: f1 scores a two-label task (its second label is the positive one)")
@@ -151,14 +154,14 @@ def build_task(own: OwnTask) -> GlueTask:
         # A local folder is stored absolute (as files are); anything else is a Hub name.
         dataset = os.path.abspath(own.dataset) if os.path.isdir(own.dataset) else own.dataset
         columns = (own.label_column, own.id_column)
-        return own_task(name, text, *columns, labels, metrics, own.dataset_config, dataset, splits)
+        return own_task(name, text, *columns, labels, metrics, own.dataset_config, dataset, splits, kind=kind)
     # Stored absolute in the model, so that `glue eval` and `glue predict` find them from any folder.
     files = (
         ("train", os.path.abspath(own.train_file)),
         ("dev", os.path.abspath(own.validation_file)),
         *((("test", os.path.abspath(own.test_file)),) if own.test_file else ()),
     )
-    return own_task(name, text, own.label_column, own.id_column, labels, metrics, files=files)
+    return own_task(name, text, own.label_column, own.id_column, labels, metrics, files=files, kind=kind)
 
 
 def own_task(
@@ -172,6 +175,7 @@ def own_task(
     dataset: str = "",
     splits: tuple[tuple[str, str], ...] = OWN_SPLITS,
     files: tuple[tuple[str, str], ...] = (),
+    kind: TaskKind | None = None,
 ) -> GlueTask:
     """The `GlueTask` of a task of your own: from a dataset (its configuration and splits) or from ``files``."""
     pair = text[1] if len(text) > 1 else None
@@ -190,6 +194,7 @@ def own_task(
         hub_index=id_column,
         hub_splits=splits,
         files=files,
+        task_kind=kind,
     )
 
 
@@ -270,6 +275,7 @@ def _about(task: GlueTask) -> dict[str, Any]:
         "id_column": task.hub_index,
         "labels": list(task.labels),
         "metrics": list(task.metrics),
+        "type": task.kind.name,
     }
 
 
@@ -297,6 +303,8 @@ def model_tasks(tasks: MultiTaskConfig, files: dict[str, str] | None = None) -> 
                 about.get("dataset", ""),
                 tuple(about["splits"].items()) if "splits" in about else OWN_SPLITS,
                 tuple({**about.get("files", {}), **(files or {})}.items()),
+                # Models saved before the kinds were named: label names, or a score.
+                _kind(about.get("type") or ("classification" if about["labels"] else "regression"), spec.name),
             )
         )
     return out

@@ -29,7 +29,7 @@ def primary_score(task: GlueTask, scores: dict[str, dict[str, float]]) -> float:
 
 
 def predictions_of(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, 0].float() if task.is_regression else logits.argmax(-1).float()
+    return task.kind.predictions(logits)
 
 
 @torch.no_grad()
@@ -232,11 +232,8 @@ def predict_test(
 
 def _write_predictions(path: Path, task: GlueTask, split: GlueSplit, preds: np.ndarray) -> Path:
     # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
-    if task.is_regression:
-        low, high = (-np.inf, np.inf) if is_own(task) else (0.0, 5.0)  # STS-B's scores lie in [0, 5]
-        values = [f"{float(np.clip(p, low, high)):.3f}" for p in preds]
-    else:
-        values = [task.labels[int(p)] for p in preds]
+    bounds = None if is_own(task) else (0.0, 5.0)  # STS-B's scores lie in [0, 5]
+    values = [task.kind.text(p, task.labels, bounds) for p in preds]
     ids = split.index or [str(i) for i in range(len(split))]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True)))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.validation import shown
+from tasks.glue.kinds import Classification, Regression, TaskKind
 
 # Our split names -> nyu-mll/glue's; a split not listed (the test splits: "test", "test_matched", ...) is named alike.
 GLUE_HUB_SPLITS: tuple[tuple[str, str], ...] = (
@@ -50,7 +51,7 @@ class GlueTask:
     hub_text: tuple[str, ...]  # text columns on the Hub (one, or a pair)
     labeled: Columns  # train and dev files
     test: Columns
-    labels: tuple[str, ...]  # () = regression
+    labels: tuple[str, ...]  # label names of a classification; () for a score
     metrics: tuple[str, ...]  # the first is the paper's (docs/design.md); model selection and the sweep use it
     dev: tuple[tuple[str, str], ...] = (("dev", "dev"),)  # (split name, file stem); Hub split: hub_splits
     test_files: tuple[tuple[str, str], ...] = (("test", "test"),)  # (file stem, submission file stem)
@@ -64,18 +65,28 @@ class GlueTask:
     # A task of your own from files: (our split name, file path), read with `datasets`' csv/json/parquet
     # builders by extension (.tsv is tab-separated); its label column holds label names (``labels``), not ids.
     files: tuple[tuple[str, str], ...] = ()
+    # What the labels are (`tasks.glue.kinds`); None: classification when there are label names, else regression
+    # (the GLUE table's tasks).
+    task_kind: TaskKind | None = None
 
     def hub_split(self, name: str) -> str:
         """The Hub split of our split ``name`` ("dev" -> "validation"); a split not in hub_splits is named alike."""
         return dict(self.hub_splits).get(name, name)
 
     @property
+    def kind(self) -> TaskKind:
+        """What the task's labels are (`tasks.glue.kinds`): label names to choose from, or a score."""
+        if self.task_kind is not None:
+            return self.task_kind
+        return Classification() if self.labels else Regression()
+
+    @property
     def num_outputs(self) -> int:
-        return len(self.labels) or 1
+        return self.kind.num_outputs(self.labels)
 
     @property
     def is_regression(self) -> bool:
-        return not self.labels
+        return self.kind.regression
 
 
 _PAIR_INDEXED = Columns("sentence1", "sentence2", "label", index="index")

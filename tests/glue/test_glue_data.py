@@ -69,7 +69,9 @@ def test_malformed_rows_name_file_and_line_or_are_counted(tmp_path, capsys):
     assert "skipped 2 malformed row(s)" in capsys.readouterr().err
     header, row, _, _ = LAYOUTS["STS-B"]
     write_file(tmp_path / "STS-B" / "dev.tsv", header, [row("a", "b", "2.5", "0"), row("a", "b", "high", "1")])
-    with pytest.raises(PerceiverLMError, match=r"STS-B/dev.tsv: line 3: could not convert string to float: 'high'"):
+    with pytest.raises(
+        PerceiverLMError, match=r"STS-B/dev.tsv: line 3: expected a number \(a regression target\), got 'high'"
+    ):
         load_split(TASKS["stsb"], "dev", tmp_path, 64)
     write_file(tmp_path / "SST-2" / "train.tsv", header=["text", "label"], rows=[["a", "1"]])
     with pytest.raises(PerceiverLMError, match=r"SST-2/train.tsv: line 1: header has no column 'sentence'"):
