@@ -207,10 +207,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    arms = sorted({run["arm"] for run in results["runs"].values()})
+    palette = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
+    color = {arm: palette(i) for i, arm in enumerate(arms)}  # one colour per arm in both panels
     for run in results["runs"].values():
         curve = run["pretrain"]["curve"]
         left.plot(
-            [c["elapsed_s"] / 60 for c in curve], [c["bits_per_byte"] for c in curve], alpha=0.6, label=run["arm"]
+            [c["elapsed_s"] / 60 for c in curve],
+            [c["bits_per_byte"] for c in curve],
+            alpha=0.7,
+            label=run["arm"],
+            color=color[run["arm"]],
         )
     left.axhline(results["world"]["mlm_floor_bits_per_masked_byte"], color="k", ls="--", label="floor")
     left.axhline(results["world"]["letters_at_random"], color="grey", ls=":", label="letters at random")
@@ -223,7 +230,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for arm, rows in by_arm.items():
         xs = [r["minutes"] for r in rows if r["gap"]]
         means = [statistics.mean(r["gap"]) for r in rows if r["gap"]]
-        right.plot(xs, means, "o-", label=arm)
+        right.plot(xs, means, "o-", label=arm, color=color[arm])
         for r in rows:
             right.scatter([r["minutes"]] * len(r["gap"]), r["gap"], s=8, color="grey")
     right.axhline(0, color="k", lw=0.5)

@@ -201,11 +201,7 @@ class TrainingOptions:
     batch_size: int = option(4, "Windows per batch per process.", data_order=True)
     grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.", data_order=True)
     max_steps: int = option(5000, "Optimizer steps to train (the cosine schedule spans them).")
-    max_minutes: float | None = option(
-        None,
-        "Stop (and checkpoint) after this many minutes of training; the cosine schedule then ends by this time "
-        "when it comes before --max-steps (its last step projected from the pace so far).",
-    )
+    max_minutes: float | None = option(None, "Stop (and checkpoint) after this many minutes of training.")
     optimizer: Literal["adamw", "lamb"] = option("adamw", "Optimizer: adamw or lamb.")
     lr: float = option(5e-4, "Peak learning rate.")
     weight_decay: float = option(0.01, "Decoupled weight decay on weight matrices.")

@@ -69,9 +69,8 @@ class Schedule:
         names = [f.name for f in dataclasses.fields(cls) if f.name not in fields]
         return cls(**{name: getattr(options, name) for name in names if hasattr(options, name)}, **fields)
 
-    def lr_at(self, step: int, horizon: int | None = None) -> float:
-        """The rate at ``step`` of a warm-up + cosine that ends at ``horizon`` (default: max_steps)."""
-        return self.lr * warmup_cosine(step, self.warmup_steps, horizon or self.max_steps, self.min_lr_ratio)
+    def lr_at(self, step: int) -> float:
+        return self.lr * warmup_cosine(step, self.warmup_steps, self.max_steps, self.min_lr_ratio)
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
@@ -153,9 +152,6 @@ class Run:
     place_batches: bool = False  # the train loader is not Accelerate's: move its batches to the device here
     card: list[str] = field(default_factory=list)  # the job's model-card lines
     fingerprints: dict[str, str] = field(default_factory=dict)  # what the data files hold (`data_fingerprints`)
-    # Under --max-minutes: the step the run is projected to stop at, from its pace so far (None: max_steps).
-    # The cosine decays by then, so a run cut short by time ends at its low rate like one that ran its steps.
-    horizon: int | None = None
 
     def say(self, message: str) -> None:
         self.accelerator.print(message, file=sys.stderr, flush=True)
@@ -262,12 +258,11 @@ class _RunningLoss:
         self.sums[:, slot, 1] += 1
 
     def read(
-        self, window: int, accelerator: Any, flags: tuple[bool, ...] = (), reset: bool = True, seconds: float = 0.0
-    ) -> tuple[dict[str, float], list[bool], float]:
-        """Mean loss per slot over all processes since the window was last reset, for each of ``flags``
-        whether any process raised it (processes agree on stopping this way), and ``seconds``' mean over
-        the processes (so that they agree on the pace too)."""
-        raised = torch.tensor([float(f) for f in flags] + [seconds], device=self.sums.device)
+        self, window: int, accelerator: Any, flags: tuple[bool, ...] = (), reset: bool = True
+    ) -> tuple[dict[str, float], list[bool]]:
+        """Mean loss per slot over all processes since the window was last reset, and for each of ``flags``
+        whether any process raised it (processes agree on stopping this way)."""
+        raised = torch.tensor([float(f) for f in flags], device=self.sums.device)
         values = torch.cat([self.sums[window].flatten(), raised])
         if accelerator.num_processes > 1:
             values = accelerator.reduce(values, "sum")
@@ -275,8 +270,7 @@ class _RunningLoss:
         if reset:
             self.sums[window].zero_()
         means = {s: host[2 * i] / host[2 * i + 1] for i, s in enumerate(self.slots) if host[2 * i + 1]}
-        raised_host = host[len(host) - len(flags) - 1 : -1]
-        return means, [v > 0 for v in raised_host], host[-1] / accelerator.num_processes
+        return means, [v > 0 for v in host[len(host) - len(flags) :]]
 
 
 def step_seed(seed: int, micro_step: int, world: int, rank: int) -> int:
@@ -320,7 +314,7 @@ def fit(run: Run, job: Job, state: TrainState) -> TrainState:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            lr = run.schedule.lr_at(state.step - 1, run.horizon)  # the schedule's rate this step used
+            lr = run.schedule.lr_at(state.step - 1)  # the schedule's rate this step used
             _set_lr(run, state.step)
             if progress is not None:
                 progress.update(1)
@@ -360,7 +354,7 @@ def _progress_bar(run: Run, job: Job, state: TrainState):
 
 def _set_lr(run: Run, step: int) -> None:
     """The schedule's rate for ``step``, times each group's ``lr_scale``; 0 before its ``start_step``."""
-    rate = run.schedule.lr_at(step, run.horizon)
+    rate = run.schedule.lr_at(step)
     for group in run.optimizer.param_groups:
         group["lr"] = rate * group.get("lr_scale", 1.0) if step >= group.get("start_step", 0) else 0.0
 
@@ -407,13 +401,9 @@ def _after_step(
     if not (log_due or eval_due or save_due or (single and (out_of_time or terminated))):
         return False  # no host sync on an ordinary step
     # The processes agree here on stopping (one reduce); several processes check the clock and SIGTERM only here.
-    means, (out_of_time, terminated), this_run = losses.read(
-        losses.SINCE_LOG, accelerator, (out_of_time, terminated), reset=log_due or done, seconds=clock.this_run()
+    means, (out_of_time, terminated) = losses.read(
+        losses.SINCE_LOG, accelerator, (out_of_time, terminated), reset=log_due or done
     )
-    if limit is not None and not done and not out_of_time and step > clock.start_step:
-        pace = (step - clock.start_step) / max(this_run, 1e-9)  # steps per second so far
-        run.horizon = max(step + 1, min(schedule.max_steps, step + int((limit - this_run) * pace)))
-        _set_lr(run, step)
     if not all(map(math.isfinite, means.values())):
         raise PerceiverLMError(
             f"step {step}: the training loss is not finite (lr {lr:g}); stopped without saving these weights (the "

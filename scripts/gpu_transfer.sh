@@ -9,7 +9,7 @@
 # then on the GPU, from the repository root:
 #     OUT=folder bash scripts/gpu_transfer.sh
 # Knobs (environment): PRESET (small), BATCH (64 windows of 2,048 bytes), LR (1e-3), PRETRAIN_MINUTES (8),
-# PRETRAIN_STEPS (8000; the cosine ends by PRETRAIN_MINUTES when that comes first), FT_STEPS (600),
+# PRETRAIN_STEPS (the cosine's length; 8000), FT_STEPS (600),
 # TASKS (sst2,mrpc,stsb,cola), SEEDS (0), SYNTHETIC_MINUTES (2: the synthetic-transfer benchmark, world seeds
 # 0 and 1, default recipe; 0 skips it).
 set -u

@@ -8,12 +8,12 @@ fine-tuning asks which kind a task is. A new kind is one class here (and its met
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, Protocol
 
 from perceiver_lm.validation import shown
+
+if TYPE_CHECKING:  # torch is imported where a loss is computed: the CLI builds its commands without it
+    import torch
 
 
 def label_name(value: Any) -> str:
@@ -65,6 +65,8 @@ class Classification:
         return float(labels.index(name))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits.float(), targets.long())
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,8 @@ class Regression:
         return score
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.mse_loss(logits[:, 0].float(), targets)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:

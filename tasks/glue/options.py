@@ -122,9 +122,7 @@ class GlueOptions:
     epochs: float = option(10.0, "Passes over the (mixed) training data (paper: 10).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides --epochs for the schedule).")
     max_minutes: float | None = option(
-        None,
-        "Stop (evaluate and checkpoint) after this many minutes of training; the schedule then ends by this time "
-        "when it comes before the last step (projected from the pace so far).",
+        None, "Stop (evaluate and checkpoint) after this many minutes of training; the schedule still spans the steps."
     )
     batch_size: int = option(32, "Examples per batch per process (paper grid: 16, 32, 64).", data_order=True)
     grad_accum: int = option(1, "Gradient accumulation steps per optimizer step.", data_order=True)

@@ -285,9 +285,7 @@ def test_parameter_groups_carry_the_body_schedule_and_the_loop_applies_it():
     for group in groups:
         body = {names[id(p)].startswith("encoder.") for p in group["params"]}
         assert body == {group["lr_scale"] == 0.25}
-    run = type(
-        "R", (), {"schedule": Schedule(10, 1e-3, 0, 1.0, 0, 0, 1, 1, 1, 1), "optimizer": optimizer, "horizon": None}
-    )
+    run = type("R", (), {"schedule": Schedule(10, 1e-3, 0, 1.0, 0, 0, 1, 1, 1, 1), "optimizer": optimizer})
     _set_lr(run, 4)
     assert {(g["lr_scale"], g["lr"]) for g in groups} == {(1.0, 1e-3), (0.25, 0.0)}
     _set_lr(run, 5)
