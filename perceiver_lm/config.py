@@ -356,11 +356,13 @@ def get_preset(name: str) -> PerceiverConfig:
 class TaskSpec:
     """One task of the multi-task query decoder: its name and output count (1 = regression), and for a task
     that is not built in, ``about``: how it reads its data (a JSON table its job writes and reads back, so
-    that evaluation and prediction read the model's own columns and label names)."""
+    that evaluation and prediction read the model's own columns and label names). A ``per_word`` task (tagging)
+    has an output per word, decoded by positional queries at the words' first bytes instead of the task query."""
 
     name: str
     num_outputs: int
     about: dict[str, Any] | None = None
+    per_word: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,9 @@ class MultiTaskConfig:
     # Bytes per window when an input is longer than that (read as consecutive windows); None: the model's
     # max_seq_len. Shorter windows cost less per byte (the cross-attention of a window grows with its square).
     window: int | None = None
+    # Per-word tasks: each word's output also reads the byte features at its first byte (the word itself, through
+    # the byte encoder's n-grams and convolutions), beside what its positional query gathers from the latents.
+    word_features: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -394,6 +399,7 @@ class MultiTaskConfig:
                 and task.name.isidentifier()
                 and matches(int, task.num_outputs)
                 and 1 <= task.num_outputs <= 1024
+                and isinstance(task.per_word, bool)
             ):
                 raise PerceiverLMError(
                     f"task config: bad task {shown(task)} (names are identifiers, num_outputs an integer in 1..1024)"
@@ -409,6 +415,8 @@ class MultiTaskConfig:
             )
         if self.window is not None and (not matches(int, self.window) or not 1 <= self.window <= 1 << 24):
             raise PerceiverLMError(f"task config: window must be an integer in 1..16777216, got {shown(self.window)}")
+        if not isinstance(self.word_features, bool):
+            raise PerceiverLMError(f"task config: word_features must be true or false, got {shown(self.word_features)}")
         if self.query_heads is not None and (not matches(int, self.query_heads) or not 1 <= self.query_heads <= 1024):
             raise PerceiverLMError(
                 f"task config: query_heads must be an integer in 1..1024, got {shown(self.query_heads)}"
@@ -425,6 +433,15 @@ class MultiTaskConfig:
                 )
         return heads
 
+    @property
+    def sentence_tasks(self) -> tuple[int, ...]:
+        """Indices of the tasks read by a task query (one output per example), in order."""
+        return tuple(i for i, t in enumerate(self.tasks) if not t.per_word)
+
+    @property
+    def has_word_tasks(self) -> bool:
+        return any(t.per_word for t in self.tasks)
+
     def index(self, name: str) -> int:
         for i, task in enumerate(self.tasks):
             if task.name == name:
@@ -432,10 +449,15 @@ class MultiTaskConfig:
         raise PerceiverLMError(f"this model has no task {shown(name)}; it has: {', '.join(t.name for t in self.tasks)}")
 
     def to_dict(self) -> dict[str, Any]:
-        tasks = [{k: v for k, v in dataclasses.asdict(t).items() if k != "about" or v is not None} for t in self.tasks]
+        # Fields at their defaults are left out: a sentence-task model's tasks.json reads as before they existed.
+        tasks = [
+            {k: v for k, v in dataclasses.asdict(t).items() if k in ("name", "num_outputs") or v not in (None, False)}
+            for t in self.tasks
+        ]
         out = {"tasks": tasks, "head_hidden": self.head_hidden}
         optional = {"query_heads": self.query_heads, "max_length": self.max_length, "window": self.window}
-        return {**out, **{k: v for k, v in optional.items() if v is not None}}
+        flags = {"word_features": True} if self.word_features else {}
+        return {**out, **{k: v for k, v in optional.items() if v is not None}, **flags}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "task config") -> MultiTaskConfig:
@@ -443,7 +465,7 @@ class MultiTaskConfig:
         tasks = data.get("tasks") if isinstance(data, dict) else None
         if not isinstance(tasks, list) or not all(
             isinstance(t, dict)
-            and {"name", "num_outputs"} <= set(t) <= {"name", "num_outputs", "about"}
+            and {"name", "num_outputs"} <= set(t) <= {"name", "num_outputs", "about", "per_word"}
             and isinstance(t.get("about"), (dict, type(None)))
             for t in tasks
         ):
@@ -451,7 +473,12 @@ class MultiTaskConfig:
         try:
             specs = tuple(TaskSpec(**t) for t in tasks)
             return cls(
-                specs, data.get("head_hidden", 768), data.get("query_heads"), data.get("max_length"), data.get("window")
+                specs,
+                data.get("head_hidden", 768),
+                data.get("query_heads"),
+                data.get("max_length"),
+                data.get("window"),
+                data.get("word_features", False),
             )
         except PerceiverLMError as err:
             raise PerceiverLMError(f"{source}: {err}") from None

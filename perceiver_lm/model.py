@@ -48,13 +48,14 @@ class PerceiverLMOutput:
 
     logits: torch.Tensor
     """Masked LM: [B, Q, vocab] logits at the decoded positions. Classifier: [B, C] outputs of the task's head
-    (C = 1 for regression)."""
+    (C = 1 for regression); [B, Q, C] for a per-word task, an output per word."""
     encoder_attention: torch.Tensor | None = None
     """[B, H, N, L] encoder cross-attention weights (latents over bytes), pre-dropout. A classifier input read
     as K windows of W bytes: [B, K, H, N, W], window k's latents over window k's bytes."""
     decoder_attention: torch.Tensor | None = None
     """[B, H, Q, N] decoder cross-attention weights (queries over latents; the classifier's one task query:
-    Q = 1), pre-dropout. Read as K windows: [B, H, 1, K*N], the latents of window 0, then window 1, ..."""
+    Q = 1; a per-word task's word queries: Q words), pre-dropout. Read as K windows: [B, H, Q, K*N], the latents
+    of window 0, then window 1, ... (a word reads its own window's: the others' weights are 0)."""
 
 
 ClassifierOutput = PerceiverLMOutput  # the name `PerceiverClassifier.forward`'s output had; the same class
@@ -340,6 +341,7 @@ class EncoderOutput:
     hidden: torch.Tensor  # [B, N, D] latents after the processor
     weights: torch.Tensor | None  # [B, H, N, L] encoder cross-attention weights, when asked for
     latent_mask: torch.Tensor | None  # [B, N] True where a latent holds the example's text (trimmed latents)
+    features: torch.Tensor | None = None  # [B, L, D] the byte features the latents read
 
 
 class PerceiverEncoder(nn.Module):
@@ -445,7 +447,7 @@ class PerceiverEncoder(nn.Module):
                 h = checkpoint(lambda t, layer=layer: layer(t, None, self_mask).hidden, h, use_reentrant=False)
             else:
                 h = layer(h, None, self_mask).hidden
-        return EncoderOutput(h, encoded.weights, latent_mask)
+        return EncoderOutput(h, encoded.weights, latent_mask, x)
 
 
 def _init_weights(model: nn.Module, config: PerceiverConfig) -> None:
@@ -550,7 +552,8 @@ class MLMDecoder(nn.Module):
         n = latents.shape[1]
         bias = None if self.locality is None else self.locality(positions)[..., :n]  # [B, H, Q, N]
         if latent_mask is not None:
-            bias = bias.masked_fill(~latent_mask[:, None, None, :], float("-inf"))
+            keep = latent_mask[:, None, None, :]  # [B, 1, 1, N]
+            bias = keep if bias is None else bias.masked_fill(~keep, float("-inf"))
         return self.cross(self.queries(positions, input_ids), latents, bias, return_weights)
 
 
@@ -620,41 +623,55 @@ class PerceiverLM(SavedModel):
 
 
 class TaskQueries(nn.Module):
-    """Multi-task decoder queries: one learned vector per task, at the latent width."""
+    """Multi-task decoder queries: one learned vector per task read by a query, at the latent width."""
 
     def __init__(self, num_tasks: int, dim: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_tasks, dim)
 
-    def forward(self, task_index: int, batch_size: int) -> torch.Tensor:
-        """Queries [B, 1, D] for every example of a batch of one task."""
-        return self.embedding.weight[task_index].expand(batch_size, 1, -1)
+    def forward(self, slot: int, batch_size: int) -> torch.Tensor:
+        """Queries [B, 1, D] for every example of a batch of the task in row ``slot``."""
+        return self.embedding.weight[slot].expand(batch_size, 1, -1)
+
+
+def _head(width: int, hidden: int, outputs: int) -> nn.Sequential:
+    # A 2-layer tanh MLP per task, as in the Perceiver IO paper's GLUE heads.
+    return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, outputs))
 
 
 class TaskDecoder(nn.Module):
-    """Latents -> one output per example: the task's query cross-attends, the task's head reads it out."""
+    """Latents -> outputs of one task.
 
-    def __init__(self, config: PerceiverConfig, tasks: MultiTaskConfig) -> None:
+    A sentence task's learned query cross-attends to the latents and its head reads one output per example
+    ([B, C]). A per-word task (tagging) asks the positional-query decoder of masked-LM pretraining
+    (`MLMDecoder`, ``words``) for the bytes where its words start and reads an output per word ([B, Q, C]).
+    Either part exists only when some task uses it; heads are indexed by task, queries by sentence task.
+    """
+
+    def __init__(self, config: PerceiverConfig, tasks: MultiTaskConfig, input_positions: nn.Embedding) -> None:
         super().__init__()
         c = config
-        self.queries = TaskQueries(len(tasks.tasks), c.d_latents)
-        attention = Attention(
-            q_dim=c.d_latents,
-            kv_dim=c.d_latents,
-            qk_channels=c.qk_channels,
-            v_channels=c.v_channels,
-            heads=tasks.heads_for(c),
-            cross=True,
-            dropout=c.attention_dropout,
-            eps=c.layer_norm_eps,
-        )
-        self.cross = Block(attention, dim=c.d_latents, widening=1, eps=c.layer_norm_eps, query_residual=True)
-        # A 2-layer tanh MLP per task, as in the Perceiver IO paper's GLUE heads.
-        self.heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(c.d_latents, tasks.head_hidden), nn.Tanh(), nn.Linear(tasks.head_hidden, t.num_outputs)
+        sentence = tasks.sentence_tasks
+        self.query_rows = {task: row for row, task in enumerate(sentence)}
+        self.queries = self.cross = self.words = None  # unregistered when no task uses them
+        if sentence:
+            self.queries = TaskQueries(len(sentence), c.d_latents)
+            attention = Attention(
+                q_dim=c.d_latents,
+                kv_dim=c.d_latents,
+                qk_channels=c.qk_channels,
+                v_channels=c.v_channels,
+                heads=tasks.heads_for(c),
+                cross=True,
+                dropout=c.attention_dropout,
+                eps=c.layer_norm_eps,
             )
-            for t in tasks.tasks
+            self.cross = Block(attention, dim=c.d_latents, widening=1, eps=c.layer_norm_eps, query_residual=True)
+        if tasks.has_word_tasks:
+            self.words = MLMDecoder(config, input_positions)
+        self.word_features = tasks.word_features
+        self.heads = nn.ModuleList(
+            _head(c.d_model if t.per_word else c.d_latents, tasks.head_hidden, t.num_outputs) for t in tasks.tasks
         )
 
     def forward(
@@ -664,13 +681,35 @@ class TaskDecoder(nn.Module):
         latent_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, C] of task ``task_index`` from latents [B, N, D], and the query's weights.
+        """Logits [B, C] of sentence task ``task_index`` from latents [B, N, D], and the query's weights.
 
         ``latent_mask`` [B, N] hides some latents.
         """
         mask = None if latent_mask is None else latent_mask[:, None, None, :]  # [B, 1, 1, N]
-        attended = self.cross(self.queries(task_index, latents.shape[0]), latents, mask, return_weights)  # [B, 1, D]
+        query = self.queries(self.query_rows[task_index], latents.shape[0])
+        attended = self.cross(query, latents, mask, return_weights)  # [B, 1, D]
         return self.heads[task_index](attended.hidden[:, 0]), attended.weights
+
+    def per_word(
+        self,
+        latents: torch.Tensor,
+        task_index: int,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        latent_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, Q, C] of per-word task ``task_index`` at byte positions [B, Q] of inputs [B, L] from latents
+        [B, N, D], and the word queries' weights [B, H, Q, N]. With ``word_features`` the output also reads the
+        byte features [B, L, D] (`EncoderOutput.features`) at each word's first byte: the word itself, beside the
+        context its query gathers from the latents."""
+        decoded = self.words(latents, positions, latent_mask, return_weights, input_ids)
+        hidden = decoded.hidden  # [B, Q, D]
+        if self.word_features:
+            index = positions[..., None].expand(-1, -1, features.shape[-1])
+            hidden = hidden + features.gather(1, index)  # [B, Q, D]
+        return self.heads[task_index](hidden), decoded.weights
 
 
 @dataclass
@@ -728,14 +767,17 @@ class PerceiverClassifier(SavedModel):
         self.config = config
         self.tasks = tasks
         self.encoder = PerceiverEncoder(config)
-        self.decoder = TaskDecoder(config, tasks)
+        self.decoder = TaskDecoder(config, tasks, self.encoder.position_embedding)
         _init_weights(self, config)
 
     @classmethod
     def from_lm(cls, lm: PerceiverLM, tasks: MultiTaskConfig) -> PerceiverClassifier:
-        """Keep a pretrained LM's encoder and processor; the task decoder starts fresh."""
+        """Keep a pretrained LM's encoder and processor, and for per-word tasks its positional-query decoder; the
+        task queries and heads start fresh."""
         model = cls(lm.config, tasks)
         model.encoder.load_state_dict(lm.encoder.state_dict())
+        if model.decoder.words is not None:
+            model.decoder.words.load_state_dict(lm.decoder.state_dict())
         return model
 
     def forward(
@@ -746,8 +788,9 @@ class PerceiverClassifier(SavedModel):
         return_attentions: bool = False,
         window: int | None = None,
         windows_per_pass: int | None = None,
+        word_positions: torch.Tensor | None = None,
     ) -> PerceiverLMOutput:
-        """Outputs of one task's head for a batch of that task.
+        """Outputs of one task's head for a batch of that task: [B, C], or [B, Q, C] for a per-word task.
 
         Args:
             input_ids: [B, L] byte ids (``[CLS] a [SEP] b [SEP]``, padded), any length L.
@@ -761,14 +804,29 @@ class PerceiverClassifier(SavedModel):
             windows_per_pass: encode at most this many windows at a time (None: all B*K at once); bounds the
                 memory of inference on long inputs, not that of training, which keeps every pass's activations
                 for backward (see `gradient_checkpointing_enable`).
+            word_positions: [B, Q] positions in ``input_ids`` of the first byte of each word, for a per-word task
+                (`TaskSpec.per_word`; padding rows may repeat any position); its logits are [B, Q, C] and the
+                decoder maps [B, H, Q, N] (windows: each word reads the latents of its own window only,
+                [B, H, Q, K*N] with the other windows' weights 0).
         """
         window = self._window(window)
+        per_word = self.tasks.tasks[task].per_word
+        if per_word != (word_positions is not None):
+            name = self.tasks.tasks[task].name
+            wanted = "needs word_positions" if per_word else "is read by its task query: no word_positions"
+            raise PerceiverLMError(f"task {name} {wanted}")
         if input_ids.shape[1] <= window:
             encoded = self.encoder(input_ids, attention_mask, return_attentions)
-            logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
+            if per_word:
+                logits, weights = self.decoder.per_word(
+                    encoded.hidden, task, word_positions, encoded.features, input_ids, encoded.latent_mask,
+                    return_attentions,
+                )  # fmt: skip
+            else:
+                logits, weights = self.decoder(encoded.hidden, task, encoded.latent_mask, return_attentions)
             return PerceiverLMOutput(logits, encoded.weights, weights)
         return self._forward_windows(
-            split_windows(input_ids, attention_mask, window), task, return_attentions, windows_per_pass
+            split_windows(input_ids, attention_mask, window), task, return_attentions, windows_per_pass, word_positions
         )
 
     def _window(self, window: int | None) -> int:
@@ -780,9 +838,15 @@ class PerceiverClassifier(SavedModel):
         return window
 
     def _forward_windows(
-        self, windows: Windows, task: int, return_attentions: bool, windows_per_pass: int | None
+        self,
+        windows: Windows,
+        task: int,
+        return_attentions: bool,
+        windows_per_pass: int | None,
+        word_positions: torch.Tensor | None = None,
     ) -> PerceiverLMOutput:
-        """Encode every window [B*K, W] as its own example; the task query reads [B, K*N, D] latents."""
+        """Encode every window [B*K, W] as its own example; the task query reads [B, K*N, D] latents, a word's
+        query the [N, D] latents of its window."""
         b, k = windows.has_text.shape
         total = windows.input_ids.shape[0]
         if windows_per_pass is not None and (
@@ -796,16 +860,56 @@ class PerceiverClassifier(SavedModel):
         ]
         hidden = torch.cat([p.hidden for p in passes]) if len(passes) > 1 else passes[0].hidden  # [B*K, N, D]
         n, d = hidden.shape[1:]
-        latents = hidden.reshape(b, k * n, d)  # [B*K, N, D] -> [B, K*N, D]
         keys = windows.has_text[:, :, None].expand(b, k, n)  # [B, K, N]
         if passes[0].latent_mask is not None:
             keys = keys & torch.cat([p.latent_mask for p in passes]).view(b, k, n)
-        logits, weights = self.decoder(latents, task, keys.reshape(b, k * n), return_attentions)
+        if word_positions is not None:
+            features = torch.cat([p.features for p in passes]) if len(passes) > 1 else passes[0].features
+            logits, weights = self._words_in_windows(
+                hidden, features, keys, windows, task, word_positions, return_attentions
+            )
+        else:
+            latents = hidden.reshape(b, k * n, d)  # [B*K, N, D] -> [B, K*N, D]
+            logits, weights = self.decoder(latents, task, keys.reshape(b, k * n), return_attentions)
         maps = None
         if return_attentions:
             maps = torch.cat([p.weights for p in passes])  # [B*K, H, N, W]
             maps = maps.view(b, k, *maps.shape[1:])  # [B, K, H, N, W]
         return PerceiverLMOutput(logits, maps, weights)
+
+    def _words_in_windows(
+        self,
+        hidden: torch.Tensor,
+        features: torch.Tensor,
+        keys: torch.Tensor,
+        windows: Windows,
+        task: int,
+        positions: torch.Tensor,
+        return_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-word logits [B, Q, C] from window latents [B*K, N, D] and byte features [B*K, W, D]: every window
+        decodes all Q words at their positions inside it, and each word keeps the output of the window its first
+        byte is in. Decoding costs K times the words', small beside encoding K windows; shapes stay static."""
+        b, k = windows.has_text.shape
+        width = windows.input_ids.shape[1]
+        n = hidden.shape[1]
+        local = (positions % width).repeat_interleave(k, dim=0)  # [B, Q] -> [B*K, Q]
+        # Every window decodes from its own latents, empty ones included (their keys are kept: all-masked keys
+        # would give NaN, and a NaN survives the selection below as 0 * NaN in backward).
+        keys = keys.reshape(b * k, n)
+        logits, weights = self.decoder.per_word(
+            hidden, task, local, features, windows.input_ids, keys | ~keys.any(-1, keepdim=True), return_weights
+        )  # [B*K, Q, C]
+        logits = logits.view(b, k, *logits.shape[1:])  # [B, K, Q, C]
+        which = (positions // width).clamp(max=k - 1)  # [B, Q] the window of each word
+        picked = logits.gather(1, which[:, None, :, None].expand(-1, 1, -1, logits.shape[-1]))[:, 0]  # [B, Q, C]
+        if weights is None:
+            return picked, None
+        h, q = weights.shape[1], weights.shape[2]
+        weights = weights.view(b, k, h, q, n).permute(0, 2, 3, 1, 4)  # [B, H, Q, K, N]
+        own = torch.arange(k, device=which.device)[None, None, :] == which[:, :, None]  # [B, Q, K]
+        weights = weights * own[:, None, :, :, None]  # other windows' latents: weight 0
+        return picked, weights.reshape(b, h, q, k * n)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> PerceiverClassifier:

@@ -26,6 +26,7 @@ from perceiver_lm.options import MAX_SEED
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
 from perceiver_lm.user_files import check_input_file, check_regular_file, check_size
 from perceiver_lm.validation import check_range, shown
+from tasks.glue.kinds import IGNORED, Encoded
 from tasks.glue.tasks import TASKS, Columns, GlueTask
 
 
@@ -37,9 +38,20 @@ class GlueSplit:
     name: str  # "train", "dev", "matched", "test_mismatched", ...
     source: str  # file path or Hub id, for messages
     ids: list[np.ndarray] = field(default_factory=list)
-    labels: list[float] = field(default_factory=list)  # empty for unlabeled test splits
+    labels: list[Any] = field(default_factory=list)  # targets (`TaskKind.target`); empty for unlabeled test splits
     index: list[str] = field(default_factory=list)  # GLUE example ids (test splits)
     skipped: int = 0
+    words: list[tuple[str, ...]] = field(default_factory=list)  # a per-word task's words per example
+    starts: list[np.ndarray] = field(default_factory=list)  # ...and the positions of their first bytes in ``ids``
+
+    def add(self, encoded: Encoded, example_id: str | None = None) -> None:
+        """Append one encoded example (and its id)."""
+        self.ids.append(encoded.ids)
+        if encoded.starts is not None:
+            self.words.append(encoded.words)
+            self.starts.append(encoded.starts)
+        if example_id is not None:
+            self.index.append(example_id)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,6 +71,8 @@ def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = F
         ids=[split.ids[i] for i in keep],
         labels=[split.labels[i] for i in keep] if split.labels else [],
         index=[split.index[i] for i in keep] if split.index else [],
+        words=[split.words[i] for i in keep] if split.words else [],
+        starts=[split.starts[i] for i in keep] if split.starts else [],
     )
 
 
@@ -257,17 +271,28 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             f"{prefix} has no column {', '.join(map(repr, missing))} (found: {', '.join(rows.column_names)})"
         )
     split = GlueSplit(task, name, f"{where}:{hub_name}{corruption.describe()}")
-    a_key, b_key = task.hub_text[0], (task.hub_text[1] if len(task.hub_text) > 1 else None)
+    kind = task.kind
     for row_number, row in enumerate(rows):
-        split.ids.append(corruption.encode(row[a_key], row[b_key] if b_key else None, len(split.ids), max_length))
-        split.index.append(str(row_number if task.hub_index is None else row[task.hub_index]))
+        try:
+            encoded = kind.encode([row[c] for c in task.hub_text], max_length, corruption, len(split.ids))
+        except ValueError as err:
+            raise PerceiverLMError(f"{prefix} row {row_number}: {err}") from None
+        split.add(encoded, str(row_number if task.hub_index is None else row[task.hub_index]))
         label = row[task.hub_label] if labeled else None
-        if isinstance(label, str):  # a label string, as in local files, rather than a class id
+        if kind.per_word and label is not None:
+            if isinstance(label, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in label):
+                # Tag ids of a Sequence(ClassLabel) column, named by the task's labels (the dataset's names).
+                if any(not 0 <= t < len(task.labels) for t in label):
+                    top = len(task.labels) - 1
+                    raise PerceiverLMError(f"{prefix} row {row_number}: tag ids {label} outside 0..{top}")
+                label = [task.labels[t] for t in label]
+            split.labels.append(_checked_target(task, encoded, label, f"{prefix} row {row_number}"))
+        elif isinstance(label, str):  # a label string, as in local files, rather than a class id
             try:
                 split.labels.append(_label_value(task, label))
             except ValueError as err:
                 raise PerceiverLMError(f"{prefix} row {row_number}: {err}") from None
-        elif label is not None and not (label == -1 and (not task.kind.regression or name in tests)):
+        elif label is not None and not (label == -1 and (not kind.regression or name in tests)):
             # -1 is the Hub's "no label" (test splits, and class ids); a regression target of -1 is a target.
             if not np.isfinite(float(label)):
                 raise PerceiverLMError(
@@ -296,7 +321,63 @@ DELIMITED: dict[str, dict[str, Any]] = {
     ".tsv": {"delimiter": "\t", "quoting": csv.QUOTE_NONE},
     ".csv": {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL},
 }
-OWN_FILE_KINDS = (".csv", ".tsv", *FILE_BUILDERS)
+# Column files of tagged words (CoNLL), one word a line and a blank line between sentences: read by `read_conll`.
+CONLL = (".conll", ".conllu")
+OWN_FILE_KINDS = (".csv", ".tsv", *FILE_BUILDERS, *CONLL)
+
+
+def read_conll(path: str) -> dict[str, list[list[str]]]:
+    """The sentences of a CoNLL column file as columns ``tokens`` and ``tags`` (lists per sentence).
+
+    ``.conll`` (CoNLL-2003 and the like): a word's line holds the word first and its tag last, separated by tabs or
+    spaces; ``-DOCSTART-`` lines are skipped. ``.conllu`` (Universal Dependencies): ten tab-separated fields, the
+    word FORM second and UPOS fourth (``tags``; XPOS also as ``xpos``), ``#`` comments skipped, and so are
+    multiword-token ranges (``3-4``) and empty nodes (``5.1``), which are not words of the sentence's tags.
+    """
+    universal = path.lower().endswith(".conllu")
+    columns: dict[str, list[list[str]]] = {"tokens": [], "tags": [], **({"xpos": []} if universal else {})}
+    sentence: dict[str, list[str]] = {name: [] for name in columns}
+
+    def close() -> None:
+        if sentence["tokens"]:
+            for name in columns:
+                columns[name].append(sentence[name])
+                sentence[name] = []
+
+    try:
+        with open(path, encoding="utf-8-sig", newline=None, opener=_nonblocking) as handle:
+            for number, line in enumerate(handle, start=1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    close()
+                    continue
+                if universal:
+                    if line.startswith("#"):
+                        continue
+                    fields = line.split("\t")
+                    if len(fields) != 10:
+                        raise PerceiverLMError(
+                            f"{path}: line {number}: {len(fields)} tab-separated field(s), CoNLL-U has 10"
+                        )
+                    if "-" in fields[0] or "." in fields[0]:
+                        continue
+                    word, tag, xpos = fields[1], fields[3], fields[4]
+                    sentence["xpos"].append(xpos)
+                else:
+                    fields = line.split()
+                    if fields[0] == "-DOCSTART-":
+                        continue
+                    if len(fields) < 2:
+                        raise PerceiverLMError(f"{path}: line {number}: expected a word and its tag, got {shown(line)}")
+                    word, tag = fields[0], fields[-1]
+                sentence["tokens"].append(word)
+                sentence["tags"].append(tag)
+    except UnicodeDecodeError as err:
+        raise PerceiverLMError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    close()
+    if not columns["tokens"]:
+        raise PerceiverLMError(f"{path}: no sentences")
+    return columns
 
 
 def read_delimited(path: str, dialect: dict[str, Any]) -> dict[str, list[str]]:
@@ -349,6 +430,8 @@ def read_rows(path: str, split: str = "train") -> Any:
 
     if suffix in DELIMITED:
         return datasets.Dataset.from_dict(read_delimited(path, DELIMITED[suffix]))
+    if suffix in CONLL:
+        return datasets.Dataset.from_dict(read_conll(path))
     builder, kwargs = FILE_BUILDERS[suffix]
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
@@ -375,24 +458,31 @@ def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corrupti
         )
     split = GlueSplit(task, name, f"{path}{corruption.describe()}")
     for number, row in enumerate(rows, start=1):
-        texts = []
-        for column in task.hub_text:
-            if not isinstance(row[column], str):
-                raise PerceiverLMError(
-                    f"{path}: row {number}, column {shown(column)}: expected text, got {shown(row[column])}"
-                )
-            texts.append(row[column])
+        try:
+            encoded = task.kind.encode([row[c] for c in task.hub_text], max_length, corruption, len(split.ids))
+        except ValueError as err:
+            columns = ", ".join(map(shown, task.hub_text))
+            raise PerceiverLMError(f"{path}: row {number}, column {columns}: {err}") from None
         if labeled:
             where = f"{path}: row {number}, column {shown(task.hub_label)}"
-            split.labels.append(_row_label(task, row[task.hub_label], where))
-        split.ids.append(corruption.encode(texts[0], texts[1] if len(texts) > 1 else None, len(split.ids), max_length))
-        split.index.append(str(number - 1 if task.hub_index is None else row[task.hub_index]))
+            split.labels.append(_checked_target(task, encoded, row[task.hub_label], where))
+        split.add(encoded, str(number - 1 if task.hub_index is None else row[task.hub_index]))
     if not split.ids:
         raise PerceiverLMError(f"{path}: no examples")
     return split
 
 
-def _row_label(task: GlueTask, value: Any, where: str) -> float:
+def _checked_target(task: GlueTask, encoded: Encoded, value: Any, where: str) -> Any:
+    """The target of a row's label cell, checked against the row's inputs (a tag per word)."""
+    target = _row_label(task, value, where)
+    try:
+        task.kind.check(encoded, target)
+    except ValueError as err:
+        raise PerceiverLMError(f"{where}: {err}") from None
+    return target
+
+
+def _row_label(task: GlueTask, value: Any, where: str) -> Any:
     try:
         return task.kind.target(value, task.labels)
     except ValueError as err:
@@ -442,16 +532,20 @@ def load_split(
 
 
 class TaskExamples(torch.utils.data.Dataset):
-    """Examples of several tasks in one indexable dataset; item = (ids, label, task index, position)."""
+    """Examples of several tasks in one indexable dataset; item = (ids, label, task index, position, word starts
+    or None, task kind)."""
 
     def __init__(self, splits: list[GlueSplit], task_indices: list[int]) -> None:
         self.items = []
         self.offsets = []
         for split, task_index in zip(splits, task_indices, strict=True):
             self.offsets.append(len(self.items))
-            labels = split.labels if split.labeled else [float("nan")] * len(split)
+            kind = split.task.kind
+            starts = split.starts or [None] * len(split)
+            labels = split.labels if split.labeled else [None] * len(split)
             self.items += [
-                (ids, label, task_index, i) for i, (ids, label) in enumerate(zip(split.ids, labels, strict=True))
+                (ids, label, task_index, i, at, kind)
+                for i, (ids, label, at) in enumerate(zip(split.ids, labels, starts, strict=True))
             ]
         self.sizes = [len(s) for s in splits]
         self.lengths = np.array([len(item[0]) for item in self.items])
@@ -517,13 +611,25 @@ def eval_loader(
 
 
 def collate(items: list[tuple]) -> dict[str, Any]:
-    """Pad a batch of one task to its longest example."""
-    ids, labels, tasks, positions = zip(*items, strict=True)
+    """Pad a batch of one task (`TaskExamples` items) to its longest example; its kind pads the targets (an
+    unlabelled split's are NaN), a per-word task's words pad with position 0 and target `IGNORED`."""
+    ids, labels, tasks, positions, starts, kinds = zip(*items, strict=True)
     batch = pad_batch(list(ids))
-    return {
+    out = {
         "input_ids": torch.from_numpy(batch.input_ids),
         "attention_mask": torch.from_numpy(batch.attention_mask),
-        "labels": torch.tensor(labels, dtype=torch.float32),
         "task": tasks[0],  # one task per batch; a Python int, so that picking the head needs no device sync
         "position": torch.tensor(positions),
     }
+    if starts[0] is not None:
+        words = torch.zeros(len(starts), max(len(s) for s in starts), dtype=torch.long)
+        for row, at in enumerate(starts):
+            words[row, : len(at)] = torch.from_numpy(at)
+        out["word_positions"] = words
+        out["word_count"] = torch.tensor([len(s) for s in starts])
+        if labels[0] is None:  # unlabelled: nothing is scored
+            labels = [np.full(len(s), IGNORED) for s in starts]
+    elif labels[0] is None:
+        labels = [float("nan")] * len(labels)
+    out["labels"] = kinds[0].batch_targets(list(labels))
+    return out

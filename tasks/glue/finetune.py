@@ -105,7 +105,7 @@ class FinetuneResult:
 
 
 def _load_model(options: GlueOptions, tasks: list[GlueTask], notes: list[str]) -> PerceiverClassifier:
-    heads = own.heads(tasks, options.head_hidden, options.max_length, options.window)
+    heads = own.heads(tasks, options.head_hidden, options.max_length, options.window, options.word_features)
     lm = None
     if options.checkpoint is None:
         changed = f" with {', '.join(sorted(options.model))} from [model]" if options.model else ""
@@ -251,7 +251,8 @@ class GlueTraining:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         index = batch["task"]  # a Python int: choosing the head costs no device sync
-        logits = model(batch["input_ids"], batch["attention_mask"], task=index).logits
+        words = batch.get("word_positions")  # a per-word task's
+        logits = model(batch["input_ids"], batch["attention_mask"], task=index, word_positions=words).logits
         return task_loss(self.tasks[index], logits, batch["labels"]), index
 
     def validate(self, run: Run, state: TrainState, train_loss: dict[str, float]) -> dict[str, float]:

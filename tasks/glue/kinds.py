@@ -1,19 +1,49 @@
-"""Task kinds: what it means for a task to be a classification or a regression, in one place.
+"""Task kinds: what it means for a task to be a classification, a regression or a tagging, in one place.
 
-A kind owns how a label value of a file becomes a training target, the loss, how outputs become
-predictions and predictions text, and the default metrics. `GlueTask.kind` picks one; nothing else in
-fine-tuning asks which kind a task is. A new kind is one class here (and its metrics in `glue_metric`).
+A kind owns how a row's inputs and label become ids and a training target, how targets pad into a batch, the
+loss, how outputs become predictions and predictions files, and its metrics. `GlueTask.kind` picks one;
+nothing else in fine-tuning asks which kind a task is. A new kind is one class here (and its metrics).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
+from perceiver_lm.tokenizer import CLS_ID, SEP_ID, bytes_to_ids
 from perceiver_lm.validation import shown
 
 if TYPE_CHECKING:  # torch is imported where a loss is computed: the CLI builds its commands without it
     import torch
+
+IGNORED = -100  # the target of a padding word: no loss, no score (cross_entropy's ignore_index)
+
+
+@dataclass
+class Encoded:
+    """One example as the model reads it: ids, and for a per-word kind its words and their first bytes' positions."""
+
+    ids: np.ndarray
+    words: tuple[str, ...] | None = None
+    starts: np.ndarray | None = None  # [words] positions in ``ids``
+
+
+def encode_words(words: Sequence[str]) -> Encoded:
+    """``[CLS] w1 w2 ... [SEP]``, words joined by one space, and where each word starts. Never cut: a longer
+    input is read as windows, so that every word gets a prediction."""
+    pieces, starts, at = [], [], 1
+    for word in words:
+        data = word.encode("utf-8")
+        starts.append(at)
+        pieces.append(data)
+        at += len(data) + 1
+    ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
+    return Encoded(ids, tuple(words), np.asarray(starts, dtype=np.int64))
 
 
 def label_name(value: Any) -> str:
@@ -24,9 +54,38 @@ def label_name(value: Any) -> str:
 
 
 class TaskKind(Protocol):
-    name: str  # as a task file's `type` says it
+    name: str  # as a task file's `type` (and --task-type) says it
     regression: bool  # whether its metrics score real values (`glue_metric.Scorer.regression`)
     named_labels: bool  # whether its labels are names read from the training data (else none: scores)
+    per_word: bool  # an output per word (`TaskSpec.per_word`) rather than per example
+    columns: tuple[str, str]  # the default input and label columns
+    prediction_suffixes: tuple[str, ...]  # of the files `prediction_files` writes
+
+    def encode(self, inputs: list[Any], max_length: int, corruption: Any, example: int) -> Encoded:
+        """A row's input column values (one, or a pair) as ids; ValueError (its message without the place) when they
+        are not what the kind reads. ``corruption`` (`tasks.glue.data.Corruption`) adds noise."""
+
+    def label_values(self, value: Any) -> list[Any]:
+        """The label names one row's label cell holds (one, or one per word)."""
+
+    def check(self, encoded: Encoded, target: Any) -> None:
+        """ValueError when a row's target does not fit its inputs (a tag per word)."""
+
+    def batch_targets(self, targets: list[Any]) -> torch.Tensor:
+        """The targets of a batch's examples as one tensor (padded where they differ in length)."""
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics that score this kind."""
+
+    def scores(
+        self, metrics: tuple[str, ...], predictions: list[Any], targets: list[Any], labels: tuple[str, ...]
+    ) -> dict[str, float]:
+        """``metrics`` in percent, of predictions against targets (one per example, in file order)."""
+
+    def prediction_files(
+        self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
+    ) -> dict[str, str]:
+        """File name -> text of the predictions of a split (`tasks.glue.data.GlueSplit`) with example ``ids``."""
 
     def num_outputs(self, labels: tuple[str, ...]) -> int:
         """Outputs of the task's head."""
@@ -39,7 +98,7 @@ class TaskKind(Protocol):
         """The loss of logits [B, C] against targets [B]."""
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """Predictions [B] (float) from logits [B, C], in the targets' terms."""
+        """Predictions [B] (float) from logits [B, C] ([B, Q] from [B, Q, C] per word), in the targets' terms."""
 
     def text(self, prediction: float, labels: tuple[str, ...], bounds: tuple[float, float] | None) -> str:
         """A prediction as a predictions file writes it; ``bounds`` clip a score (STS-B's [0, 5])."""
@@ -48,11 +107,55 @@ class TaskKind(Protocol):
         """The metrics a task of this kind is scored with unless it names its own."""
 
 
-class Classification:
+class SentenceKind:
+    """What the kinds with one label per text (or pair of texts) share: inputs, batching, metrics, a TSV of
+    predictions."""
+
+    regression = False
+    per_word = False
+    columns = ("text", "label")
+    prediction_suffixes = (".tsv",)
+
+    def encode(self, inputs: list[Any], max_length: int, corruption: Any, example: int) -> Encoded:
+        for value in inputs:
+            if not isinstance(value, str):
+                raise ValueError(f"expected text, got {shown(value)}")
+        return Encoded(corruption.encode(inputs[0], inputs[1] if len(inputs) > 1 else None, example, max_length))
+
+    def label_values(self, value: Any) -> list[Any]:
+        return [value]
+
+    def batch_targets(self, targets: list[Any]) -> torch.Tensor:
+        import torch
+
+        return torch.tensor(targets, dtype=torch.float32)
+
+    def metric_names(self) -> tuple[str, ...]:
+        from tasks.glue.metrics import metric_names, regression_metric
+
+        return tuple(m for m in metric_names() if regression_metric(m) == self.regression)
+
+    def scores(
+        self, metrics: tuple[str, ...], predictions: list[Any], targets: list[Any], labels: tuple[str, ...]
+    ) -> dict[str, float]:
+        from tasks.glue.metrics import compute_all
+
+        return compute_all(metrics, np.asarray(predictions), np.asarray(targets))
+
+    def check(self, encoded: Encoded, target: Any) -> None:
+        pass  # one label per row: nothing to match
+
+    def prediction_files(
+        self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
+    ) -> dict[str, str]:
+        values = [self.text(p, labels, bounds) for p in predictions]
+        return {f"{stem}.tsv": "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True))}
+
+
+class Classification(SentenceKind):
     """One of the task's label names per text: cross-entropy over them, the most likely one predicted."""
 
     name = "classification"
-    regression = False
     named_labels = True
 
     def num_outputs(self, labels: tuple[str, ...]) -> int:
@@ -79,7 +182,7 @@ class Classification:
         return ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
 
 
-class Regression:
+class Regression(SentenceKind):
     """A real-valued score per text (STS-B's similarity): mean squared error, the score predicted."""
 
     name = "regression"
@@ -114,7 +217,114 @@ class Regression:
         return ("pearson", "spearman")
 
 
-KINDS: tuple[TaskKind, ...] = (Classification(), Regression())
+class TokenClassification:
+    """A tag per word (part of speech, named entities): the words' first bytes are decoded by positional queries
+    (`TaskSpec.per_word`); cross-entropy over the tag names at each word, the most likely one predicted; spans read
+    from IOB/BIO/BIOES tags (`tagging_metric`). Inputs are word lists, labels tag-name lists as long."""
+
+    name = "token-classification"
+    regression = False
+    named_labels = True
+    per_word = True
+    columns = ("tokens", "tags")
+    prediction_suffixes = (".jsonl", ".conll")
+
+    def num_outputs(self, labels: tuple[str, ...]) -> int:
+        return len(labels)
+
+    def encode(self, inputs: list[Any], max_length: int, corruption: Any, example: int) -> Encoded:
+        if len(inputs) != 1:
+            raise ValueError("a tagging task reads one column of words (no text pair)")
+        words = _words(inputs[0])
+        if not words:
+            raise ValueError("no words")
+        if getattr(corruption, "noises", ()):
+            raise ValueError("noise is not applied to word lists (a typo would change which bytes a tag is read at)")
+        return encode_words(words)
+
+    def label_values(self, value: Any) -> list[Any]:
+        return list(_words(value, "tags"))
+
+    def target(self, value: Any, labels: tuple[str, ...]) -> np.ndarray:
+        ids = []
+        for number, tag in enumerate(_words(value, "tags"), start=1):
+            name = label_name(tag)
+            if name not in labels:
+                raise ValueError(f"tag {number}: {shown(name)} is not one of the training tags ({', '.join(labels)})")
+            ids.append(labels.index(name))
+        return np.asarray(ids, dtype=np.int64)
+
+    def check(self, encoded: Encoded, target: np.ndarray) -> None:
+        """A row's tags must be as many as its words."""
+        if len(target) != len(encoded.words):
+            raise ValueError(f"{len(encoded.words)} words but {len(target)} tags")
+
+    def batch_targets(self, targets: list[Any]) -> torch.Tensor:
+        import torch
+
+        longest = max(len(t) for t in targets)
+        out = torch.full((len(targets), longest), IGNORED, dtype=torch.long)
+        for row, target in enumerate(targets):
+            out[row, : len(target)] = torch.from_numpy(np.asarray(target, dtype=np.int64))
+        return out
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.long().flatten(), ignore_index=IGNORED)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1)  # [B, Q]
+
+    def default_metrics(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        prefixed = [t for t in labels if t != "O" and t[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")]
+        spans = bool(prefixed) and len(prefixed) == len([t for t in labels if t != "O"])
+        return ("span_f1", "span_precision", "span_recall", "token_accuracy") if spans else ("token_accuracy",)
+
+    def metric_names(self) -> tuple[str, ...]:
+        from tasks.glue.metrics import TAGGING_METRICS
+
+        return tuple(TAGGING_METRICS)
+
+    def scores(
+        self, metrics: tuple[str, ...], predictions: list[Any], targets: list[Any], labels: tuple[str, ...]
+    ) -> dict[str, float]:
+        from tasks.glue.metrics import compute_tagging
+
+        names = [[labels[i] for i in p] for p in predictions]
+        gold = [[labels[i] for i in t] for t in targets]
+        return compute_tagging(metrics, names, gold)
+
+    def prediction_files(
+        self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
+    ) -> dict[str, str]:
+        from tasks.glue.tagging_metric import spans
+
+        lines, blocks = [], []
+        for index, words, predicted in zip(ids, split.words, predictions, strict=True):
+            tags = [labels[i] for i in predicted]
+            found = [
+                {"type": t, "start": a, "end": b + 1, "text": " ".join(words[a : b + 1])} for t, a, b in spans(tags)
+            ]
+            record = {"id": index, "tokens": list(words), "tags": tags, "spans": found}
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            blocks.append("".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True)))
+        return {f"{stem}.jsonl": "".join(lines), f"{stem}.conll": "\n".join(blocks)}
+
+
+def _words(value: Any, what: str = "words") -> tuple[str, ...]:
+    """A cell holding a list of strings (words, or tags), or ValueError."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
+        raise ValueError(f"expected a list of {what} (strings), got {shown(value)}")
+    if what == "words" and any(w == "" for w in value):
+        empty = next(i for i, w in enumerate(value, start=1) if w == "")
+        raise ValueError(f"word {empty} is empty (a tag is read at a word's first byte)")
+    return tuple(value)
+
+
+KINDS: tuple[TaskKind, ...] = (Classification(), Regression(), TokenClassification())
 
 
 def kind_named(name: str, where: str) -> TaskKind:

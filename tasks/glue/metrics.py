@@ -138,3 +138,42 @@ def compute_all(metrics: tuple[str, ...], predictions: np.ndarray, labels: np.nd
         fractions = _shared_metric("+".join(keys[m] for m in group)).compute(predictions=p, references=y)
         percent.update({m: 100.0 * fractions[keys[m]] for m in group})
     return {m: percent[m] for m in metrics}
+
+
+# Tagging metrics (tagging_metric.py, the conlleval/seqeval convention): this project's name -> the module's key.
+TAGGING_METRICS: dict[str, str] = {
+    "span_f1": "f1",
+    "span_precision": "precision",
+    "span_recall": "recall",
+    "token_accuracy": "token_accuracy",
+}
+_TAGGING_MODULE = Path(__file__).with_name("tagging_metric.py")
+
+
+def tagging_module_path() -> Path:
+    """The evaluate module of the tagging metrics (tagging_metric.py), for ``evaluate.load(str(...))``."""
+    return _TAGGING_MODULE
+
+
+@functools.cache
+def _tagging_metric() -> evaluate.EvaluationModule:
+    import evaluate
+
+    return evaluate.load(str(_TAGGING_MODULE), keep_in_memory=True)
+
+
+def compute_tagging(
+    metrics: tuple[str, ...], predictions: list[list[str]], references: list[list[str]]
+) -> dict[str, float]:
+    """Each of ``metrics`` (names of `TAGGING_METRICS`) in percent, of tag sequences against gold ones; with a span
+    metric also each span type's F1 (``f1_PER``, ...)."""
+    unknown = [m for m in metrics if m not in TAGGING_METRICS]
+    if unknown:
+        raise PerceiverLMError(f"unknown tagging metric(s) {', '.join(unknown)}; expected {', '.join(TAGGING_METRICS)}")
+    if len(predictions) != len(references) or not references:
+        raise PerceiverLMError(f"{'/'.join(metrics)}: {len(predictions)} predictions for {len(references)} labels")
+    result = _tagging_metric().compute(predictions=predictions, references=references)
+    percent = {m: 100.0 * result[TAGGING_METRICS[m]] for m in metrics}
+    if any(m.startswith("span_") for m in metrics):
+        percent |= {f"f1_{k}": 100.0 * v["f1"] for k, v in result.items() if isinstance(v, dict)}
+    return percent

@@ -66,26 +66,37 @@ class GlueOptions:
     train_split: str = option("train", "Training split of --dataset.", data_order=True)
     validation_split: str = option("validation", "Validation split of --dataset.", data_order=True)
     test_split: str = option("test", "Test split of --dataset, for `glue predict`.")
-    text_column: str = option("text", "Your task's text column.", data_order=True)
+    text_column: str | None = option(
+        None,
+        "Your task's text column (for token-classification: a column of word lists); default: text (tokens).",
+        data_order=True,
+    )
     text_pair_column: str | None = option(
         None, "Your task's second text column, for a pair task (read as [CLS] text [SEP] pair [SEP]).", data_order=True
     )
-    label_column: str = option(
-        "label", "Your task's label column (label names, or scores for regression).", data_order=True
+    label_column: str | None = option(
+        None,
+        "Your task's label column: label names, scores for regression, tag lists for token-classification; default: "
+        "label (tags).",
+        data_order=True,
     )
     id_column: str | None = option(
         None, "Your task's example id column, written beside predictions; default: row numbers."
     )
-    task_type: Literal["classification", "regression"] = option(
-        "classification", "Your task's kind: single-label classification or regression.", data_order=True
+    task_type: Literal["classification", "regression", "token-classification"] = option(
+        "classification",
+        "Your task's kind: a label per text (classification), a score per text (regression), or a tag per word "
+        "(token-classification: part of speech, named entities; also from CoNLL column files, .conll/.conllu).",
+        data_order=True,
     )
     task_name: str | None = option(
         None, "Your task's name in the model and its files; default: the training file's name.", data_order=True
     )
     task_metrics: list[str] = option(
         [],
-        "Your task's metrics, repeatable (accuracy, f1, matthews, pearson, spearman); the first picks the best "
-        "model. Default: accuracy (and f1 with two labels); pearson and spearman for regression.",
+        "Your task's metrics, repeatable (accuracy, f1, matthews, pearson, spearman; for tagging span_f1, "
+        "span_precision, span_recall, token_accuracy); the first picks the best model. Default: accuracy (and f1 "
+        "with two labels); pearson and spearman for regression; span_f1 ... for IOB/BIOES tags, else token_accuracy.",
         data_order=True,
     )
     task_file: str | None = option(
@@ -178,6 +189,12 @@ class GlueOptions:
     log_every: int = option(10, "Log the training loss per task to metrics.jsonl every N steps.")
     eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
+    word_features: bool = option(
+        False,
+        "Tagging tasks: each word's tag also reads the byte features at its first byte (the word's own n-grams), "
+        "beside what its positional query gathers from the latents.",
+        data_order=True,
+    )
     length_buckets: bool = option(
         True,
         "Batch training examples of similar length together (sorted within pools of 64 batches; pools and batches "

@@ -22,7 +22,7 @@ from perceiver_lm.options import read_options_file
 from perceiver_lm.validation import shown
 from tasks.glue.data import read_rows
 from tasks.glue.kinds import TaskKind, kind_named, label_name
-from tasks.glue.metrics import metric_names, regression_metric
+from tasks.glue.metrics import TAGGING_METRICS, metric_names
 from tasks.glue.options import GlueOptions
 from tasks.glue.tasks import TASKS, Columns, GlueTask, parse_tasks
 
@@ -42,9 +42,9 @@ class OwnTask:
     train_split: str = "train"
     validation_split: str = "validation"
     test_split: str = "test"
-    text_column: str = "text"
+    text_column: str | None = None  # None: the kind's (`TaskKind.columns`): text, or tokens for tagging
     text_pair_column: str | None = None
-    label_column: str = "label"
+    label_column: str | None = None  # None: the kind's: label, or tags for tagging
     id_column: str | None = None
     type: str = "classification"
     name: str | None = None
@@ -133,18 +133,21 @@ def build_task(own: OwnTask) -> GlueTask:
     """The `GlueTask` of a task of your own, with its labels read from its training file."""
     name = own.task_name()
     kind = _kind(own.type, f"task {name}")
-    labels = _labels_of(own) if kind.named_labels else ()
+    text_column, label_column = own.text_column or kind.columns[0], own.label_column or kind.columns[1]
+    own = dataclasses.replace(own, text_column=text_column, label_column=label_column)
+    if kind.per_word and own.text_pair_column is not None:
+        raise PerceiverLMError(f"task {name}: a {kind.name} task reads one column of words (no --text-pair-column)")
+    labels = _labels_of(own, kind) if kind.named_labels else ()
     metrics = tuple(own.metrics) or kind.default_metrics(labels)
-    unknown = [m for m in metrics if m not in metric_names()]
+    known = (*metric_names(), *TAGGING_METRICS)
+    unknown = [m for m in metrics if m not in known]
     if unknown:
-        raise PerceiverLMError(
-            f"task {name}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(metric_names())}"
-        )
-    mismatched = [m for m in metrics if regression_metric(m) != kind.regression]
+        raise PerceiverLMError(f"task {name}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    mismatched = [m for m in metrics if m not in kind.metric_names()]
     if mismatched:
-        fits = [m for m in metric_names() if regression_metric(m) == kind.regression]
         raise PerceiverLMError(
-            f"task {name}: metric(s) {', '.join(mismatched)} do not score {kind.name} (choose from {', '.join(fits)})"
+            f"task {name}: metric(s) {', '.join(mismatched)} do not score {kind.name} "
+            f"(choose from {', '.join(kind.metric_names())})"
         )
     if "f1" in metrics and len(labels) != 2:
         raise PerceiverLMError(f"task {name}: f1 scores a two-label task (its second label is the positive one)")
@@ -198,8 +201,9 @@ def own_task(
     )
 
 
-def _labels_of(own: OwnTask) -> tuple[str, ...]:
-    """The label names of a classification task: a dataset's class names, else the training split's values."""
+def _labels_of(own: OwnTask, kind: TaskKind) -> tuple[str, ...]:
+    """The label names of a classification (tagging) task: a dataset's class names, else the training split's
+    values (tags)."""
     if own.dataset is not None:
         import datasets
 
@@ -210,15 +214,26 @@ def _labels_of(own: OwnTask) -> tuple[str, ...]:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise PerceiverLMError(f"{where}: cannot be loaded ({first[:300]})") from None
         feature = rows.features.get(own.label_column)
+        if kind.per_word:  # tags: a sequence (or list) of class ids
+            feature = getattr(feature, "feature", feature[0] if isinstance(feature, list) and feature else None)
         if isinstance(feature, datasets.ClassLabel):  # class ids, named by the dataset
             return tuple(feature.names)
     else:
         where, rows = own.train_file, read_rows(own.train_file)
     if own.label_column not in rows.column_names:
         raise PerceiverLMError(f"{where}: no column {shown(own.label_column)} (found: {', '.join(rows.column_names)})")
-    values = rows.unique(own.label_column)
+    if kind.per_word:
+        values = set()
+        for row, cell in enumerate(rows[own.label_column], start=1):
+            try:
+                values.update(kind.label_values(cell))
+            except ValueError as err:
+                raise PerceiverLMError(f"{where}: row {row}, column {shown(own.label_column)}: {err}") from None
+    else:
+        values = rows.unique(own.label_column)
     if any(v is None or v == "" for v in values):
-        row = next(i for i, v in enumerate(rows[own.label_column], start=1) if v is None or v == "")
+        cells = enumerate(rows[own.label_column], start=1)
+        row = next(i for i, v in cells if any(x in (None, "") for x in kind.label_values(v)))
         raise PerceiverLMError(f"{where}: row {row}, column {shown(own.label_column)}: no label")
     if own.dataset is not None and not all(isinstance(v, str) for v in values):
         raise PerceiverLMError(
@@ -249,12 +264,18 @@ def job_tasks(options: GlueOptions) -> list[GlueTask]:
 
 
 def heads(
-    tasks: list[GlueTask], head_hidden: int, max_length: int | None = None, window: int | None = None
+    tasks: list[GlueTask],
+    head_hidden: int,
+    max_length: int | None = None,
+    window: int | None = None,
+    word_features: bool = False,
 ) -> MultiTaskConfig:
     """The task heads of a model for ``tasks`` reading ``max_length`` bytes of each example (None: the window)
     in windows of ``window`` bytes (None: the model's); a task of your own keeps its declaration in the model."""
-    specs = (TaskSpec(t.name, t.num_outputs, about=_about(t) if is_own(t) else None) for t in tasks)
-    return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length, window=window)
+    specs = (
+        TaskSpec(t.name, t.num_outputs, about=_about(t) if is_own(t) else None, per_word=t.kind.per_word) for t in tasks
+    )
+    return MultiTaskConfig(tuple(specs), head_hidden, max_length=max_length, window=window, word_features=word_features)
 
 
 def is_own(task: GlueTask) -> bool:

@@ -18,7 +18,6 @@ from perceiver_lm.run_dir import check_output_folder, write_text_atomic
 from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range, shown
 from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
-from tasks.glue.metrics import compute_all
 from tasks.glue.own import is_own, model_tasks
 from tasks.glue.tasks import GlueTask
 
@@ -33,22 +32,30 @@ def predictions_of(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_split(
-    model, loader: DataLoader, task_index: int, task: GlueTask, accelerator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels of every example of one split, in file order, gathered over processes."""
+def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, accelerator) -> tuple[Any, Any]:
+    """Predictions and targets of every example of one split, in file order, gathered over processes: arrays of
+    a value each, or for a per-word task lists of an array of tag ids each (as long as its words)."""
     was_training = model.training
     model.eval()
     preds, labels, positions = [], [], []
     for batch in loader:
-        logits = model(batch["input_ids"], batch["attention_mask"], task=task_index).logits
-        p, y, at = accelerator.gather_for_metrics((predictions_of(task, logits), batch["labels"], batch["position"]))
-        preds.append(p.cpu())
-        labels.append(y.cpu())
+        words = batch.get("word_positions")
+        logits = model(batch["input_ids"], batch["attention_mask"], task=task_index, word_positions=words).logits
+        p, y = predictions_of(task, logits), batch["labels"]
+        if words is not None:  # per word: [B, Q], Q differs between batches and processes
+            p, y = accelerator.pad_across_processes(p, dim=1), accelerator.pad_across_processes(y, dim=1)
+            p, y, at, count = accelerator.gather_for_metrics((p, y, batch["position"], batch["word_count"]))
+            preds += [row[:n].cpu().numpy() for row, n in zip(p, count.tolist(), strict=True)]
+            labels += [row[:n].cpu().numpy() for row, n in zip(y, count.tolist(), strict=True)]
+        else:
+            p, y, at = accelerator.gather_for_metrics((p, y, batch["position"]))
+            preds += list(p.cpu().numpy())
+            labels += list(y.cpu().numpy())
         positions.append(at.cpu())
     model.train(was_training)
-    order = torch.cat(positions).argsort()  # loaders may batch by length
-    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
+    order = torch.cat(positions).argsort().tolist()  # loaders may batch by length
+    preds, labels = [preds[i] for i in order], [labels[i] for i in order]
+    return (preds, labels) if task.kind.per_word else (np.asarray(preds), np.asarray(labels))
 
 
 def eval_loaders(
@@ -82,9 +89,10 @@ def evaluate_splits(model, loaders, tasks_by_name, task_index, accelerator) -> d
     for (name, split), loader in loaders.items():
         task = tasks_by_name[name]
         preds, labels = predict_split(model, loader, task_index[name], task, accelerator)
-        if len(labels) == 0 or np.isnan(labels).any():  # `check_scorable` refuses these before any work
+        unlabelled = any(np.any(np.isnan(np.asarray(y, dtype=float))) for y in labels)
+        if len(labels) == 0 or unlabelled:  # `check_scorable` refuses these before any work
             raise PerceiverLMError(f"{_kind(task)}{name} {split}: no labelled example to score")
-        scores.setdefault(name, {})[split] = compute_all(task.metrics, preds, labels)
+        scores.setdefault(name, {})[split] = task.kind.scores(task.metrics, preds, labels, task.labels)
     return scores
 
 
@@ -196,7 +204,8 @@ def predict_test(
     columns: dict[str, str | None] | None = None,
 ) -> list[Path]:
     """Write test-set predictions: GLUE's submission format (``SST-2.tsv``: ``index<TAB>prediction``), and for a
-    task of your own ``NAME.tsv`` with its ids and label names (scores for regression).
+    task of your own ``NAME.tsv`` with its ids and label names (scores for regression); for a tagging task
+    ``NAME.jsonl`` (id, tokens, a tag per word, spans) and ``NAME.conll`` (word TAB tag, blank line between).
 
     A task of your own predicts its test file, or ``test_file`` (a model with one such task). Prediction files
     already in ``out_dir`` are replaced only with ``overwrite``; other files there are left alone.
@@ -210,7 +219,8 @@ def predict_test(
             raise PerceiverLMError(f"task {task.name}: no test file to predict; pass --test-file")
         files = ((task.test_files[0][0], task.submission),) if task.submission else task.test_files
         plan += [(task, stem, submission) for stem, submission in files]
-    present = [f"{submission}.tsv" for _, _, submission in plan if (out / f"{submission}.tsv").exists()]
+    names = [submission + suffix for task, _, submission in plan for suffix in task.kind.prediction_suffixes]
+    present = [name for name in names if (out / name).exists()]
     if present and not overwrite:
         raise PerceiverLMError(
             f"--out {out}: already holds {', '.join(present)}; pass --overwrite to replace them, or pick another folder"
@@ -226,18 +236,20 @@ def predict_test(
         preds, _ = predict_split(model, loader, index, task, accelerator)
         if not accelerator.is_main_process:
             continue
-        written.append(_write_predictions(out / f"{submission}.tsv", task, split, preds))
+        written += _write_predictions(out, submission, task, split, preds)
     return written
 
 
-def _write_predictions(path: Path, task: GlueTask, split: GlueSplit, preds: np.ndarray) -> Path:
+def _write_predictions(out: Path, stem: str, task: GlueTask, split: GlueSplit, preds: list) -> list[Path]:
+    """The task kind's prediction files (`TaskKind.prediction_files`) of one split, written atomically."""
     # GLUE wants label strings for the NLI tasks, 0/1 for the others, and scores in [0, 5] for STS-B.
     bounds = None if is_own(task) else (0.0, 5.0)  # STS-B's scores lie in [0, 5]
-    values = [task.kind.text(p, task.labels, bounds) for p in preds]
     ids = split.index or [str(i) for i in range(len(split))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values, strict=True)))
-    return path
+    files = task.kind.prediction_files(stem, ids, preds, split, task.labels, bounds)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_text_atomic(out / name, text)
+    return [out / name for name in files]
 
 
 def results_table(best: dict[str, dict[str, Any]]) -> str:

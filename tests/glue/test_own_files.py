@@ -172,7 +172,8 @@ def test_an_empty_split_a_missing_file_and_a_bad_task_file_are_refused(tmp_path)
         load_split(build_task(own), "dev", None, 64)
     with pytest.raises(PerceiverLMError, match=r"nope\.csv: no such file"):
         build_task(OwnTask(str(tmp_path / "nope.csv"), str(tmp_path / "nope.csv")))
-    with pytest.raises(PerceiverLMError, match=r"t\.txt: expected a \.csv, \.tsv, \.json, \.jsonl, \.parquet file"):
+    expected = r"t\.txt: expected a \.csv, \.tsv, \.json, \.jsonl, \.parquet, \.conll, \.conllu file"
+    with pytest.raises(PerceiverLMError, match=expected):
         build_task(OwnTask(str(tmp_path / "t.txt"), str(tmp_path / "t.txt")))
     bad = tmp_path / "tasks.json"
     bad.write_text(json.dumps({"task": [{"train_file": "t.jsonl", "validation_file": "t.jsonl", "colour": "red"}]}))
