@@ -77,8 +77,16 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineErrors, add_completion=False, no_args_is_help=True, help="Byte-level Perceiver IO language models."
 )
+finetune_app = typer.Typer(
+    no_args_is_help=True,
+    help="Fine-tune, evaluate and predict: labelled texts, scores or tagged words from your files or a Hugging Face "
+    "dataset (and GLUE tasks), one query and head per task.",
+)
+app.add_typer(finetune_app, name="finetune")
 glue_app = typer.Typer(
-    no_args_is_help=True, help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder."
+    no_args_is_help=True,
+    help="Fine-tune, evaluate and predict on GLUE with the multi-task query decoder (the same commands as "
+    "`perceiver-lm finetune`).",
 )
 app.add_typer(glue_app, name="glue")
 
@@ -157,9 +165,9 @@ def _build(classes: tuple[type, ...], values: dict[str, Any], kind: str) -> list
     return [c(**{**p, **g}) for c, p, g in zip(classes, parts, given, strict=True)]
 
 
-def _command(parent: typer.Typer, name: str, *classes: type, kind: str = ""):
+def _command(parent: typer.Typer, name: str, *classes: type, kind: str = "", help: str | None = None):
     """Register the decorated function as command ``name``: one CLI parameter per field of each options
-    dataclass; the function gets one instance per class, its docstring is the command's help."""
+    dataclass; the function gets one instance per class, its docstring (or ``help``) is the command's help."""
     parameters = [_parameter(f, hint) for c in classes for f, hint in _cli_fields(c)]
     names = [p.name for p in parameters]
     assert len(set(names)) == len(names), f"{name}: two options dataclasses share a field name"
@@ -169,9 +177,9 @@ def _command(parent: typer.Typer, name: str, *classes: type, kind: str = ""):
             return user_errors(lambda: func(*_build(classes, values, kind)))()
 
         command.__signature__ = inspect.Signature(parameters)
-        command.__doc__ = func.__doc__
+        command.__doc__ = help or func.__doc__
         command.options_classes = classes  # what the command is generated from (tests read it)
-        parent.command(name, help=func.__doc__)(command)
+        parent.command(name, help=command.__doc__)(command)
         return func
 
     return register
@@ -293,6 +301,16 @@ def _attention(options: AttentionOptions) -> None:
         typer.echo(line)
 
 
+@_command(
+    finetune_app,
+    "train",
+    GlueOptions,
+    GlueTrainOptions,
+    kind="fine-tuning",
+    help="Fine-tune on tasks of your own: a label or score per text, or a tag per word (--task-type "
+    "token-classification), from CSV, TSV, JSON Lines, Parquet or CoNLL files (--train-file, --validation-file), a "
+    "Hugging Face dataset (--dataset) or a task file of several (--task-file); built-in tasks with --tasks.",
+)
 @_command(glue_app, "train", GlueOptions, GlueTrainOptions, kind="GLUE")
 def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
@@ -318,6 +336,12 @@ def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
     typer.echo(f"wrote {Path(options.output_dir) / 'sweep.json'}")
 
 
+@_command(
+    finetune_app,
+    "eval",
+    GlueEvalOptions,
+    help="Score a fine-tuned model on the validation data of its tasks (optionally with noisy inputs).",
+)
 @_command(glue_app, "eval", GlueEvalOptions)
 def _glue_eval(options: GlueEvalOptions) -> None:
     """Score a fine-tuned model on the dev splits of its tasks (optionally with noisy inputs)."""
@@ -343,6 +367,13 @@ def _glue_eval(options: GlueEvalOptions) -> None:
         typer.echo(f"wrote {options.out}")
 
 
+@_command(
+    finetune_app,
+    "predict",
+    GluePredictOptions,
+    help="Predict the test data of a fine-tuned model's tasks: label names or scores (NAME.tsv), tags per word "
+    "(NAME.jsonl with spans, NAME.conll), GLUE's submission files.",
+)
 @_command(glue_app, "predict", GluePredictOptions)
 def _glue_predict(options: GluePredictOptions) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""

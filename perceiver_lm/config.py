@@ -357,7 +357,7 @@ class TaskSpec:
     """One task of the multi-task query decoder: its name and output count (1 = regression), and for a task
     that is not built in, ``about``: how it reads its data (a JSON table its job writes and reads back, so
     that evaluation and prediction read the model's own columns and label names). A ``per_word`` task (tagging)
-    has an output per word, decoded by positional queries at the words' first bytes instead of the task query."""
+    has an output per word, decoded by positional queries at the words' positions instead of the task query."""
 
     name: str
     num_outputs: int
@@ -383,7 +383,7 @@ class MultiTaskConfig:
     # Bytes per window when an input is longer than that (read as consecutive windows); None: the model's
     # max_seq_len. Shorter windows cost less per byte (the cross-attention of a window grows with its square).
     window: int | None = None
-    # Per-word tasks: each word's output also reads the byte features at its first byte (the word itself, through
+    # Per-word tasks: each word's output also reads the byte features at its position (the word itself, through
     # the byte encoder's n-grams and convolutions), beside what its positional query gathers from the latents.
     word_features: bool = False
 

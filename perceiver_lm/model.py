@@ -702,7 +702,7 @@ class TaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, Q, C] of per-word task ``task_index`` at byte positions [B, Q] of inputs [B, L] from latents
         [B, N, D], and the word queries' weights [B, H, Q, N]. With ``word_features`` the output also reads the
-        byte features [B, L, D] (`EncoderOutput.features`) at each word's first byte: the word itself, beside the
+        byte features [B, L, D] (`EncoderOutput.features`) at each word's position: the word itself, beside the
         context its query gathers from the latents."""
         decoded = self.words(latents, positions, latent_mask, return_weights, input_ids)
         hidden = decoded.hidden  # [B, Q, D]
@@ -804,7 +804,7 @@ class PerceiverClassifier(SavedModel):
             windows_per_pass: encode at most this many windows at a time (None: all B*K at once); bounds the
                 memory of inference on long inputs, not that of training, which keeps every pass's activations
                 for backward (see `gradient_checkpointing_enable`).
-            word_positions: [B, Q] positions in ``input_ids`` of the first byte of each word, for a per-word task
+            word_positions: [B, Q] the position in ``input_ids`` each word is read at, for a per-word task
                 (`TaskSpec.per_word`; padding rows may repeat any position); its logits are [B, Q, C] and the
                 decoder maps [B, H, Q, N] (windows: each word reads the latents of its own window only,
                 [B, H, Q, K*N] with the other windows' weights 0).

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app, glue_app
+from cli.main import app, finetune_app, glue_app
 from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import model_config
 from perceiver_lm.errors import PerceiverLMError
@@ -64,10 +64,12 @@ def test_every_training_option_is_a_cli_option():
 
 
 def test_every_command_is_generated_from_options_dataclasses():
-    commands = [(c.name, c.callback) for c in app.registered_commands] + [
-        (f"glue {c.name}", c.callback) for c in glue_app.registered_commands
-    ]
-    assert len(commands) == 10
+    commands = (
+        [(c.name, c.callback) for c in app.registered_commands]
+        + [(f"glue {c.name}", c.callback) for c in glue_app.registered_commands]
+        + [(f"finetune {c.name}", c.callback) for c in finetune_app.registered_commands]
+    )
+    assert len(commands) == 13
     for name, callback in commands:
         classes = callback.options_classes
         help_text = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "250"}).output
@@ -78,6 +80,18 @@ def test_every_command_is_generated_from_options_dataclasses():
                 assert field.metadata["help"], (name, field.name)
                 shown = field.name if field.metadata.get("argument") else f"--{field.name.replace('_', '-')}"
                 assert shown in help_text, (name, field.name)
+
+
+def test_finetune_is_the_general_command_and_glue_its_alias_whose_help_comes_after_yours():
+    assert [c.name for c in finetune_app.registered_commands] == [c.name for c in glue_app.registered_commands]
+    for one, other in zip(finetune_app.registered_commands, glue_app.registered_commands, strict=True):
+        assert one.callback.options_classes == other.callback.options_classes
+    help_text = runner.invoke(app, ["finetune", "train", "--help"], env={"COLUMNS": "250"}).output
+    assert "GLUE" not in help_text.split("Usage:")[1].split("--train-file")[0]  # the command's own help
+    options = [line.split()[1] for line in help_text.splitlines() if line.startswith("│ --")]
+    assert options[0] == "--train-file" and options.index("--tasks") > options.index("--task-file")
+    before_tasks = help_text.split("│ --tasks")[0]
+    assert "GLUE" not in before_tasks.split("--train-file", 1)[1]  # a CSV user reads no GLUE before --tasks
 
 
 def test_options_dataclasses_check_their_fields_in_code_too(tmp_path):

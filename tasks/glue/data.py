@@ -42,14 +42,14 @@ class GlueSplit:
     index: list[str] = field(default_factory=list)  # GLUE example ids (test splits)
     skipped: int = 0
     words: list[tuple[str, ...]] = field(default_factory=list)  # a per-word task's words per example
-    starts: list[np.ndarray] = field(default_factory=list)  # ...and the positions of their first bytes in ``ids``
+    reads: list[np.ndarray] = field(default_factory=list)  # ...and the byte each is read at (`Encoded.reads`)
 
     def add(self, encoded: Encoded, example_id: str | None = None) -> None:
         """Append one encoded example (and its id)."""
         self.ids.append(encoded.ids)
-        if encoded.starts is not None:
+        if encoded.reads is not None:
             self.words.append(encoded.words)
-            self.starts.append(encoded.starts)
+            self.reads.append(encoded.reads)
         if example_id is not None:
             self.index.append(example_id)
 
@@ -72,7 +72,7 @@ def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = F
         labels=[split.labels[i] for i in keep] if split.labels else [],
         index=[split.index[i] for i in keep] if split.index else [],
         words=[split.words[i] for i in keep] if split.words else [],
-        starts=[split.starts[i] for i in keep] if split.starts else [],
+        reads=[split.reads[i] for i in keep] if split.reads else [],
     )
 
 
@@ -532,7 +532,7 @@ def load_split(
 
 
 class TaskExamples(torch.utils.data.Dataset):
-    """Examples of several tasks in one indexable dataset; item = (ids, label, task index, position, word starts
+    """Examples of several tasks in one indexable dataset; item = (ids, label, task index, position, word positions
     or None, task kind)."""
 
     def __init__(self, splits: list[GlueSplit], task_indices: list[int]) -> None:
@@ -541,11 +541,11 @@ class TaskExamples(torch.utils.data.Dataset):
         for split, task_index in zip(splits, task_indices, strict=True):
             self.offsets.append(len(self.items))
             kind = split.task.kind
-            starts = split.starts or [None] * len(split)
+            reads = split.reads or [None] * len(split)
             labels = split.labels if split.labeled else [None] * len(split)
             self.items += [
                 (ids, label, task_index, i, at, kind)
-                for i, (ids, label, at) in enumerate(zip(split.ids, labels, starts, strict=True))
+                for i, (ids, label, at) in enumerate(zip(split.ids, labels, reads, strict=True))
             ]
         self.sizes = [len(s) for s in splits]
         self.lengths = np.array([len(item[0]) for item in self.items])
@@ -613,7 +613,7 @@ def eval_loader(
 def collate(items: list[tuple]) -> dict[str, Any]:
     """Pad a batch of one task (`TaskExamples` items) to its longest example; its kind pads the targets (an
     unlabelled split's are NaN), a per-word task's words pad with position 0 and target `IGNORED`."""
-    ids, labels, tasks, positions, starts, kinds = zip(*items, strict=True)
+    ids, labels, tasks, positions, reads, kinds = zip(*items, strict=True)
     batch = pad_batch(list(ids))
     out = {
         "input_ids": torch.from_numpy(batch.input_ids),
@@ -621,14 +621,14 @@ def collate(items: list[tuple]) -> dict[str, Any]:
         "task": tasks[0],  # one task per batch; a Python int, so that picking the head needs no device sync
         "position": torch.tensor(positions),
     }
-    if starts[0] is not None:
-        words = torch.zeros(len(starts), max(len(s) for s in starts), dtype=torch.long)
-        for row, at in enumerate(starts):
+    if reads[0] is not None:
+        words = torch.zeros(len(reads), max(len(r) for r in reads), dtype=torch.long)
+        for row, at in enumerate(reads):
             words[row, : len(at)] = torch.from_numpy(at)
         out["word_positions"] = words
-        out["word_count"] = torch.tensor([len(s) for s in starts])
+        out["word_count"] = torch.tensor([len(r) for r in reads])
         if labels[0] is None:  # unlabelled: nothing is scored
-            labels = [np.full(len(s), IGNORED) for s in starts]
+            labels = [np.full(len(r), IGNORED) for r in reads]
     elif labels[0] is None:
         labels = [float("nan")] * len(labels)
     out["labels"] = kinds[0].batch_targets(list(labels))

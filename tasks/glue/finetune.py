@@ -191,13 +191,16 @@ class GlueTraining:
         train_splits, dev_splits = _load_splits(options, self.tasks, max_length)
         for note in self.notes:
             accelerator.print(note, file=sys.stderr)
+        window = options.window or model.config.max_seq_len
         for split in [*train_splits, *dev_splits.values()]:
-            cut = sum(len(ids) == max_length for ids in split.ids)
-            accelerator.print(
-                f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}"
-                + (f" ({cut:,} cut to {max_length} bytes)" if cut else ""),
-                file=sys.stderr,
-            )
+            if split.task.kind.per_word:  # never cut: every word is tagged, longer inputs read as windows
+                long = sum(len(ids) > window for ids in split.ids)
+                note = f" ({long:,} longer than {window} bytes: read as windows)" if long else ""
+            else:
+                cut = sum(len(ids) == max_length for ids in split.ids)
+                note = f" ({cut:,} cut to {max_length} bytes)" if cut else ""
+            accelerator.print(f"{split.task.name} {split.name}: {len(split):,} examples from {split.source}{note}",
+                              file=sys.stderr)  # fmt: skip
         train_data = TaskExamples(train_splits, [self.task_index[t.name] for t in self.tasks])
         sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
         gpu = accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking the host

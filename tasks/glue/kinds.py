@@ -26,24 +26,26 @@ IGNORED = -100  # the target of a padding word: no loss, no score (cross_entropy
 
 @dataclass
 class Encoded:
-    """One example as the model reads it: ids, and for a per-word kind its words and their first bytes' positions."""
+    """One example as the model reads it: ids, and for a per-word kind its words and the byte each is read at."""
 
     ids: np.ndarray
     words: tuple[str, ...] | None = None
-    starts: np.ndarray | None = None  # [words] positions in ``ids``
+    # [words] positions in ``ids``: each word's last byte, where the byte encoder's n-grams (which reach back) spell
+    # the word (measured against the first byte, whose n-grams hold the previous word: docs/tagging.md)
+    reads: np.ndarray | None = None
 
 
 def encode_words(words: Sequence[str]) -> Encoded:
-    """``[CLS] w1 w2 ... [SEP]``, words joined by one space, and where each word starts. Never cut: a longer
-    input is read as windows, so that every word gets a prediction."""
-    pieces, starts, at = [], [], 1
+    """``[CLS] w1 w2 ... [SEP]``, words joined by one space, and the position of each word's last byte. Never cut:
+    a longer input is read as windows, so that every word gets a prediction."""
+    pieces, reads, at = [], [], 1
     for word in words:
         data = word.encode("utf-8")
-        starts.append(at)
+        reads.append(at + len(data) - 1)
         pieces.append(data)
         at += len(data) + 1
     ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
-    return Encoded(ids, tuple(words), np.asarray(starts, dtype=np.int64))
+    return Encoded(ids, tuple(words), np.asarray(reads, dtype=np.int64))
 
 
 def label_name(value: Any) -> str:
@@ -218,7 +220,7 @@ class Regression(SentenceKind):
 
 
 class TokenClassification:
-    """A tag per word (part of speech, named entities): the words' first bytes are decoded by positional queries
+    """A tag per word (part of speech, named entities): each word's last byte is decoded by positional queries
     (`TaskSpec.per_word`); cross-entropy over the tag names at each word, the most likely one predicted; spans read
     from IOB/BIO/BIOES tags (`tagging_metric`). Inputs are word lists, labels tag-name lists as long."""
 
@@ -320,7 +322,7 @@ def _words(value: Any, what: str = "words") -> tuple[str, ...]:
         raise ValueError(f"expected a list of {what} (strings), got {shown(value)}")
     if what == "words" and any(w == "" for w in value):
         empty = next(i for i, w in enumerate(value, start=1) if w == "")
-        raise ValueError(f"word {empty} is empty (a tag is read at a word's first byte)")
+        raise ValueError(f"word {empty} is empty (a tag is read at a word's last byte)")
     return tuple(value)
 
 

@@ -1,4 +1,5 @@
-"""GLUE fine-tuning options; no torch import, so that the CLI builds `glue train` without loading the model."""
+"""Fine-tuning options (`finetune` and its alias `glue`); no torch import, so that the CLI builds its commands
+without loading the model."""
 
 from __future__ import annotations
 
@@ -34,18 +35,13 @@ GLUE_CAPS = {**CAPS, "head_hidden": MAX_HEAD_HIDDEN, "epochs": MAX_EPOCHS}
 
 @dataclass(frozen=True)
 class GlueOptions:
-    """GLUE fine-tuning options; each field is one ``perceiver-lm glue train`` option of the same name."""
+    """Fine-tuning options; each field is one ``perceiver-lm finetune train`` (``glue train``) option of the same
+    name. A task of your own comes first; the GLUE tasks after it (--tasks, --glue-dir)."""
 
-    tasks: str | None = option(
-        None,
-        f"Comma-separated GLUE tasks to fine-tune together ({', '.join(TASKS)}) or all; default: sst2, or none when "
-        "tasks of your own are given (--train-file, --task-file).",
-        data_order=True,
-    )
     train_file: str | None = option(
         None,
-        "A task of your own: its training file (CSV, TSV, JSON, JSON Lines or Parquet), read by the columns below; "
-        "its labels are the values of the label column there.",
+        "A task of your own: its training file (CSV, TSV, JSON, JSON Lines, Parquet, or for tagging CoNLL "
+        ".conll/.conllu), read by the columns below; its labels are the values of the label column there.",
         data_order=True,
         files=True,
     )
@@ -55,7 +51,7 @@ class GlueOptions:
         data_order=True,
         files=True,
     )
-    test_file: str | None = option(None, "The test file of your task, for `glue predict` (labels not needed).")
+    test_file: str | None = option(None, "The test file of your task, for `predict` (labels not needed).")
     dataset: str | None = option(
         None,
         "A task of your own from a Hugging Face dataset (a Hub name, or a local folder datasets can load) instead of "
@@ -65,7 +61,7 @@ class GlueOptions:
     dataset_config: str | None = option(None, "Configuration name of --dataset.", data_order=True)
     train_split: str = option("train", "Training split of --dataset.", data_order=True)
     validation_split: str = option("validation", "Validation split of --dataset.", data_order=True)
-    test_split: str = option("test", "Test split of --dataset, for `glue predict`.")
+    test_split: str = option("test", "Test split of --dataset, for `predict`.")
     text_column: str | None = option(
         None,
         "Your task's text column (for token-classification: a column of word lists); default: text (tokens).",
@@ -123,9 +119,16 @@ class GlueOptions:
         "Model config fields that replace --preset's when starting from random weights (a config file's [model]).",
         cli=False,
     )
+    tasks: str | None = option(
+        None,
+        f"Built-in GLUE tasks to fine-tune (together with yours): comma-separated ({', '.join(TASKS)}) or all; "
+        "default: sst2 when no task of your own is given (--train-file, --dataset, --task-file).",
+        data_order=True,
+    )
     glue_dir: str | None = option(
         None,
-        "GLUE directory in the original layout (SST-2/train.tsv, ...); default: the nyu-mll/glue Hub dataset.",
+        "GLUE directory in the original layout (SST-2/train.tsv, ...) for --tasks; default: the nyu-mll/glue Hub "
+        "dataset.",
         data_order=True,
         files=True,
     )
@@ -190,9 +193,9 @@ class GlueOptions:
     eval_batch_size: int = option(64, "Examples per evaluation batch per process.")
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
     word_features: bool = option(
-        False,
-        "Tagging tasks: each word's tag also reads the byte features at its first byte (the word's own n-grams), "
-        "beside what its positional query gathers from the latents.",
+        True,
+        "Tagging tasks: each word's tag also reads the byte features at its last byte (the word's own n-grams), "
+        "beside what its positional query gathers from the latents (measured: docs/tagging.md).",
         data_order=True,
     )
     length_buckets: bool = option(
@@ -273,7 +276,7 @@ class GlueOptions:
 
 @dataclass(frozen=True)
 class GlueTrainOptions:
-    """``perceiver-lm glue train`` beyond `GlueOptions`: a file of options and the hyperparameter sweep."""
+    """``perceiver-lm finetune train`` beyond `GlueOptions`: a file of options and the hyperparameter sweep."""
 
     config: Path | None = option(None, "JSON/TOML file of these options; options given here win.")
     sweep: bool = option(
@@ -305,10 +308,9 @@ class GlueTrainOptions:
 
 @dataclass(frozen=True)
 class GlueEvalOptions:
-    """``perceiver-lm glue eval``: `tasks.glue.predict.evaluate_checkpoint`, optionally written as JSON."""
+    """``perceiver-lm finetune eval``: `tasks.glue.predict.evaluate_checkpoint`, optionally written as JSON."""
 
     checkpoint: Path = argument("Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")
-    glue_dir: str | None = option(None, "GLUE directory in the original layout; default: the Hub.")
     tasks: str | None = option(None, "Subset of the model's tasks to evaluate (default: all of them).")
     out: Path | None = option(None, "Write the dev metrics as JSON here.")
     batch_size: int = option(64, "Examples per evaluation batch per process.")
@@ -326,6 +328,7 @@ class GlueEvalOptions:
     text_pair_column: str | None = option(None, "Column of the second texts: checked like --text-column.")
     label_column: str | None = option(None, "Column of the labels: checked like --text-column.")
     id_column: str | None = option(None, "Column of the ids: checked like --text-column.")
+    glue_dir: str | None = option(None, "GLUE directory in the original layout for GLUE tasks; default: the Hub.")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -338,15 +341,14 @@ class GlueEvalOptions:
 
 @dataclass(frozen=True)
 class GluePredictOptions:
-    """``perceiver-lm glue predict``: `tasks.glue.predict.predict_test`."""
+    """``perceiver-lm finetune predict``: `tasks.glue.predict.predict_test`."""
 
     checkpoint: Path = argument("Fine-tuned model (a run's best/ folder).")
     out: Path = option(
-        Path("glue_predictions"),
-        "Folder for the prediction files (SST-2.tsv, MNLI-m.tsv, ...; NAME.tsv with label names for a task of "
-        "your own).",
+        Path("predictions"),
+        "Folder for the prediction files: NAME.tsv with ids and label names (or scores) for a task of your own, "
+        "NAME.jsonl (tokens, tags, spans) and NAME.conll for a tagging task; SST-2.tsv, MNLI-m.tsv, ... for GLUE.",
     )
-    glue_dir: str | None = option(None, "GLUE directory in the original layout; default: the Hub.")
     batch_size: int = option(64, "Examples per prediction batch per process.")
     overwrite: bool = option(False, "Replace submission files already in --out.")
     test_file: str | None = option(
@@ -355,6 +357,7 @@ class GluePredictOptions:
     text_column: str | None = option(None, "Column of the texts: checked against the model's task of your own.")
     text_pair_column: str | None = option(None, "Column of the second texts: checked like --text-column.")
     id_column: str | None = option(None, "Column of the ids: checked like --text-column.")
+    glue_dir: str | None = option(None, "GLUE directory in the original layout for GLUE tasks; default: the Hub.")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -1,4 +1,4 @@
-"""Token classification: a tag per word, decoded by positional queries at the words' first bytes; CoNLL and
+"""Token classification: a tag per word, decoded by positional queries at the words' last bytes; CoNLL and
 JSON Lines files; span metrics; windows; training with a sentence task; predictions with a tag per word."""
 
 import json
@@ -99,9 +99,9 @@ def test_span_scores_count_exact_spans_per_type_and_micro_averaged():
 def test_words_are_joined_by_spaces_and_each_word_is_read_at_its_first_byte():
     encoded = encode_words(["Zoë", "ran", "5km"])
     assert decode(encoded.ids[1:-1]) == "Zoë ran 5km"
-    # The first byte of each word; Zoë is 4 bytes in UTF-8.
-    assert [decode(encoded.ids[s : s + 1]) for s in encoded.starts] == ["Z", "r", "5"]
-    assert encoded.starts.tolist() == [1, 6, 10]
+    # The last byte of each word; Zoë is 4 bytes in UTF-8 (ë two).
+    assert encoded.reads.tolist() == [4, 8, 12]
+    assert [decode(encoded.ids[s - 1 : s + 1]) for s in encoded.reads] == ["ë", "an", "km"]
 
 
 def _tagger(window=None):
@@ -210,7 +210,7 @@ def test_a_sentence_longer_than_the_window_is_not_cut_every_word_keeps_its_tag(t
     train = _write_jsonl(tmp_path / "train.jsonl", [long, *_sentences(10, 0)])
     task = build_task(OwnTask(train_file=train, validation_file=train, type="token-classification"))
     split = load_split(task, "train", None, 128)
-    assert len(split.ids[0]) > 128 and len(split.labels[0]) == len(split.starts[0]) == 80
+    assert len(split.ids[0]) > 128 and len(split.labels[0]) == len(split.reads[0]) == 80
     batch_kind = TokenClassification()
     targets = batch_kind.batch_targets([split.labels[1], split.labels[0]])
     assert targets.shape == (2, 80) and (targets[0, len(split.labels[1]) :] == IGNORED).all()
@@ -234,7 +234,7 @@ def test_a_conll_ner_file_trains_evaluates_and_predicts_a_tag_per_word_from_the_
         return done.stdout
 
     cli(
-        "glue", "train", "--train-file", train, "--validation-file", dev, "--test-file", test,
+        "finetune", "train", "--train-file", train, "--validation-file", dev, "--test-file", test,
         "--task-type", "token-classification", "--preset", "tiny", "--max-steps", "300", "--eval-every", "150",
         "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "10", "--head-hidden", "32",
         "--output-dir", str(tmp_path / "run"),
@@ -242,8 +242,8 @@ def test_a_conll_ner_file_trains_evaluates_and_predicts_a_tag_per_word_from_the_
     best = json.loads((tmp_path / "run" / "dev_metrics.json").read_text())["best"]["ner"]["scores"]["dev"]
     assert best["span_f1"] > 85.0 and best["token_accuracy"] > 92.0, best  # from random init, ~5 s
     assert {"f1_PER", "f1_LOC"} <= set(best)
-    assert "span_f1" in cli("glue", "eval", str(tmp_path / "run" / "best"), "--label-column", "tags")
-    cli("glue", "predict", str(tmp_path / "run" / "best"), "--out", str(tmp_path / "pred"))
+    assert "span_f1" in cli("finetune", "eval", str(tmp_path / "run" / "best"), "--label-column", "tags")
+    cli("finetune", "predict", str(tmp_path / "run" / "best"), "--out", str(tmp_path / "pred"))
     records = [json.loads(line) for line in (tmp_path / "pred" / "ner.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in records] == [r["tokens"] for r in test_rows]
     right = total = 0
