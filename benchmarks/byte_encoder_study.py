@@ -5,7 +5,7 @@
 A variant is a preset plus model-config changes (``VARIANTS``); each arm fine-tunes a randomly initialised
 model of that shape (or ``--checkpoint``) through the library's `finetune`, evaluating the full dev set
 every ``--eval-every`` steps. Results go to ``--out``/results.json; a markdown table (mean ± sd over
-seeds) is printed. MLM arms are plain ``perceiver-lm pretrain`` runs (README, "Byte encoder").
+seeds) is printed. MLM arms are plain ``perceiver-lm pretrain`` runs (docs/studies.md, "Byte encoder").
 """
 
 from __future__ import annotations

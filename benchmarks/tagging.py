@@ -38,7 +38,7 @@ TASKS = {
     "upos": ("ud_en_ewt", "token_accuracy"),
     "ner": ("conll2003", "span_f1"),
 }
-# Published dev/test anchors, for the table (README of the study: where each comes from).
+# Published anchors, for the table (docs/tagging.md says where each comes from).
 ANCHORS = {
     "upos": "UD EWT UPOS: pretrained taggers ~95-97 (test)",
     "ner": "CoNLL-2003 test F1: CharNER 84.5, LSTM-CRF without pretrained embeddings ~83.6, BERT-base 92.4",

@@ -315,7 +315,7 @@ PRESETS: dict[str, PerceiverConfig] = {
     ),
     # CPU experiments and the default: 2048-byte windows like `base`; 128 latents keep a training step
     # affordable on two cores. Hashed n-grams + convolutions give each byte its neighbourhood before the
-    # latents read it; short inputs use only the latents over their text (measured: README, byte encoder).
+    # latents read it; short inputs use only the latents over their text (measured: docs/studies.md, byte encoder).
     "small": PerceiverConfig(
         max_seq_len=2048,
         d_model=256,

@@ -1,9 +1,10 @@
-"""Filling masked bytes with a trained model."""
+"""Using trained models from Python: filling masked bytes, labelling texts, tagging words."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,17 @@ import numpy as np
 import torch
 
 from perceiver_lm.errors import PerceiverLMError, clipped
-from perceiver_lm.model import PerceiverLM
-from perceiver_lm.tokenizer import MASK_ID, NUM_SPECIAL, bytes_to_ids, decode_bytes
+from perceiver_lm.model import PerceiverClassifier, PerceiverLM
+from perceiver_lm.tokenizer import (
+    MASK_ID,
+    NUM_SPECIAL,
+    bytes_to_ids,
+    decode_bytes,
+    encode_batch,
+    encode_pair,
+    encode_words,
+    pad_batch,
+)
 
 MASK_MARK = re.compile(rb"\[MASK(?:\*(\d+))?\]")
 
@@ -115,3 +125,83 @@ def fill_mask(model: PerceiverLM, text: str, top_k: int = 3, source: str | Path 
         for row_i, row_p in zip(top.indices.cpu(), top.values.cpu(), strict=True)
     ]
     return FillMaskResult(decode_bytes(filled).decode("utf-8", errors="replace"), positions.tolist(), candidates)
+
+
+def _task(model: PerceiverClassifier, task: str | None, per_word: bool) -> int:
+    """The index of ``task`` (default: the model's only task of that output kind)."""
+    if task is not None:
+        index = model.tasks.index(task)
+        if model.tasks.tasks[index].per_word != per_word:
+            wanted = "tags words (use tag)" if not per_word else "labels texts (use classify)"
+            raise PerceiverLMError(f"task {task} {wanted}")
+        return index
+    fitting = [i for i, t in enumerate(model.tasks.tasks) if t.per_word == per_word]
+    if len(fitting) != 1:
+        names = ", ".join(model.tasks.tasks[i].name for i in fitting) or "none"
+        raise PerceiverLMError(f"name the task: the model has {len(fitting)} of this kind ({names})")
+    return fitting[0]
+
+
+def _label_names(model: PerceiverClassifier, index: int) -> list[str] | None:
+    """A task's label names as the model keeps them (tasks of your own), else None (GLUE's: class ids)."""
+    about = model.tasks.tasks[index].about or {}
+    return list(about.get("labels") or []) or None
+
+
+@torch.no_grad()
+def classify(
+    model: PerceiverClassifier,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    task: str | None = None,
+    batch_size: int = 32,
+) -> list[str | float]:
+    """The label name (a score for regression; a class id as text for a GLUE task) of each text (or text pair),
+    read as the model was fine-tuned to read (its ``max_length``, in windows)."""
+    index = _task(model, task, per_word=False)
+    spec = model.tasks.tasks[index]
+    length = model.tasks.max_length or model.config.max_seq_len
+    names = _label_names(model, index)
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str | float] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        second = None if pairs is None else pairs[start : start + batch_size]
+        if second is None:
+            batch = encode_batch(chunk, max_length=length)  # cut as fine-tuning cuts: the first bytes, then [SEP]
+        else:
+            batch = pad_batch([encode_pair(a, b, length) for a, b in zip(chunk, second, strict=True)])
+        ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+        logits = model(ids, mask, task=index).logits.float()  # [B, C]
+        if spec.num_outputs == 1 and names is None:  # a score
+            out += logits[:, 0].tolist()
+        else:
+            out += [names[i] if names else str(i) for i in logits.argmax(-1).tolist()]
+    return out
+
+
+@torch.no_grad()
+def tag(
+    model: PerceiverClassifier, sentences: Sequence[Sequence[str]], task: str | None = None, batch_size: int = 32
+) -> list[list[str]]:
+    """A tag name for every word of each sentence (a list of words), from a model with a tagging task."""
+    index = _task(model, task, per_word=True)
+    names = _label_names(model, index)
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[list[str]] = []
+    for start in range(0, len(sentences), batch_size):
+        encoded = [encode_words(words) for words in sentences[start : start + batch_size]]
+        if any(len(reads) == 0 for _, reads in encoded):
+            raise PerceiverLMError("a sentence to tag has no words")
+        batch = pad_batch([ids for ids, _ in encoded])
+        reads = torch.zeros(len(encoded), max(len(r) for _, r in encoded), dtype=torch.long)
+        for row, (_, at) in enumerate(encoded):
+            reads[row, : len(at)] = torch.from_numpy(at)
+        ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+        best = model(ids, mask, task=index, word_positions=reads.to(device)).logits.argmax(-1).tolist()  # [B, Q]
+        out += [
+            [names[t] if names else str(t) for t in row[: len(at)]] for row, (_, at) in zip(best, encoded, strict=True)
+        ]
+    return out

@@ -420,7 +420,9 @@ class AttentionOptions:
     head: int | None = option(None, "Summarise one head (default: every head; -1: the mean of the heads).")
     top: int = option(3, "Latents to print per kind.")
     query: str | None = option(
-        None, "Decoder query to show: a byte position (masked LM) or a task name (fine-tuned model)."
+        None,
+        "Decoder query to show: a byte position (masked LM), a task name (fine-tuned model), or TASK:N for word N "
+        "(from 0) of a tagging task (the text's words are split at whitespace, as the tagger reads them).",
     )
     png: Path | None = option(None, "Write a heatmap + example latents PNG here.")
     span: str | None = option(
@@ -453,14 +455,18 @@ class AttentionOptions:
         return first, end
 
     @property
-    def decoder_query(self) -> int | str | None:
-        """``--query`` as a byte position (ASCII digits, as every integer option takes) or a task name (an
-        identifier, as every task name is); anything else, such as ``²``, is refused."""
+    def decoder_query(self) -> int | str | tuple[str, int] | None:
+        """``--query`` as a byte position (ASCII digits, as every integer option takes), a task name (an
+        identifier, as every task name is) or (task name, word index) for ``TASK:N``; anything else, such as
+        ``²``, is refused."""
         query = self.query
         if query is None or (query.isidentifier() and not query[0].isdigit()):
             return query
+        task, colon, word = query.partition(":")
+        if colon and task.isidentifier() and INTEGER_TEXT.fullmatch(word):
+            return task, parse_int(word, "--query")
         if not INTEGER_TEXT.fullmatch(query.strip(" \t")):
             raise PerceiverLMError(
-                f"--query {shown(query)}: expected a byte position (ASCII digits 0-9) or a task name"
+                f"--query {shown(query)}: expected a byte position (ASCII digits 0-9), a task name or TASK:WORD"
             )
         return parse_int(query, "--query")

@@ -122,3 +122,16 @@ def decode_bytes(ids: np.ndarray | Sequence[int]) -> bytes:
 def decode(ids: np.ndarray | Sequence[int]) -> str:
     """Decode ids to text; specials are dropped and broken UTF-8 becomes U+FFFD."""
     return decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def encode_words(words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``[CLS] w1 w2 ... [SEP]`` (the words joined by one space) and the position of each word's last byte, where
+    a tagger reads the word (the byte encoder's n-grams reach back: there they spell the word)."""
+    pieces, reads, at = [], [], 1
+    for word in words:
+        data = word.encode("utf-8")
+        reads.append(at + len(data) - 1)
+        pieces.append(data)
+        at += len(data) + 1
+    ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
+    return ids, np.asarray(reads, dtype=np.int64)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from perceiver_lm.errors import PerceiverLMError
-from perceiver_lm.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, encode, pad_batch
+from perceiver_lm.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, encode, encode_words, pad_batch
 from perceiver_lm.validation import shown
 
 LOCAL_MIN_BYTES = 8.0
@@ -86,14 +86,17 @@ class AttentionMaps:
         return out
 
 
-def _model_input(model, text: str) -> np.ndarray:
-    # A masked LM was trained on raw byte windows; a task model on [CLS] text [SEP].
-    return encode(text) if hasattr(model, "tasks") else encode(text, add_special_tokens=False)
+def _model_input(model, text: str, per_word: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ids a model reads ``text`` as, and for a tagging task the byte each word is read at: a masked LM was
+    trained on raw byte windows, a task model on [CLS] text [SEP], a tagger on the words joined by spaces."""
+    if per_word:
+        return encode_words(text.split())
+    return (encode(text) if hasattr(model, "tasks") else encode(text, add_special_tokens=False)), None
 
 
 @torch.no_grad()
 def attention_maps(
-    model, texts: list[str], query: int | str | None = None, batch_size: int = 8, source=None
+    model, texts: list[str], query: int | str | tuple[str, int] | None = None, batch_size: int = 8, source=None
 ) -> list[AttentionMaps]:
     """Encoder (and one decoder query's) cross-attention maps for each text.
 
@@ -101,7 +104,8 @@ def attention_maps(
         model: a `PerceiverLM` or `PerceiverClassifier` (put in eval mode here).
         texts: texts of at most the model's window in bytes (plus [CLS]/[SEP] for task models).
         query: for a masked LM, the byte position whose decoder query to show (default: none);
-            for a task model, the task name (default: its first task).
+            for a task model, the task name (default: its first task), or (task name, word index) for the
+            query of one word of a tagging task (default: word 0).
         batch_size: texts per forward pass.
         source: the checkpoint the model came from, named when its attention is not finite (NaN weights).
     """
@@ -109,18 +113,29 @@ def attention_maps(
 
     model.eval()
     window = model.config.max_seq_len
-    encoded = [_model_input(model, t) for t in texts]
-    for ids in encoded:
-        if len(ids) > window:
-            raise PerceiverLMError(f"text of {len(ids)} ids is longer than the model's window ({window}); shorten it")
-        if len(ids) == 0:
-            raise PerceiverLMError("empty text: nothing to attend to")
     is_task_model = hasattr(model, "tasks")
+    word = 0
+    if isinstance(query, tuple):
+        if not is_task_model:
+            raise PerceiverLMError(f"--query {query[0]}:{query[1]}: a masked LM takes a byte position as its query")
+        query, word = query
     if is_task_model:
         task_name = query if isinstance(query, str) else model.tasks.tasks[0].name
         task_index = model.tasks.index(task_name)
     elif isinstance(query, str):
         raise PerceiverLMError(f"--query {shown(query)}: a masked LM takes a byte position as its query")
+    per_word = is_task_model and model.tasks.tasks[task_index].per_word
+    inputs = [_model_input(model, t, per_word) for t in texts]
+    encoded = [ids for ids, _ in inputs]
+    if per_word:
+        for _, reads in inputs:
+            if not 0 <= word < len(reads):
+                raise PerceiverLMError(f"--query {task_name}:{word}: the text has {len(reads)} word(s) (from 0)")
+    for ids in encoded:
+        if len(ids) > window:
+            raise PerceiverLMError(f"text of {len(ids)} ids is longer than the model's window ({window}); shorten it")
+        if len(ids) == 0:
+            raise PerceiverLMError("empty text: nothing to attend to")
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
@@ -128,7 +143,11 @@ def attention_maps(
         batch = pad_batch(chunk)
         ids = torch.from_numpy(batch.input_ids).to(device)
         mask = torch.from_numpy(batch.attention_mask).to(device)
-        if is_task_model:
+        if per_word:  # the one word's query
+            at = torch.tensor([[int(reads[word])] for _, reads in inputs[start : start + batch_size]], device=device)
+            result = model(ids, mask, task=task_index, return_attentions=True, word_positions=at)
+            decoder = result.decoder_attention[:, :, 0]  # [B, H, N]
+        elif is_task_model:
             result = model(ids, mask, task=task_index, return_attentions=True)
             decoder = result.decoder_attention[:, :, 0]  # [B, H, N]
         else:
@@ -152,7 +171,9 @@ def attention_maps(
                 None if decoder is None else decoder[row, :, :latents].float().cpu().numpy(),
                 None,
             )
-            if is_task_model:
+            if per_word:
+                maps.query = f"task {task_name}, word {word} ({texts[start + row].split()[word]!r})"
+            elif is_task_model:
                 maps.query = f"task {task_name}"
             elif query is not None:
                 maps.query = f"position {query} ({maps.labels()[query]!r})"

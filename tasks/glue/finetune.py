@@ -39,7 +39,7 @@ from tasks.glue.tasks import GlueTask
 METRICS_FILE = "dev_metrics.json"
 
 
-# Fine-tuning defaults per model shape, measured (README, "Byte encoder"). The paper's lr 5e-5 with 200
+# Fine-tuning defaults per model shape, measured (docs/studies.md, "Byte encoder"). The paper's lr 5e-5 with 200
 # warm-up steps suits the 201M model after massive pretraining; the CPU presets learn in a few hundred
 # steps with larger ones (`small` from random init on SST-2: lr 1e-3 never leaves the majority class,
 # 3e-4 reaches ~75 % at 600 steps). A shape that is no preset gets the paper's values.
@@ -56,7 +56,7 @@ EMBEDDING_TABLES = ("encoder.token_embedding.weight", "encoder.ngrams.table.weig
 
 
 # How the body is fine-tuned: from random weights everything trains at --lr from the first step. A
-# pretrained body gets the recipe the transfer study chose (README, "Transfer at small budgets"): so far
+# pretrained body gets the recipe the transfer study chose (docs/studies.md, "Transfer at small budgets"): so far
 # the same, since neither a body at 0.3x the rate nor a 100-step frozen-body warm-up did better from a
 # review-pretrained `small` (SST-2, 1,000 labels, 2 seeds: 57.6 default, 55.7 and 57.0).
 RANDOM_START = {"body_lr_scale": 1.0, "freeze_body_steps": 0}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from perceiver_lm.tokenizer import CLS_ID, SEP_ID, bytes_to_ids
+from perceiver_lm.tokenizer import encode_words as words_to_ids
 from perceiver_lm.validation import shown
 
 if TYPE_CHECKING:  # torch is imported where a loss is computed: the CLI builds its commands without it
@@ -36,16 +36,10 @@ class Encoded:
 
 
 def encode_words(words: Sequence[str]) -> Encoded:
-    """``[CLS] w1 w2 ... [SEP]``, words joined by one space, and the position of each word's last byte. Never cut:
-    a longer input is read as windows, so that every word gets a prediction."""
-    pieces, reads, at = [], [], 1
-    for word in words:
-        data = word.encode("utf-8")
-        reads.append(at + len(data) - 1)
-        pieces.append(data)
-        at += len(data) + 1
-    ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
-    return Encoded(ids, tuple(words), np.asarray(reads, dtype=np.int64))
+    """``[CLS] w1 w2 ... [SEP]`` and where each word is read (`perceiver_lm.tokenizer.encode_words`). Never cut: a
+    longer input is read as windows, so that every word gets a prediction."""
+    ids, reads = words_to_ids(words)
+    return Encoded(ids, tuple(words), reads)
 
 
 def label_name(value: Any) -> str:

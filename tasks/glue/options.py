@@ -158,7 +158,7 @@ class GlueOptions:
         1.0,
         "Learning rate of the byte and n-gram embedding tables as a multiple of the body's. Each row is a sparse "
         "feature, updated only in the steps whose text holds its byte or n-gram: from random weights on IMDb a "
-        "rate 10x the body's learns several times faster (README, 'IMDb reviews').",
+        "rate 10x the body's learns several times faster (docs/finetuning.md, 'IMDb reviews').",
         data_order=True,
     )
     freeze_body_steps: int | None = option(

@@ -12,8 +12,10 @@ import torch
 from conftest import REPO
 from perceiver_lm import PerceiverLMError
 from perceiver_lm.config import PRESETS, MultiTaskConfig, TaskSpec
+from perceiver_lm.inference import classify, tag
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.tokenizer import decode
+from perceiver_lm.viz.attention_maps import attention_maps
 from tasks.glue.data import load_split, read_conll
 from tasks.glue.finetune import GlueOptions, finetune
 from tasks.glue.kinds import IGNORED, TokenClassification, encode_words
@@ -254,6 +256,19 @@ def test_a_conll_ner_file_trains_evaluates_and_predicts_a_tag_per_word_from_the_
         right += sum(p == g for p, g in zip(record["tags"], row["tags"], strict=True))
         total += len(row["tags"])
     assert right / total > 0.9
+    # From Python: the same tags for the same words.
+    model = PerceiverClassifier.from_pretrained(tmp_path / "run" / "best")
+    assert tag(model, [r["tokens"] for r in test_rows]) == [r["tags"] for r in records]
+    with pytest.raises(PerceiverLMError, match="task ner tags words \\(use tag\\)"):
+        classify(model, ["a text"], task="ner")
+    # Which latents a word's query reads, and which bytes those latents read.
+    maps = attention_maps(model, ["Anna met Boris in Oslo"], query=("ner", 4))[0]
+    assert maps.query == "task ner, word 4 ('Oslo')"
+    assert maps.decoder.shape == (4, maps.encoder.shape[1]) and np.allclose(maps.decoder.sum(-1), 1.0, atol=1e-3)
+    shown = cli("attention", str(tmp_path / "run" / "best"), "Anna met Boris in Oslo", "--query", "ner:4")
+    assert "word 4 ('Oslo')" in shown
+    with pytest.raises(PerceiverLMError, match="the text has 5 word"):
+        attention_maps(model, ["Anna met Boris in Oslo"], query=("ner", 5))
     blocks = (tmp_path / "pred" / "ner.conll").read_text().strip("\n").split("\n\n")
     assert len(blocks) == 12
     assert [line.split("\t") for line in blocks[0].splitlines()] == [
@@ -282,3 +297,33 @@ def test_a_tagging_task_and_a_sentence_task_train_together(tmp_path):
     assert result.best["cities"]["scores"]["dev"]["accuracy"] > 70.0, result.best
     model = PerceiverClassifier.from_pretrained(result.best_model)
     assert [t.per_word for t in model.tasks.tasks] == [True, False]
+    # From Python: a label name per text, a tag name per word.
+    labels = classify(model, [r["text"] for r in as_text[:100]])
+    assert set(labels) <= {"city", "none"} and sum(p == r["label"] for p, r in zip(labels, as_text, strict=False)) > 70
+    tags = tag(model, [r["tokens"] for r in rows[:20]], task="tags")
+    assert [len(t) for t in tags] == [len(r["tokens"]) for r in rows[:20]]
+
+
+def test_a_dataset_whose_tags_are_a_sequence_of_class_labels_is_read_by_their_names(tmp_path):
+    import datasets
+
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    folder = tmp_path / "ner"
+    folder.mkdir()
+    for split, rows in (("train", _sentences(40, 0)), ("validation", _sentences(10, 1))):
+        ids = [[names.index(t) for t in r["tags"]] for r in rows]
+        data = datasets.Dataset.from_dict({"tokens": [r["tokens"] for r in rows], "ner_tags": ids}, features=features)
+        data.to_parquet(str(folder / f"{split}.parquet"))
+    own = OwnTask(dataset=str(folder), label_column="ner_tags", type="token-classification", name="ner")
+    task = build_task(own)
+    assert task.labels == tuple(names)  # the dataset's class names, in its order
+    split = load_split(task, "dev", None, 128)
+    rows = _sentences(10, 1)
+    assert [[task.labels[i] for i in y] for y in split.labels] == [r["tags"] for r in rows]
+    assert list(split.words) == [tuple(r["tokens"]) for r in rows]
