@@ -43,6 +43,8 @@ class GlueSplit:
     skipped: int = 0
     words: list[tuple[str, ...]] = field(default_factory=list)  # a per-word task's words per example
     reads: list[np.ndarray] = field(default_factory=list)  # ...and the byte each is read at (`Encoded.reads`)
+    texts: list[str | None] = field(default_factory=list)  # ...the text they were cut from (character spans)
+    offsets: list[np.ndarray | None] = field(default_factory=list)  # ...and their characters in it
 
     def add(self, encoded: Encoded, example_id: str | None = None) -> None:
         """Append one encoded example (and its id)."""
@@ -50,6 +52,8 @@ class GlueSplit:
         if encoded.reads is not None:
             self.words.append(encoded.words)
             self.reads.append(encoded.reads)
+            self.texts.append(encoded.text)
+            self.offsets.append(encoded.offsets)
         if example_id is not None:
             self.index.append(example_id)
 
@@ -73,6 +77,8 @@ def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = F
         index=[split.index[i] for i in keep] if split.index else [],
         words=[split.words[i] for i in keep] if split.words else [],
         reads=[split.reads[i] for i in keep] if split.reads else [],
+        texts=[split.texts[i] for i in keep] if split.texts else [],
+        offsets=[split.offsets[i] for i in keep] if split.offsets else [],
     )
 
 
@@ -473,18 +479,9 @@ def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corrupti
 
 
 def _checked_target(task: GlueTask, encoded: Encoded, value: Any, where: str) -> Any:
-    """The target of a row's label cell, checked against the row's inputs (a tag per word)."""
-    target = _row_label(task, value, where)
+    """The target of a row's label cell given the row's inputs (a tag per word, or character spans)."""
     try:
-        task.kind.check(encoded, target)
-    except ValueError as err:
-        raise PerceiverLMError(f"{where}: {err}") from None
-    return target
-
-
-def _row_label(task: GlueTask, value: Any, where: str) -> Any:
-    try:
-        return task.kind.target(value, task.labels)
+        return task.kind.row_target(encoded, value, task.labels)
     except ValueError as err:
         raise PerceiverLMError(f"{where}: {err}") from None
 

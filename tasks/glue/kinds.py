@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,6 +31,8 @@ class Encoded:
 
     ids: np.ndarray
     words: tuple[str, ...] | None = None
+    text: str | None = None  # a tagging input given as text: the text its words were cut from...
+    offsets: np.ndarray | None = None  # ...and each word's [start, end) characters in it
     # [words] positions in ``ids``: each word's last byte, where the byte encoder's n-grams (which reach back) spell
     # the word (measured against the first byte, whose n-grams hold the previous word: docs/tagging.md)
     reads: np.ndarray | None = None
@@ -39,7 +42,7 @@ def encode_words(words: Sequence[str]) -> Encoded:
     """``[CLS] w1 w2 ... [SEP]`` and where each word is read (`perceiver_lm.tokenizer.encode_words`). Never cut: a
     longer input is read as windows, so that every word gets a prediction."""
     ids, reads = words_to_ids(words)
-    return Encoded(ids, tuple(words), reads)
+    return Encoded(ids, words=tuple(words), reads=reads)
 
 
 def label_name(value: Any) -> str:
@@ -64,8 +67,9 @@ class TaskKind(Protocol):
     def label_values(self, value: Any) -> list[Any]:
         """The label names one row's label cell holds (one, or one per word)."""
 
-    def check(self, encoded: Encoded, target: Any) -> None:
-        """ValueError when a row's target does not fit its inputs (a tag per word)."""
+    def row_target(self, encoded: Encoded, value: Any, labels: tuple[str, ...]) -> Any:
+        """The target of a row's label cell given its encoded inputs (a tag per word, or spans of its text);
+        ValueError when they do not fit."""
 
     def batch_targets(self, targets: list[Any]) -> torch.Tensor:
         """The targets of a batch's examples as one tensor (padded where they differ in length)."""
@@ -138,8 +142,8 @@ class SentenceKind:
 
         return compute_all(metrics, np.asarray(predictions), np.asarray(targets))
 
-    def check(self, encoded: Encoded, target: Any) -> None:
-        pass  # one label per row: nothing to match
+    def row_target(self, encoded: Encoded, value: Any, labels: tuple[str, ...]) -> Any:
+        return self.target(value, labels)  # one label per row: the inputs do not matter
 
     def prediction_files(
         self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
@@ -231,14 +235,25 @@ class TokenClassification:
     def encode(self, inputs: list[Any], max_length: int, corruption: Any, example: int) -> Encoded:
         if len(inputs) != 1:
             raise ValueError("a tagging task reads one column of words (no text pair)")
+        if getattr(corruption, "noises", ()):
+            raise ValueError("noise is not applied to word lists (a typo would change which bytes a tag is read at)")
+        if isinstance(inputs[0], str):  # a text whose entities are character spans: cut into words here
+            found = list(WORD.finditer(inputs[0]))
+            if not found:
+                raise ValueError("no words")
+            encoded = encode_words([m.group() for m in found])
+            encoded.text = inputs[0]
+            encoded.offsets = np.asarray([m.span() for m in found], dtype=np.int64).reshape(-1, 2)
+            return encoded
         words = _words(inputs[0])
         if not words:
             raise ValueError("no words")
-        if getattr(corruption, "noises", ()):
-            raise ValueError("noise is not applied to word lists (a typo would change which bytes a tag is read at)")
         return encode_words(words)
 
     def label_values(self, value: Any) -> list[Any]:
+        if _is_spans(value):  # the tags its spans give: B- and I- of each type, and O
+            types = sorted({kind for _, _, kind in _spans(value)})
+            return ["O", *(f"{p}-{t}" for t in types for p in "BI")]
         return list(_words(value, "tags"))
 
     def target(self, value: Any, labels: tuple[str, ...]) -> np.ndarray:
@@ -250,10 +265,17 @@ class TokenClassification:
             ids.append(labels.index(name))
         return np.asarray(ids, dtype=np.int64)
 
-    def check(self, encoded: Encoded, target: np.ndarray) -> None:
-        """A row's tags must be as many as its words."""
+    def row_target(self, encoded: Encoded, value: Any, labels: tuple[str, ...]) -> np.ndarray:
+        """Tag ids of a row: its tag list, as many as its words; or, for a text, its character spans as IOB2 tags
+        of the words they cover (a span must start and end at word boundaries)."""
+        if encoded.offsets is not None:  # a text: its label cell holds character spans (none: all O)
+            value = _span_tags(_spans(value if isinstance(value, (list, tuple, np.ndarray)) else [value]), encoded)
+        elif _is_spans(value):
+            raise ValueError("character spans need a text column (this row's words are a list)")
+        target = self.target(value, labels)
         if len(target) != len(encoded.words):
             raise ValueError(f"{len(encoded.words)} words but {len(target)} tags")
+        return target
 
     def batch_targets(self, targets: list[Any]) -> torch.Tensor:
         import torch
@@ -297,15 +319,76 @@ class TokenClassification:
         from tasks.glue.tagging_metric import spans
 
         lines, blocks = [], []
-        for index, words, predicted in zip(ids, split.words, predictions, strict=True):
+        texts = split.texts or [None] * len(split.words)
+        offsets = split.offsets or [None] * len(split.words)
+        for index, words, predicted, text, at in zip(ids, split.words, predictions, texts, offsets, strict=True):
             tags = [labels[i] for i in predicted]
-            found = [
-                {"type": t, "start": a, "end": b + 1, "text": " ".join(words[a : b + 1])} for t, a, b in spans(tags)
-            ]
-            record = {"id": index, "tokens": list(words), "tags": tags, "spans": found}
+            found = []
+            for kind, a, b in spans(tags):
+                span = {"type": kind, "start": a, "end": b + 1, "text": " ".join(words[a : b + 1])}
+                if text is not None:  # a text input: the span's characters in it too
+                    first, last = int(at[a][0]), int(at[b][1])
+                    span.update(text=text[first:last], start_char=first, end_char=last)
+                found.append(span)
+            record = {"id": index, **({"text": text} if text is not None else {}), "tokens": list(words)}
+            record |= {"tags": tags, "spans": found}
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
             blocks.append("".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True)))
         return {f"{stem}.jsonl": "".join(lines), f"{stem}.conll": "\n".join(blocks)}
+
+
+# Words of a text given with character spans: runs of letters and digits, or single other characters
+# ("Paris," -> "Paris", ","), as CoNLL-style tokenisations cut them.
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _is_spans(value: Any) -> bool:
+    """Whether a label cell holds character spans (dicts or [start, end, type] triples) rather than tags."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value)
+
+
+def _spans(value: Any) -> list[tuple[int, int, str]]:
+    """Character spans as (start, end, type): dicts with start, end and label (or type), or [start, end, type]."""
+    out = []
+    for number, span in enumerate(value.tolist() if isinstance(value, np.ndarray) else value, start=1):
+        if isinstance(span, dict):
+            span = (span.get("start"), span.get("end"), span.get("label", span.get("type")))
+        if not (
+            isinstance(span, (list, tuple))
+            and len(span) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in span[:2])
+            and isinstance(span[2], str)
+            and span[2]
+            and 0 <= span[0] < span[1]
+        ):
+            raise ValueError(
+                f"span {number}: expected {{start, end, label}} or [start, end, label] with 0 <= start < end, "
+                f"got {shown(span)}"
+            )
+        out.append((span[0], span[1], span[2]))
+    return out
+
+
+def _span_tags(found: list[tuple[int, int, str]], encoded: Encoded) -> list[str]:
+    """IOB2 tags of a text's words from its character spans; a span cutting a word, past the text or overlapping
+    another is a ValueError naming it."""
+    tags = ["O"] * len(encoded.words)
+    starts, ends = encoded.offsets[:, 0].tolist(), encoded.offsets[:, 1].tolist()
+    for start, end, kind in sorted(found):
+        inside = [i for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if a < end and b > start]
+        quoted = shown(encoded.text[start:end])
+        if end > len(encoded.text) or not inside:
+            raise ValueError(f"span {start}-{end} {kind}: covers no word of the text ({len(encoded.text)} characters)")
+        if starts[inside[0]] < start or ends[inside[-1]] > end:
+            raise ValueError(f"span {start}-{end} {kind} ({quoted}) starts or ends inside a word")
+        if any(tags[i] != "O" for i in inside):
+            raise ValueError(f"span {start}-{end} {kind} ({quoted}) overlaps another span")
+        tags[inside[0]] = f"B-{kind}"
+        for i in inside[1:]:
+            tags[i] = f"I-{kind}"
+    return tags
 
 
 def _words(value: Any, what: str = "words") -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from tasks.glue.finetune import GlueOptions, finetune
 from tasks.glue.kinds import IGNORED, TokenClassification, encode_words
 from tasks.glue.metrics import compute_tagging
 from tasks.glue.own import OwnTask, build_task
+from tasks.glue.predict import predict_test
 from tasks.glue.tagging_metric import spans
 
 FILLER = ["the", "met", "in", "and", "saw", "a", "friend", "went", "to", "with", "today", "from"]
@@ -327,3 +328,72 @@ def test_a_dataset_whose_tags_are_a_sequence_of_class_labels_is_read_by_their_na
     rows = _sentences(10, 1)
     assert [[task.labels[i] for i in y] for y in split.labels] == [r["tags"] for r in rows]
     assert list(split.words) == [tuple(r["tokens"]) for r in rows]
+
+
+def _as_text(row):
+    """A sentence as a text ending in a full stop, its entities as character spans."""
+    text, found = "", []
+    for word, name in zip(row["tokens"], row["tags"], strict=True):
+        start = len(text) + (1 if text else 0)
+        text += (" " if text else "") + word
+        if name.startswith("B-"):
+            found.append({"start": start, "end": start + len(word), "label": name[2:]})
+        elif name.startswith("I-"):
+            found[-1]["end"] = start + len(word)
+    return {"text": text + ".", "entities": found}
+
+
+def test_a_text_with_character_spans_trains_as_iob2_tags_of_its_words_and_predicts_spans_back(tmp_path):
+    rows = [_as_text(r) for r in _sentences(400, 0)]
+    train = _write_jsonl(tmp_path / "ents_train.jsonl", rows)
+    dev = _write_jsonl(tmp_path / "ents_dev.jsonl", [_as_text(r) for r in _sentences(60, 1)])
+    test_rows = [_as_text(r) for r in _sentences(8, 2)]
+    test = _write_jsonl(tmp_path / "ents_test.jsonl", [{"text": r["text"]} for r in test_rows])
+    own = OwnTask(train_file=train, validation_file=dev, test_file=test, type="token-classification",
+                  text_column="text", label_column="entities", name="ents")  # fmt: skip
+    task = build_task(own)
+    assert task.labels == ("B-LOC", "B-PER", "I-LOC", "I-PER", "O")  # B- and I- of every type the spans name
+    split = load_split(task, "dev", None, 128)
+    first = _sentences(60, 1)[0]
+    assert list(split.words[0]) == [*first["tokens"], "."]  # the text's words, the full stop one of them
+    assert [task.labels[i] for i in split.labels[0]] == [*first["tags"], "O"]
+    options = GlueOptions(train_file=train, validation_file=dev, test_file=test, task_type="token-classification",
+                          text_column="text", label_column="entities", task_name="ents", preset="tiny", max_steps=240,
+                          eval_every=120, batch_size=16, lr=2e-3, warmup_steps=10, head_hidden=32,
+                          output_dir=str(tmp_path / "run"))  # fmt: skip
+    result = finetune(options)
+    assert result.best["ents"]["scores"]["dev"]["span_f1"] > 70.0, result.best
+    predict_test(result.best_model, None, tmp_path / "pred")
+    records = [json.loads(line) for line in (tmp_path / "pred" / "ents.jsonl").read_text().splitlines()]
+    for record, row in zip(records, test_rows, strict=True):
+        assert record["text"] == row["text"]
+        for span in record["spans"]:  # the characters of the words a span covers
+            assert row["text"][span["start_char"] : span["end_char"]] == span["text"]
+
+
+@pytest.mark.parametrize(
+    ("entities", "message"),
+    [
+        ([[0, 3, "PER"]], r"span 0-3 PER \('Ann'\) starts or ends inside a word"),
+        ([[0, 4, "PER"], [0, 8, "PER"]], r"span 0-8 PER \('Anna met'\) overlaps another span"),
+        ([[40, 44, "LOC"]], r"span 40-44 LOC: covers no word of the text"),
+        ([{"start": 5, "end": 2, "label": "X"}], r"span 1: expected \{start, end, label\}"),
+    ],
+)
+def test_character_spans_that_cut_words_overlap_or_miss_the_text_are_refused(entities, message):
+    kind = TokenClassification()
+    encoded = kind.encode(["Anna met Boris"], 128, None, 0)
+    both = [[0, 4, "PER"], {"start": 9, "end": 14, "type": "PER"}]  # triples, or dicts (label or type)
+    assert kind.row_target(encoded, both, ("B-PER", "O")).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match=message):
+        kind.row_target(encoded, entities, ("B-PER", "I-PER", "B-LOC", "O"))
+
+
+def test_a_bad_span_in_a_file_is_one_line_naming_file_row_and_column(tmp_path):
+    good, bad = {"start": 0, "end": 4, "label": "PER"}, {"start": 0, "end": 3, "label": "PER"}
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "Anna met Boris", "entities": [good]}] * 3)
+    dev = _write_jsonl(tmp_path / "dev.jsonl", [{"text": "Anna met Boris", "entities": [bad]}])
+    own = OwnTask(train_file=train, validation_file=dev, type="token-classification", text_column="text",
+                  label_column="entities", name="t")  # fmt: skip
+    with pytest.raises(PerceiverLMError, match=r"dev.jsonl: row 1, column 'entities': span 0-3 PER \('Ann'\) starts"):
+        load_split(build_task(own), "dev", None, 128)
