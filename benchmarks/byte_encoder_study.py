@@ -40,7 +40,7 @@ def variant_config(preset: str, name: str, extra: str | None):
 
 
 def run_glue(args) -> dict:
-    from tasks.glue.finetune import GlueOptions, finetune
+    from tasks.finetune.finetune import GlueOptions, finetune
 
     out = Path(args.out)
     results = {}

@@ -24,8 +24,8 @@ import torch
 from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.optim import adamw
-from tasks.glue.data import ProportionalBatches, TaskExamples, collate, load_split
-from tasks.glue.finetune import task_loss
+from tasks.finetune.data import ProportionalBatches, TaskExamples, collate, load_split
+from tasks.finetune.finetune import task_loss
 from tasks.glue.tasks import TASKS
 
 # name -> (model-config changes on top of the preset, precision, length buckets)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from perceiver_lm.tokenizer import VOCAB_SIZE, decode, pad_batch
-from tasks.glue.data import load_split
-from tasks.glue.metrics import compute_all
+from tasks.finetune.data import load_split
+from tasks.finetune.metrics import compute_all
 from tasks.glue.tasks import parse_tasks
 
 

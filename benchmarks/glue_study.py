@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from tasks.glue.finetune import GlueOptions, finetune
+from tasks.finetune.finetune import GlueOptions, finetune
 from tasks.glue.tasks import TASKS
 
 

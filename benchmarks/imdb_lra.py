@@ -82,7 +82,7 @@ def byte_cnn(train: list[dict], val: list[dict], length: int, steps: int, seed: 
     sys.path.insert(0, str(Path(__file__).parent))
     from glue_baselines import cnn_scores
 
-    from tasks.glue.data import encode_example
+    from tasks.finetune.data import encode_example
 
     class Reviews(SimpleNamespace):  # what cnn_scores reads of a GlueSplit
         def __len__(self) -> int:
@@ -110,7 +110,7 @@ def byte_cnn(train: list[dict], val: list[dict], length: int, steps: int, seed: 
 
 def ours(args: argparse.Namespace, arm: str, source: dict[str, Any], length: int, labels: int | None, seed: int):
     """One fine-tuning run of ours through `finetune`; its best and last validation accuracy and its speed."""
-    from tasks.glue.finetune import GlueOptions, finetune
+    from tasks.finetune.finetune import GlueOptions, finetune
 
     folder = Path(args.runs) / f"{arm}_{length}_{labels or 'all'}_s{seed}"
     folder.mkdir(parents=True, exist_ok=True)

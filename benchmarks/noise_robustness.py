@@ -23,9 +23,9 @@ from pathlib import Path
 
 from perceiver_lm.evaluation import score_text
 from perceiver_lm.options import EvalOptions
-from tasks.glue.finetune import finetune
-from tasks.glue.options import GlueOptions
-from tasks.glue.predict import evaluate_checkpoint
+from tasks.finetune.finetune import finetune
+from tasks.finetune.options import GlueOptions
+from tasks.finetune.predict import evaluate_checkpoint
 from tasks.glue.tasks import TASKS
 
 CONDITIONS = {

@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.glue.metrics import compute_tagging  # noqa: E402
+from tasks.finetune.metrics import compute_tagging  # noqa: E402
 
 TASKS = {
     # name: (folder under tagging/, primary metric)

@@ -25,7 +25,7 @@ import torch
 
 from perceiver_lm.config import MultiTaskConfig, TaskSpec, get_preset
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
-from tasks.glue.data import eval_loader, load_split, subset_split
+from tasks.finetune.data import eval_loader, load_split, subset_split
 from tasks.glue.tasks import TASKS
 
 LEVELS = ("bytes", "cross", "latents")

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.glue.finetune import GlueOptions, finetune
-from tasks.glue.predict import primary_score
+from tasks.finetune.finetune import GlueOptions, finetune
+from tasks.finetune.predict import primary_score
 from tasks.glue.tasks import TASKS
 
 

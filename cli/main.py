@@ -40,7 +40,7 @@ from perceiver_lm.options import (
 )
 from perceiver_lm.run_dir import check_output_file, write_json_atomic
 from perceiver_lm.validation import check_fields
-from tasks.glue.options import GlueEvalOptions, GlueOptions, GluePredictOptions, GlueTrainOptions
+from tasks.finetune.options import GlueEvalOptions, GlueOptions, GluePredictOptions, GlueTrainOptions
 
 DEBUG_VARIABLE = "PERCEIVER_LM_DEBUG"
 
@@ -315,9 +315,9 @@ def _attention(options: AttentionOptions) -> None:
 def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
     """Fine-tune a pretrained checkpoint on one or more GLUE tasks at once (one query and head per task)."""
     from perceiver_lm.runtime import end_processes
-    from tasks.glue.finetune import finetune
-    from tasks.glue.predict import results_table
-    from tasks.glue.sweep import sweep
+    from tasks.finetune.finetune import finetune
+    from tasks.finetune.predict import results_table
+    from tasks.finetune.sweep import sweep
 
     try:
         result = sweep(options, *train.grid) if train.sweep else finetune(options)
@@ -345,7 +345,7 @@ def _glue_train(options: GlueOptions, train: GlueTrainOptions) -> None:
 @_command(glue_app, "eval", GlueEvalOptions)
 def _glue_eval(options: GlueEvalOptions) -> None:
     """Score a fine-tuned model on the dev splits of its tasks (optionally with noisy inputs)."""
-    from tasks.glue.predict import COLUMN_OPTIONS, evaluate_checkpoint, results_table
+    from tasks.finetune.predict import COLUMN_OPTIONS, evaluate_checkpoint, results_table
 
     check_output_file(options.out, "--out")
     o = options
@@ -377,7 +377,7 @@ def _glue_eval(options: GlueEvalOptions) -> None:
 @_command(glue_app, "predict", GluePredictOptions)
 def _glue_predict(options: GluePredictOptions) -> None:
     """Predict the test sets of a fine-tuned model's tasks, in GLUE's submission format."""
-    from tasks.glue.predict import COLUMN_OPTIONS, predict_test
+    from tasks.finetune.predict import COLUMN_OPTIONS, predict_test
 
     o = options
     columns = {name: getattr(o, name) for name in COLUMN_OPTIONS if hasattr(o, name)}

@@ -6,7 +6,7 @@ data and optimizer, prepares them, restores the checkpoint after `prepare`, and 
 the canonical Accelerate shape (prepare -> accumulate -> backward -> clip -> step -> evaluate with
 gather_for_metrics -> save). What a job decides (its model, data, optimizer, schedule, the loss of a
 batch, what evaluating means, what else it writes) is the `Job` protocol; masked-LM pretraining
-(`perceiver_lm.training`) and GLUE fine-tuning (`tasks.glue.finetune`) are the two jobs.
+(`perceiver_lm.training`) and GLUE fine-tuning (`tasks.finetune.finetune`) are the two jobs.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Downstream tasks built on perceiver_lm (GLUE fine-tuning lives in tasks.glue)."""
+"""Downstream tasks built on perceiver_lm: fine-tuning (tasks.finetune) and GLUE as a source of tasks (tasks.glue)."""

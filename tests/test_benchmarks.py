@@ -44,7 +44,7 @@ def test_throughput_measurement_runs_end_to_end_and_counts_flops(monkeypatch):
 def test_finetune_throughput_measures_on_the_device_it_is_given(tmp_path):
     from finetune_throughput import SETTINGS, measure
 
-    from tasks.glue.data import TaskExamples, load_split
+    from tasks.finetune.data import TaskExamples, load_split
     from tasks.glue.tasks import TASKS
 
     (tmp_path / "SST-2").mkdir()
@@ -74,7 +74,7 @@ def test_probe_features_are_pooled_per_example_in_file_order(tmp_path):
     from perceiver_lm import PRESETS
     from perceiver_lm.config import MultiTaskConfig, TaskSpec
     from perceiver_lm.model import PerceiverClassifier
-    from tasks.glue.data import load_split
+    from tasks.finetune.data import load_split
     from tasks.glue.tasks import TASKS
 
     (tmp_path / "SST-2").mkdir()

@@ -999,8 +999,8 @@ def test_debug_variable_shows_the_traceback(world, monkeypatch):
 def test_glue_dev_split_with_nothing_to_score_is_refused(split, expected):
     """A dev split without an example, or without labels (the Hub's test splits carry -1), would be scored from
     nothing or from NaN labels; `glue eval` and `glue train` refuse it before any model work."""
-    from tasks.glue.data import GlueSplit
-    from tasks.glue.predict import check_scorable
+    from tasks.finetune.data import GlueSplit
+    from tasks.finetune.predict import check_scorable
     from tasks.glue.tasks import TASKS
 
     with pytest.raises(PerceiverLMError, match="^" + re.escape(expected)):

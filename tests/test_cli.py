@@ -23,7 +23,7 @@ from perceiver_lm.options import (
     PretrainModelOptions,
 )
 from perceiver_lm.training import TrainingOptions
-from tasks.glue.options import GlueOptions, GluePredictOptions
+from tasks.finetune.options import GlueOptions, GluePredictOptions
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

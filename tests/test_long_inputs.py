@@ -306,7 +306,7 @@ def test_a_model_pretrained_on_short_windows_is_read_in_those_windows(tmp_path, 
     from perceiver_lm.evaluation import score_text
     from perceiver_lm.options import EvalOptions, TrainingOptions
     from perceiver_lm.training import pretrain
-    from tasks.glue.finetune import GlueOptions, finetune
+    from tasks.finetune.finetune import GlueOptions, finetune
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"word{i % 7} and more words {i}\n" for i in range(400)))

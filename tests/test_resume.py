@@ -9,7 +9,7 @@ from perceiver_lm import PRESETS, PerceiverLM, PerceiverLMError
 from perceiver_lm.options import TrainingOptions, data_order_fields, flag
 from perceiver_lm.resume import check_resume, resume_source
 from perceiver_lm.training import pretrain
-from tasks.glue.options import GlueOptions
+from tasks.finetune.options import GlueOptions
 
 
 def _changed(options, name, other_file=None):

@@ -3,7 +3,7 @@
 Load it by path, which needs no network (the Hub's "glue" metric does, the first time)::
 
     import evaluate
-    from tasks.glue.metrics import metric_module_path
+    from tasks.finetune.metrics import metric_module_path
 
     sst2 = evaluate.load(str(metric_module_path()), "sst2")
     sst2.compute(predictions=[0, 1, 1], references=[0, 1, 0])  # {'accuracy': 0.666...}
@@ -17,7 +17,7 @@ Values are fractions in [0, 1] (correlations in [-1, 1]), as on the Hub.
 
 ``SCORERS`` is the one table of metrics: a new metric is one function and its row there (plus its
 name in a task's ``GlueTask.metrics``); configurations, input types and the short names of
-``tasks.glue.metrics`` all follow from it.
+``tasks.finetune.metrics`` all follow from it.
 
 One difference from the Hub's metric: a constant prediction or reference vector scores 0.0 instead of
 NaN for pearson, spearmanr and matthews_correlation (there is no correlation to measure, and a NaN would
@@ -104,7 +104,7 @@ class Scorer(NamedTuple):
 
     score: Callable[[np.ndarray, np.ndarray], float]
     regression: bool = False  # scores real values (stored float32, scored float64); else class ids (int64)
-    name: str = ""  # the short name of GlueTask.metrics and results files (tasks.glue.metrics), if not the key
+    name: str = ""  # the short name of GlueTask.metrics and results files (tasks.finetune.metrics), if not the key
 
 
 # The one table of metrics: key (the Hub "glue" metric's name for it, and the key of its results) -> scorer.

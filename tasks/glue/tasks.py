@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.validation import shown
-from tasks.glue.kinds import Classification, Regression, TaskKind
+from tasks.finetune.kinds import Classification, Regression, TaskKind
 
 # Our split names -> nyu-mll/glue's; a split not listed (the test splits: "test", "test_matched", ...) is named alike.
 GLUE_HUB_SPLITS: tuple[tuple[str, str], ...] = (
@@ -65,7 +65,7 @@ class GlueTask:
     # A task of your own from files: (our split name, file path), read with `datasets`' csv/json/parquet
     # builders by extension (.tsv is tab-separated); its label column holds label names (``labels``), not ids.
     files: tuple[tuple[str, str], ...] = ()
-    # What the labels are (`tasks.glue.kinds`); None: classification when there are label names, else regression
+    # What the labels are (`tasks.finetune.kinds`); None: classification when there are label names, else regression
     # (the GLUE table's tasks).
     task_kind: TaskKind | None = None
 
@@ -75,7 +75,7 @@ class GlueTask:
 
     @property
     def kind(self) -> TaskKind:
-        """What the task's labels are (`tasks.glue.kinds`): label names to choose from, or a score."""
+        """What the task's labels are (`tasks.finetune.kinds`): label names to choose from, or a score."""
         if self.task_kind is not None:
             return self.task_kind
         return Classification() if self.labels else Regression()

@@ -10,7 +10,7 @@ from glue_files import pair_and_regression_tasks
 
 from conftest import REPO
 from perceiver_lm import PRESETS, PerceiverLM
-from tasks.glue.predict import primary_score
+from tasks.finetune.predict import primary_score
 from tasks.glue.tasks import TASKS
 
 

@@ -6,7 +6,7 @@ from conftest import shared_data
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import parse_noise
 from perceiver_lm.tokenizer import CLS_ID, SEP_ID, decode, encode, encode_pair
-from tasks.glue.data import Corruption, ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
+from tasks.finetune.data import Corruption, ProportionalBatches, TaskExamples, encode_example, eval_loader, load_split
 from tasks.glue.tasks import TASKS, parse_tasks
 
 TEXT_A = 'He said "yes" — café, naïve 🙂'  # literal quotes and multi-byte UTF-8

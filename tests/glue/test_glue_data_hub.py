@@ -9,7 +9,7 @@ import pytest
 
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.tokenizer import encode, encode_pair
-from tasks.glue.data import load_split
+from tasks.finetune.data import load_split
 from tasks.glue.tasks import GLUE_HUB_SPLITS, TASKS, Columns, GlueTask
 
 # A sentiment task of another Hub dataset, declared as one value: columns text/label, no id column, no

@@ -16,15 +16,15 @@ from perceiver_lm import PRESETS, PerceiverLM
 from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier, load_any
-from tasks.glue.data import eval_loader, load_split
-from tasks.glue.finetune import (
+from tasks.finetune.data import eval_loader, load_split
+from tasks.finetune.finetune import (
     FINETUNE_DEFAULTS,
     GlueOptions,
     finetune,
     finetune_defaults,
     with_defaults,
 )
-from tasks.glue.predict import predict_split
+from tasks.finetune.predict import predict_split
 from tasks.glue.tasks import TASKS
 
 runner = CliRunner()

@@ -12,12 +12,12 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+import tasks.finetune.metrics as metrics_module
 import tasks.glue
 import tasks.glue.glue_metric
-import tasks.glue.metrics as metrics_module
 from perceiver_lm.errors import PerceiverLMError
+from tasks.finetune.metrics import compute, compute_all, load_glue_metric, metric_module_path, metric_names
 from tasks.glue.glue_metric import CONFIGS, SCORERS, Scorer
-from tasks.glue.metrics import compute, compute_all, load_glue_metric, metric_module_path, metric_names
 from tasks.glue.tasks import TASKS
 
 MODULE = str(metric_module_path())

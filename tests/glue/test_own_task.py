@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from perceiver_lm.model import PerceiverClassifier
-from tasks.glue.finetune import GlueOptions, finetune
-from tasks.glue.predict import evaluate_checkpoint
+from tasks.finetune.finetune import GlueOptions, finetune
+from tasks.finetune.predict import evaluate_checkpoint
 from tasks.glue.tasks import TASKS, Columns, GlueTask
 
 

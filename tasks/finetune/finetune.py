@@ -29,11 +29,19 @@ from perceiver_lm.resume import TrainState, save_model_copy
 from perceiver_lm.run_dir import write_json_atomic
 from perceiver_lm.runtime import on_main
 from perceiver_lm.trainer import Data, Run, Schedule, train
-from tasks.glue import own
-from tasks.glue.data import Corruption, GlueSplit, ProportionalBatches, TaskExamples, collate, load_split, subset_split
-from tasks.glue.options import GlueOptions
-from tasks.glue.predict import check_scorable, evaluate_splits, primary_score
-from tasks.glue.predict import eval_loaders as make_eval_loaders
+from tasks.finetune import own
+from tasks.finetune.data import (
+    Corruption,
+    GlueSplit,
+    ProportionalBatches,
+    TaskExamples,
+    collate,
+    load_split,
+    subset_split,
+)
+from tasks.finetune.options import GlueOptions
+from tasks.finetune.predict import check_scorable, evaluate_splits, primary_score
+from tasks.finetune.predict import eval_loaders as make_eval_loaders
 from tasks.glue.tasks import GlueTask
 
 METRICS_FILE = "dev_metrics.json"

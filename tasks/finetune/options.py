@@ -308,7 +308,7 @@ class GlueTrainOptions:
 
 @dataclass(frozen=True)
 class GlueEvalOptions:
-    """``perceiver-lm finetune eval``: `tasks.glue.predict.evaluate_checkpoint`, optionally written as JSON."""
+    """``perceiver-lm finetune eval``: `tasks.finetune.predict.evaluate_checkpoint`, optionally written as JSON."""
 
     checkpoint: Path = argument("Fine-tuned model (a run's best/ folder, or any checkpoint with tasks.json).")
     tasks: str | None = option(None, "Subset of the model's tasks to evaluate (default: all of them).")
@@ -341,7 +341,7 @@ class GlueEvalOptions:
 
 @dataclass(frozen=True)
 class GluePredictOptions:
-    """``perceiver-lm finetune predict``: `tasks.glue.predict.predict_test`."""
+    """``perceiver-lm finetune predict``: `tasks.finetune.predict.predict_test`."""
 
     checkpoint: Path = argument("Fine-tuned model (a run's best/ folder).")
     out: Path = option(

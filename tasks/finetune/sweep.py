@@ -9,10 +9,10 @@ from typing import Any
 
 from perceiver_lm.options import options_record
 from perceiver_lm.run_dir import check_output_folder, claim_folder, is_main_rank, refuse_non_empty, write_json_atomic
-from tasks.glue.finetune import finetune
-from tasks.glue.options import GlueOptions
-from tasks.glue.own import job_tasks
-from tasks.glue.predict import primary_score
+from tasks.finetune.finetune import finetune
+from tasks.finetune.options import GlueOptions
+from tasks.finetune.own import job_tasks
+from tasks.finetune.predict import primary_score
 from tasks.glue.tasks import GlueTask
 
 

@@ -20,10 +20,10 @@ from perceiver_lm.config import MultiTaskConfig, TaskSpec
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.options import read_options_file
 from perceiver_lm.validation import shown
-from tasks.glue.data import read_rows
-from tasks.glue.kinds import TaskKind, kind_named, label_name
-from tasks.glue.metrics import TAGGING_METRICS, metric_names
-from tasks.glue.options import GlueOptions
+from tasks.finetune.data import read_rows
+from tasks.finetune.kinds import TaskKind, kind_named, label_name
+from tasks.finetune.metrics import TAGGING_METRICS, metric_names
+from tasks.finetune.options import GlueOptions
 from tasks.glue.tasks import TASKS, Columns, GlueTask, parse_tasks
 
 OWN_SPLITS = (("train", "train"), ("dev", "dev"), ("test", "test"))

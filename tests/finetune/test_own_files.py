@@ -12,10 +12,10 @@ from conftest import REPO
 from perceiver_lm import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.tokenizer import decode
-from tasks.glue.data import load_split
-from tasks.glue.finetune import GlueOptions, finetune
-from tasks.glue.own import OwnTask, build_task, job_tasks, read_task_file
-from tasks.glue.predict import evaluate_checkpoint, predict_test
+from tasks.finetune.data import load_split
+from tasks.finetune.finetune import GlueOptions, finetune
+from tasks.finetune.own import OwnTask, build_task, job_tasks, read_task_file
+from tasks.finetune.predict import evaluate_checkpoint, predict_test
 
 FILLER = ["the", "film", "was", "a", "plot", "and", "actor", "scene", "very", "it"]
 

@@ -62,7 +62,7 @@ class TaskKind(Protocol):
 
     def encode(self, inputs: list[Any], max_length: int, corruption: Any, example: int) -> Encoded:
         """A row's input column values (one, or a pair) as ids; ValueError (its message without the place) when they
-        are not what the kind reads. ``corruption`` (`tasks.glue.data.Corruption`) adds noise."""
+        are not what the kind reads. ``corruption`` (`tasks.finetune.data.Corruption`) adds noise."""
 
     def label_values(self, value: Any) -> list[Any]:
         """The label names one row's label cell holds (one, or one per word)."""
@@ -85,7 +85,7 @@ class TaskKind(Protocol):
     def prediction_files(
         self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
     ) -> dict[str, str]:
-        """File name -> text of the predictions of a split (`tasks.glue.data.GlueSplit`) with example ``ids``."""
+        """File name -> text of the predictions of a split (`tasks.finetune.data.GlueSplit`) with example ``ids``."""
 
     def num_outputs(self, labels: tuple[str, ...]) -> int:
         """Outputs of the task's head."""
@@ -131,14 +131,14 @@ class SentenceKind:
         return torch.tensor(targets, dtype=torch.float32)
 
     def metric_names(self) -> tuple[str, ...]:
-        from tasks.glue.metrics import metric_names, regression_metric
+        from tasks.finetune.metrics import metric_names, regression_metric
 
         return tuple(m for m in metric_names() if regression_metric(m) == self.regression)
 
     def scores(
         self, metrics: tuple[str, ...], predictions: list[Any], targets: list[Any], labels: tuple[str, ...]
     ) -> dict[str, float]:
-        from tasks.glue.metrics import compute_all
+        from tasks.finetune.metrics import compute_all
 
         return compute_all(metrics, np.asarray(predictions), np.asarray(targets))
 
@@ -269,6 +269,10 @@ class TokenClassification:
         """Tag ids of a row: its tag list, as many as its words; or, for a text, its character spans as IOB2 tags
         of the words they cover (a span must start and end at word boundaries)."""
         if encoded.offsets is not None:  # a text: its label cell holds character spans (none: all O)
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+                raise ValueError(
+                    "tags need a list of words in the text column (it holds a text, which takes character spans)"
+                )
             value = _span_tags(_spans(value if isinstance(value, (list, tuple, np.ndarray)) else [value]), encoded)
         elif _is_spans(value):
             raise ValueError("character spans need a text column (this row's words are a list)")
@@ -300,14 +304,14 @@ class TokenClassification:
         return ("span_f1", "span_precision", "span_recall", "token_accuracy") if spans else ("token_accuracy",)
 
     def metric_names(self) -> tuple[str, ...]:
-        from tasks.glue.metrics import TAGGING_METRICS
+        from tasks.finetune.metrics import TAGGING_METRICS
 
         return tuple(TAGGING_METRICS)
 
     def scores(
         self, metrics: tuple[str, ...], predictions: list[Any], targets: list[Any], labels: tuple[str, ...]
     ) -> dict[str, float]:
-        from tasks.glue.metrics import compute_tagging
+        from tasks.finetune.metrics import compute_tagging
 
         names = [[labels[i] for i in p] for p in predictions]
         gold = [[labels[i] for i in t] for t in targets]
@@ -316,7 +320,7 @@ class TokenClassification:
     def prediction_files(
         self, stem: str, ids: list[str], predictions: list[Any], split: Any, labels: tuple[str, ...], bounds: Any
     ) -> dict[str, str]:
-        from tasks.glue.tagging_metric import spans
+        from tasks.finetune.tagging_metric import spans
 
         lines, blocks = [], []
         texts = split.texts or [None] * len(split.words)

@@ -16,13 +16,13 @@ from perceiver_lm.inference import classify, tag
 from perceiver_lm.model import PerceiverClassifier, PerceiverLM
 from perceiver_lm.tokenizer import decode
 from perceiver_lm.viz.attention_maps import attention_maps
-from tasks.glue.data import load_split, read_conll
-from tasks.glue.finetune import GlueOptions, finetune
-from tasks.glue.kinds import IGNORED, TokenClassification, encode_words
-from tasks.glue.metrics import compute_tagging
-from tasks.glue.own import OwnTask, build_task
-from tasks.glue.predict import predict_test
-from tasks.glue.tagging_metric import spans
+from tasks.finetune.data import load_split, read_conll
+from tasks.finetune.finetune import GlueOptions, finetune
+from tasks.finetune.kinds import IGNORED, TokenClassification, encode_words
+from tasks.finetune.metrics import compute_tagging
+from tasks.finetune.own import OwnTask, build_task
+from tasks.finetune.predict import predict_test
+from tasks.finetune.tagging_metric import spans
 
 FILLER = ["the", "met", "in", "and", "saw", "a", "friend", "went", "to", "with", "today", "from"]
 FIRST = ["Anna", "Boris", "Carla", "Dmitri", "Elena"]
@@ -204,7 +204,8 @@ def test_a_row_with_more_tags_than_words_or_an_empty_word_is_refused_naming_the_
     with pytest.raises(PerceiverLMError, match=r"dev.jsonl: row 1, column 'tokens': word 2 is empty"):
         load_split(task, "dev", None, 128)
     _write_jsonl(tmp_path / "dev.jsonl", [{"tokens": "a b", "tags": ["O", "O"]}])
-    with pytest.raises(PerceiverLMError, match=r"row 1, column 'tokens': expected a list of words"):
+    expected = r"row 1, column 'tags': tags need a list of words in the text column \(it holds a text"
+    with pytest.raises(PerceiverLMError, match=expected):
         load_split(task, "dev", None, 128)
 
 

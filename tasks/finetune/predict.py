@@ -17,8 +17,8 @@ from perceiver_lm.options import MAX_SEED
 from perceiver_lm.run_dir import check_output_folder, write_text_atomic
 from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range, shown
-from tasks.glue.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
-from tasks.glue.own import is_own, model_tasks
+from tasks.finetune.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
+from tasks.finetune.own import is_own, model_tasks
 from tasks.glue.tasks import GlueTask
 
 

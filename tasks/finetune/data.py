@@ -1,10 +1,8 @@
-"""GLUE examples as byte ids: from a local GLUE distribution directory or the Hugging Face Hub.
+"""Fine-tuning examples as byte ids: splits of every task (from a task's own files, a Hugging Face dataset, or
+the GLUE distribution through `tasks.glue.files`), noise, batches of one task at a time.
 
-Local files are the original distribution's unquoted TSVs: read with quoting off (many rows hold
-a literal ``"``) and ``utf-8-sig`` (MRPC starts with a byte-order mark). A row with the wrong
-number of columns, an unknown label or an unreadable score stops loading with ``file:line`` in the
-message, unless ``skip_bad_rows`` is set; then such rows are counted and reported, never dropped
-silently.
+A task's own files: CSV/TSV read cell by cell as text, JSON/JSON Lines/Parquet through `datasets`, CoNLL
+column files; every row checked, and a bad one is one line naming file, row and column.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +21,10 @@ from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import Noise, apply_all, example_seed
 from perceiver_lm.options import MAX_SEED
 from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
-from perceiver_lm.user_files import check_input_file, check_regular_file, check_size
+from perceiver_lm.user_files import check_input_file
 from perceiver_lm.validation import check_range, shown
-from tasks.glue.kinds import IGNORED, Encoded
-from tasks.glue.tasks import TASKS, Columns, GlueTask
+from tasks.finetune.kinds import IGNORED, Encoded
+from tasks.glue.tasks import TASKS, GlueTask
 
 
 @dataclass
@@ -90,19 +87,6 @@ def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
     return encode_pair(a, b, max_length)
 
 
-def _label_value(task: GlueTask, raw: str) -> float:
-    """The target of a label string; ValueError is reported with the line by the caller."""
-    return task.kind.target(raw, task.labels)
-
-
-def _column(header: list[str] | None, spec: str | int | None, path: Path) -> int | None:
-    if spec is None or isinstance(spec, int):
-        return spec
-    if spec not in header:
-        raise PerceiverLMError(f"{path}: line 1: header has no column {shown(spec)} (found: {', '.join(header)})")
-    return header.index(spec)
-
-
 @dataclass(frozen=True)
 class Corruption:
     """Noise applied to every example's texts before encoding; example i's text k draws from (seed, 2 i + k)."""
@@ -127,122 +111,9 @@ class Corruption:
 
 CLEAN = Corruption()
 
-TSV_FILE_LIMIT = 4 << 30  # bytes of one GLUE TSV file; MNLI's train.tsv, the largest, has ~0.4 GB
-MIN_ROW_CHARACTERS = 1 << 16  # the longest row any GLUE TSV may have, whatever the examples read (RTE's: ~1.5 K)
-ROW_LENGTHS_READ = 8  # ...or this many times the bytes an example reads (--max-length), if more
 
-
-def row_limit(max_length: int) -> int:
-    """The longest row (line) of a GLUE TSV that is read, in characters: far above what an example of
-    ``max_length`` bytes uses (a longer one is a bad row, never read whole into memory)."""
-    return max(MIN_ROW_CHARACTERS, ROW_LENGTHS_READ * max_length)
-
-
-def _nonblocking(path: str, flags: int) -> int:
+def nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-
-
-def _bounded_lines(handle, limit: int, overlong: set[int]):
-    """The lines of ``handle``, each of at most ``limit`` characters (and its line end); a longer line is
-    skipped unread in pieces of ``limit``, yielded as an empty line, and its number put into ``overlong``."""
-    ends = ("\n", "\r")
-    number = 0
-    while line := handle.readline(limit + 1):
-        number += 1
-        if len(line) > limit and not line.endswith(ends):
-            overlong.add(number)
-            while (rest := handle.readline(limit + 1)) and not rest.endswith(ends):
-                pass
-            line = "\n"
-        yield line
-
-
-def read_tsv(
-    task: GlueTask,
-    path: Path,
-    columns: Columns,
-    name: str,
-    max_length: int,
-    skip_bad_rows: bool,
-    corruption: Corruption = CLEAN,
-) -> GlueSplit:
-    """Read one GLUE TSV file of ``task`` laid out as ``columns``."""
-    split = GlueSplit(task, name, str(path) + corruption.describe())
-    first_error = None
-    not_found = f"{path}: GLUE file not found (expected the original GLUE layout, {task.directory}/{path.name})"
-    if not os.path.lexists(path):
-        raise PerceiverLMError(not_found)
-    # A regular file (a FIFO would block the open, a device never end), of a size a GLUE file can have.
-    check_size(check_regular_file(path, what="GLUE TSV file").st_size, TSV_FILE_LIMIT, str(path), "GLUE TSV file")
-    limit = row_limit(max_length)
-    overlong: set[int] = set()
-    field_limit = csv.field_size_limit()
-    try:
-        # O_NONBLOCK: should the path have become a FIFO since the check, the open does not wait for a writer.
-        handle = open(path, encoding="utf-8-sig", newline="", opener=_nonblocking)
-    except FileNotFoundError:
-        raise PerceiverLMError(not_found) from None
-    with handle:
-        # Rows are lines (quoting is off) of at most `limit` characters, so no field is longer: the csv module's
-        # own limit (131,072 characters) is raised to it for this file, and a longer row is a bad row.
-        csv.field_size_limit(max(field_limit, limit + 2))
-        reader = csv.reader(_bounded_lines(handle, limit, overlong), delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = None
-        try:
-            if columns.header:
-                try:
-                    header = next(reader, None)
-                except csv.Error as err:
-                    raise PerceiverLMError(f"{path}: line 1: {err}") from None
-                if header is None:
-                    raise PerceiverLMError(f"{path}: empty file")
-                if reader.line_num in overlong:
-                    raise PerceiverLMError(f"{path}: line 1: a header of more than {limit:,} characters")
-            width = len(header) if header else 4  # CoLA's headerless files have 4 columns
-            where = [_column(header, c, path) for c in (columns.text_a, columns.text_b, columns.label, columns.index)]
-            a_col, b_col, label_col, index_col = where
-            while True:
-                try:
-                    row = next(reader, None)
-                    if row is None:
-                        break
-                    if reader.line_num in overlong:
-                        raise ValueError(
-                            f"a row of more than {limit:,} characters (an example reads at most {max_length:,} bytes)"
-                        )
-                    if not row or row == [""]:
-                        continue
-                    if len(row) != width:
-                        raise ValueError(f"expected {width} tab-separated columns, got {len(row)}")
-                    label = _label_value(task, row[label_col]) if label_col is not None else None
-                except UnicodeDecodeError:
-                    raise  # the file, not a row, is broken: reported below
-                except (ValueError, csv.Error) as err:
-                    message = f"{path}: line {reader.line_num}: {err}"
-                    if not skip_bad_rows:
-                        raise PerceiverLMError(
-                            message + " (pass --skip-bad-rows to count and skip such rows)"
-                        ) from None
-                    split.skipped += 1
-                    first_error = first_error or message
-                    continue
-                ids = corruption.encode(
-                    row[a_col], row[b_col] if b_col is not None else None, len(split.ids), max_length
-                )
-                split.ids.append(ids)
-                if label is not None:
-                    split.labels.append(label)
-                if index_col is not None:
-                    split.index.append(row[index_col])
-        except UnicodeDecodeError as err:
-            raise PerceiverLMError(f"{path}: line {reader.line_num + 1}: not valid UTF-8 ({err.reason})") from None
-        finally:
-            csv.field_size_limit(field_limit)
-    if split.skipped:
-        print(f"note: skipped {split.skipped} malformed row(s) of {path}; first: {first_error}", file=sys.stderr)
-    if not split.ids:
-        raise PerceiverLMError(f"{path}: no examples")
-    return split
 
 
 def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruption) -> GlueSplit:
@@ -295,7 +166,7 @@ def _hub_split(task: GlueTask, name: str, max_length: int, corruption: Corruptio
             split.labels.append(_checked_target(task, encoded, label, f"{prefix} row {row_number}"))
         elif isinstance(label, str):  # a label string, as in local files, rather than a class id
             try:
-                split.labels.append(_label_value(task, label))
+                split.labels.append(task.kind.target(label, task.labels))
             except ValueError as err:
                 raise PerceiverLMError(f"{prefix} row {row_number}: {err}") from None
         elif label is not None and not (label == -1 and (not kind.regression or name in tests)):
@@ -351,7 +222,7 @@ def read_conll(path: str) -> dict[str, list[list[str]]]:
                 sentence[name] = []
 
     try:
-        with open(path, encoding="utf-8-sig", newline=None, opener=_nonblocking) as handle:
+        with open(path, encoding="utf-8-sig", newline=None, opener=nonblocking) as handle:
             for number, line in enumerate(handle, start=1):
                 line = line.rstrip("\n")
                 if not line.strip():
@@ -394,7 +265,7 @@ def read_delimited(path: str, dialect: dict[str, Any]) -> dict[str, list[str]]:
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, size + 1))  # no cell is longer than the file (the default is 131,072)
     try:
-        with open(path, encoding="utf-8-sig", newline="", opener=_nonblocking) as handle:
+        with open(path, encoding="utf-8-sig", newline="", opener=nonblocking) as handle:
             reader = csv.reader(handle, strict=True, **dialect)
             try:
                 header = next(reader, None)
@@ -522,6 +393,8 @@ def load_split(
         raise PerceiverLMError(f"--glue-dir {glue_dir}: {what}")
     if not folder.is_dir():
         raise PerceiverLMError(f"--glue-dir {glue_dir}: no {task.directory}/ folder for task {task.name}")
+    from tasks.glue.files import read_tsv  # here: the GLUE reader builds on this module's splits
+
     if name in tests:
         return read_tsv(task, folder / f"{name}.tsv", task.test, name, max_length, skip_bad_rows, corruption)
     stem = dev.get(name, "train")

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from tasks.glue.glue_metric import Scorer
 
-_MODULE = Path(__file__).with_name("glue_metric.py")
+_MODULE = Path(__file__).parent.parent / "glue" / "glue_metric.py"  # GLUE's metric, tasks/glue
 
 
 def metric_module_path() -> Path:

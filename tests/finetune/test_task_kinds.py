@@ -8,12 +8,12 @@ import torch
 from perceiver_lm import PerceiverLMError
 from perceiver_lm.model import PerceiverClassifier
 from perceiver_lm.validation import shown
-from tasks.glue import kinds
-from tasks.glue.data import load_split
-from tasks.glue.finetune import GlueOptions, finetune
-from tasks.glue.kinds import Classification, Regression
-from tasks.glue.own import OwnTask, build_task
-from tasks.glue.predict import predict_test
+from tasks.finetune import kinds
+from tasks.finetune.data import load_split
+from tasks.finetune.finetune import GlueOptions, finetune
+from tasks.finetune.kinds import Classification, Regression
+from tasks.finetune.own import OwnTask, build_task
+from tasks.finetune.predict import predict_test
 
 
 class Percent(Regression):

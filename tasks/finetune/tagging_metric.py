@@ -4,7 +4,7 @@ precision, recall and F1, per entity type and micro-averaged (the conlleval / ``
 Load it by path::
 
     import evaluate
-    from tasks.glue.metrics import tagging_module_path
+    from tasks.finetune.metrics import tagging_module_path
 
     metric = evaluate.load(str(tagging_module_path()))
     metric.compute(predictions=[["B-PER", "I-PER", "O"]], references=[["B-PER", "O", "O"]])
