@@ -383,8 +383,8 @@ class MultiTaskConfig:
     # Bytes per window when an input is longer than that (read as consecutive windows); None: the model's
     # max_seq_len. Shorter windows cost less per byte (the cross-attention of a window grows with its square).
     window: int | None = None
-    # Per-word tasks: each word's output also reads the byte features at its position (the word itself, through
-    # the byte encoder's n-grams and convolutions), beside what its positional query gathers from the latents.
+    # Per-word tasks: each word's output also reads the byte features at its first and last bytes (the word itself,
+    # through the byte encoder's n-grams and convolutions), beside what its positional query gathers from the latents.
     word_features: bool = False
 
     def __post_init__(self) -> None:

@@ -196,7 +196,7 @@ def tag(
         if any(len(reads) == 0 for _, reads in encoded):
             raise PerceiverLMError("a sentence to tag has no words")
         batch = pad_batch([ids for ids, _ in encoded])
-        reads = torch.zeros(len(encoded), max(len(r) for _, r in encoded), dtype=torch.long)
+        reads = torch.zeros(len(encoded), max(len(r) for _, r in encoded), 2, dtype=torch.long)  # first, last byte
         for row, (_, at) in enumerate(encoded):
             reads[row, : len(at)] = torch.from_numpy(at)
         ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)

@@ -700,15 +700,18 @@ class TaskDecoder(nn.Module):
         latent_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, Q, C] of per-word task ``task_index`` at byte positions [B, Q] of inputs [B, L] from latents
-        [B, N, D], and the word queries' weights [B, H, Q, N]. With ``word_features`` the output also reads the
-        byte features [B, L, D] (`EncoderOutput.features`) at each word's position: the word itself, beside the
-        context its query gathers from the latents."""
-        decoded = self.words(latents, positions, latent_mask, return_weights, input_ids)
+        """Logits [B, Q, C] of per-word task ``task_index`` from latents [B, N, D], and the word queries' weights
+        [B, H, Q, N]. ``positions`` are each word's byte in inputs [B, L], [B, Q], or its first and last bytes,
+        [B, Q, 2]: the query reads at the last. With ``word_features`` the output also adds the byte features
+        [B, L, D] (`EncoderOutput.features`) at those bytes: the word itself, beside the context its query
+        gathers from the latents."""
+        ends = positions if positions.dim() == 3 else positions[..., None]  # [B, Q, E]
+        decoded = self.words(latents, ends[..., -1], latent_mask, return_weights, input_ids)
         hidden = decoded.hidden  # [B, Q, D]
         if self.word_features:
-            index = positions[..., None].expand(-1, -1, features.shape[-1])
-            hidden = hidden + features.gather(1, index)  # [B, Q, D]
+            for end in range(ends.shape[-1]):
+                index = ends[..., end, None].expand(-1, -1, features.shape[-1])
+                hidden = hidden + features.gather(1, index)  # [B, Q, D]
         return self.heads[task_index](hidden), decoded.weights
 
 
@@ -804,10 +807,11 @@ class PerceiverClassifier(SavedModel):
             windows_per_pass: encode at most this many windows at a time (None: all B*K at once); bounds the
                 memory of inference on long inputs, not that of training, which keeps every pass's activations
                 for backward (see `gradient_checkpointing_enable`).
-            word_positions: [B, Q] the position in ``input_ids`` each word is read at, for a per-word task
-                (`TaskSpec.per_word`; padding rows may repeat any position); its logits are [B, Q, C] and the
-                decoder maps [B, H, Q, N] (windows: each word reads the latents of its own window only,
-                [B, H, Q, K*N] with the other windows' weights 0).
+            word_positions: for a per-word task (`TaskSpec.per_word`), where each word is in ``input_ids``: its
+                first and last byte positions [B, Q, 2] (the query reads at the last), or one position [B, Q];
+                padding rows may repeat any position. Its logits are [B, Q, C] and the decoder maps [B, H, Q, N]
+                (windows: each word reads the latents of the window of its last byte only, [B, H, Q, K*N] with
+                the other windows' weights 0; a word cut by a window's start is read from there).
         """
         window = self._window(window)
         per_word = self.tasks.tasks[task].per_word
@@ -893,7 +897,12 @@ class PerceiverClassifier(SavedModel):
         b, k = windows.has_text.shape
         width = windows.input_ids.shape[1]
         n = hidden.shape[1]
-        local = (positions % width).repeat_interleave(k, dim=0)  # [B, Q] -> [B*K, Q]
+        ends = positions if positions.dim() == 3 else positions[..., None]  # [B, Q, E]
+        which = (ends[..., -1] // width).clamp(max=k - 1)  # [B, Q] the window of each word's last byte
+        # A byte in an earlier window than the word's last byte (a word cut by the window's start) is read at
+        # that window's start.
+        local = torch.where(ends // width == which[..., None], ends % width, 0)  # [B, Q, E]
+        local = local.repeat_interleave(k, dim=0)  # [B*K, Q, E]
         # Every window decodes from its own latents, empty ones included (their keys are kept: all-masked keys
         # would give NaN, and a NaN survives the selection below as 0 * NaN in backward).
         keys = keys.reshape(b * k, n)
@@ -901,7 +910,6 @@ class PerceiverClassifier(SavedModel):
             hidden, task, local, features, windows.input_ids, keys | ~keys.any(-1, keepdim=True), return_weights
         )  # [B*K, Q, C]
         logits = logits.view(b, k, *logits.shape[1:])  # [B, K, Q, C]
-        which = (positions // width).clamp(max=k - 1)  # [B, Q] the window of each word
         picked = logits.gather(1, which[:, None, :, None].expand(-1, 1, -1, logits.shape[-1]))[:, 0]  # [B, Q, C]
         if weights is None:
             return picked, None

@@ -125,13 +125,13 @@ def decode(ids: np.ndarray | Sequence[int]) -> str:
 
 
 def encode_words(words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``[CLS] w1 w2 ... [SEP]`` (the words joined by one space) and the position of each word's last byte, where
-    a tagger reads the word (the byte encoder's n-grams reach back: there they spell the word)."""
-    pieces, reads, at = [], [], 1
+    """``[CLS] w1 w2 ... [SEP]`` (the words joined by one space) and each word's first and last byte positions
+    [words, 2], where a tagger reads the word."""
+    pieces, ends, at = [], [], 1
     for word in words:
         data = word.encode("utf-8")
-        reads.append(at + len(data) - 1)
+        ends.append((at, at + len(data) - 1))
         pieces.append(data)
         at += len(data) + 1
     ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
-    return ids, np.asarray(reads, dtype=np.int64)
+    return ids, np.asarray(ends, dtype=np.int64).reshape(-1, 2)

@@ -87,7 +87,7 @@ class AttentionMaps:
 
 
 def _model_input(model, text: str, per_word: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ids a model reads ``text`` as, and for a tagging task the byte each word is read at: a masked LM was
+    """The ids a model reads ``text`` as, and for a tagging task each word's first and last bytes: a masked LM was
     trained on raw byte windows, a task model on [CLS] text [SEP], a tagger on the words joined by spaces."""
     if per_word:
         return encode_words(text.split())
@@ -144,7 +144,9 @@ def attention_maps(
         ids = torch.from_numpy(batch.input_ids).to(device)
         mask = torch.from_numpy(batch.attention_mask).to(device)
         if per_word:  # the one word's query
-            at = torch.tensor([[int(reads[word])] for _, reads in inputs[start : start + batch_size]], device=device)
+            at = torch.tensor(  # [B, 1, 2]: the word's first and last byte
+                [[reads[word].tolist()] for _, reads in inputs[start : start + batch_size]], device=device
+            )
             result = model(ids, mask, task=task_index, return_attentions=True, word_positions=at)
             decoder = result.decoder_attention[:, :, 0]  # [B, H, N]
         elif is_task_model:

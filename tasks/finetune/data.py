@@ -39,7 +39,7 @@ class GlueSplit:
     index: list[str] = field(default_factory=list)  # GLUE example ids (test splits)
     skipped: int = 0
     words: list[tuple[str, ...]] = field(default_factory=list)  # a per-word task's words per example
-    reads: list[np.ndarray] = field(default_factory=list)  # ...and the byte each is read at (`Encoded.reads`)
+    reads: list[np.ndarray] = field(default_factory=list)  # ...and their first and last bytes (`Encoded.reads`)
     texts: list[str | None] = field(default_factory=list)  # ...the text they were cut from (character spans)
     offsets: list[np.ndarray | None] = field(default_factory=list)  # ...and their characters in it
 
@@ -492,7 +492,7 @@ def collate(items: list[tuple]) -> dict[str, Any]:
         "position": torch.tensor(positions),
     }
     if reads[0] is not None:
-        words = torch.zeros(len(reads), max(len(r) for r in reads), dtype=torch.long)
+        words = torch.zeros((len(reads), max(len(r) for r in reads), *reads[0].shape[1:]), dtype=torch.long)
         for row, at in enumerate(reads):
             words[row, : len(at)] = torch.from_numpy(at)
         out["word_positions"] = words

@@ -33,8 +33,9 @@ class Encoded:
     words: tuple[str, ...] | None = None
     text: str | None = None  # a tagging input given as text: the text its words were cut from...
     offsets: np.ndarray | None = None  # ...and each word's [start, end) characters in it
-    # [words] positions in ``ids``: each word's last byte, where the byte encoder's n-grams (which reach back) spell
-    # the word (measured against the first byte, whose n-grams hold the previous word: docs/tagging.md)
+    # [words, 2] positions in ``ids`` of each word's first and last byte: its query reads at the last byte, where
+    # the byte encoder's n-grams (which reach back) spell the word, and its features are those of both bytes
+    # (measured: docs/tagging.md)
     reads: np.ndarray | None = None
 
 

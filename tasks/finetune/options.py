@@ -194,8 +194,8 @@ class GlueOptions:
     head_hidden: int = option(768, "Hidden width of each task's 2-layer tanh head (paper: 768).")
     word_features: bool = option(
         True,
-        "Tagging tasks: each word's tag also reads the byte features at its last byte (the word's own n-grams), "
-        "beside what its positional query gathers from the latents (measured: docs/tagging.md).",
+        "Tagging tasks: each word's tag also reads the byte features at its first and last bytes (the word's own "
+        "n-grams), beside what its positional query gathers from the latents (measured: docs/tagging.md).",
         data_order=True,
     )
     length_buckets: bool = option(

@@ -102,14 +102,16 @@ def test_span_scores_count_exact_spans_per_type_and_micro_averaged():
 def test_words_are_joined_by_spaces_and_each_word_is_read_at_its_first_byte():
     encoded = encode_words(["Zoë", "ran", "5km"])
     assert decode(encoded.ids[1:-1]) == "Zoë ran 5km"
-    # The last byte of each word; Zoë is 4 bytes in UTF-8 (ë two).
-    assert encoded.reads.tolist() == [4, 8, 12]
-    assert [decode(encoded.ids[s - 1 : s + 1]) for s in encoded.reads] == ["ë", "an", "km"]
+    # The first and last byte of each word; Zoë is 4 bytes in UTF-8 (ë two).
+    assert encoded.reads.tolist() == [[1, 4], [6, 8], [10, 12]]  # each word's first and last byte
+    assert [decode(encoded.ids[a : b + 1]) for a, b in encoded.reads] == ["Zoë", "ran", "5km"]
 
 
-def _tagger(window=None):
+def _tagger(window=None, word_features=False):
     torch.manual_seed(0)
-    tasks = MultiTaskConfig((TaskSpec("sent", 2), TaskSpec("pos", 5, per_word=True)), head_hidden=16, window=window)
+    tasks = MultiTaskConfig(
+        (TaskSpec("sent", 2), TaskSpec("pos", 5, per_word=True)), 16, window=window, word_features=word_features
+    )
     return PerceiverClassifier(PRESETS["tiny"], tasks).eval()
 
 
@@ -131,6 +133,23 @@ def test_a_word_read_in_a_window_gets_the_logits_of_that_window_read_alone():
     n = PRESETS["tiny"].num_latents
     assert weights.shape == (2, 4, 4, 4 * n)
     assert torch.all(weights[0, :, 0, n:] == 0) and torch.allclose(weights[0, :, 0, :n].sum(-1), torch.ones(4))
+
+
+def test_a_word_is_read_at_its_last_byte_with_the_features_of_both_ends_also_across_a_window_start():
+    model = _tagger(word_features=True)
+    ids = torch.randint(6, 200, (1, 90))
+    # Words as (first, last) bytes; the third starts in window 0 and ends in window 1 (windows of 32 bytes).
+    words = torch.tensor([[[1, 5], [7, 12], [29, 35], [60, 70]]])
+    out = model(ids, task=1, word_positions=words, window=32).logits  # [1, 4, 5]
+    for q, (first, last) in enumerate(words[0].tolist()):
+        k = last // 32
+        piece = ids[:, 32 * k : 32 * (k + 1)]
+        local = torch.tensor([[[max(first - 32 * k, 0), last - 32 * k]]])  # cut by the window: read from its start
+        alone = model(piece, task=1, word_positions=local).logits
+        torch.testing.assert_close(out[0, q], alone[0, 0], atol=1e-5, rtol=1e-4)
+    # The features of the first byte count: another first byte, another output.
+    moved = model(ids, task=1, word_positions=torch.tensor([[[2, 5]]])).logits
+    assert not torch.allclose(moved[0, 0], model(ids, task=1, word_positions=words[:, :1]).logits[0, 0])
 
 
 def test_a_per_word_task_needs_word_positions_and_a_sentence_task_refuses_them():
