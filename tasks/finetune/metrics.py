@@ -148,6 +148,7 @@ TAGGING_METRICS: dict[str, str] = {
     "token_accuracy": "token_accuracy",
 }
 _TAGGING_MODULE = Path(__file__).with_name("tagging_metric.py")
+PER_TYPE = "f1_"  # the prefix of the per-type span F1 scores `compute_tagging` adds ("f1_PER")
 
 
 def tagging_module_path() -> Path:
@@ -175,5 +176,5 @@ def compute_tagging(
     result = _tagging_metric().compute(predictions=predictions, references=references)
     percent = {m: 100.0 * result[TAGGING_METRICS[m]] for m in metrics}
     if any(m.startswith("span_") for m in metrics):
-        percent |= {f"f1_{k}": 100.0 * v["f1"] for k, v in result.items() if isinstance(v, dict)}
+        percent |= {f"{PER_TYPE}{k}": 100.0 * v["f1"] for k, v in result.items() if isinstance(v, dict)}
     return percent

@@ -18,6 +18,7 @@ from perceiver_lm.run_dir import check_output_folder, write_text_atomic
 from perceiver_lm.runtime import make_accelerator
 from perceiver_lm.validation import check_range, shown
 from tasks.finetune.data import Corruption, GlueSplit, eval_loader, load_split, subset_split
+from tasks.finetune.metrics import PER_TYPE
 from tasks.finetune.own import is_own, model_tasks
 from tasks.glue.tasks import GlueTask
 
@@ -259,10 +260,14 @@ def results_table(best: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'task':<6} {'metric':<22} {'ours':>14} {'paper':>7} {'paper multi-task':>17}", "-" * 70]
     for name, entry in best.items():
         task = TASKS.get(name)  # None: a task of your own, with no paper score
-        for split, scores in entry["scores"].items():
+        for split, all_scores in entry["scores"].items():
             label = name if split == "dev" else f"{name}-{split[:2]}"
+            scores = {k: v for k, v in all_scores.items() if not k.startswith(PER_TYPE)}
             shown = " / ".join(f"{v:.2f}" for v in scores.values())
             paper = f"{task.paper:.2f}" if task and task.paper is not None else "-"
             multi = f"{task.paper_multitask:.2f}" if task and task.paper_multitask is not None else "-"
             lines.append(f"{label:<6} {'/'.join(scores):<22} {shown:>14} {paper:>7} {multi:>17}")
+            types = {k[len(PER_TYPE) :]: v for k, v in all_scores.items() if k.startswith(PER_TYPE)}
+            if types:  # a tagging task's span F1 per type, on a line of its own
+                lines.append(f"{'':<6} F1 per type: " + ", ".join(f"{t} {v:.2f}" for t, v in types.items()))
     return "\n".join(lines)
