@@ -259,8 +259,7 @@ class TokenClassification:
 
     def target(self, value: Any, labels: tuple[str, ...]) -> np.ndarray:
         ids = []
-        for number, tag in enumerate(_words(value, "tags"), start=1):
-            name = label_name(tag)
+        for number, name in enumerate(_words(value, "tags"), start=1):
             if name not in labels:
                 raise ValueError(f"tag {number}: {shown(name)} is not one of the training tags ({', '.join(labels)})")
             ids.append(labels.index(name))
@@ -397,9 +396,12 @@ def _span_tags(found: list[tuple[int, int, str]], encoded: Encoded) -> list[str]
 
 
 def _words(value: Any, what: str = "words") -> tuple[str, ...]:
-    """A cell holding a list of strings (words, or tags), or ValueError."""
+    """A cell holding a list of strings (words, or tags: whole numbers there are tag names too, as a
+    classification's labels are), or ValueError."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    if what == "tags" and isinstance(value, (list, tuple)):
+        value = [label_name(t) if isinstance(t, int) and not isinstance(t, bool) else t for t in value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
         raise ValueError(f"expected a list of {what} (strings), got {shown(value)}")
     if what == "words" and any(w == "" for w in value):

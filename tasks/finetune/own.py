@@ -225,6 +225,12 @@ def _labels_of(own: OwnTask, kind: TaskKind) -> tuple[str, ...]:
     if kind.per_word:
         values = set()
         for row, cell in enumerate(rows[own.label_column], start=1):
+            if own.dataset is not None and isinstance(cell, list) and any(isinstance(t, int) for t in cell):
+                # A dataset's tag ids name their tags only through a ClassLabel feature (read above).
+                raise PerceiverLMError(
+                    f"{where}: column {shown(own.label_column)} holds tag ids without class names (row {row}); give "
+                    "tag names, or a Sequence(ClassLabel) feature"
+                )
             try:
                 values.update(kind.label_values(cell))
             except ValueError as err:

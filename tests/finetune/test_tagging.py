@@ -417,3 +417,19 @@ def test_a_bad_span_in_a_file_is_one_line_naming_file_row_and_column(tmp_path):
                   label_column="entities", name="t")  # fmt: skip
     with pytest.raises(PerceiverLMError, match=r"dev.jsonl: row 1, column 'entities': span 0-3 PER \('Ann'\) starts"):
         load_split(build_task(own), "dev", None, 128)
+
+
+def test_whole_number_tags_in_a_file_are_tag_names_and_a_datasets_tag_ids_need_class_names(tmp_path):
+    rows = [{"tokens": ["a", "b", "c"], "tags": [0, 3, 0]}, {"tokens": ["d"], "tags": [1]}]
+    train = _write_jsonl(tmp_path / "train.jsonl", rows)
+    task = build_task(OwnTask(train_file=train, validation_file=train, type="token-classification", name="t"))
+    assert task.labels == ("0", "1", "3") and task.metrics == ("token_accuracy",)
+    split = load_split(task, "dev", None, 128)
+    assert [[task.labels[i] for i in y] for y in split.labels] == [["0", "3", "0"], ["1"]]  # names, not positions
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", rows)
+    _write_jsonl(folder / "validation.jsonl", rows)
+    own = OwnTask(dataset=str(folder), type="token-classification", name="t")
+    with pytest.raises(PerceiverLMError, match=r"column 'tags' holds tag ids without class names \(row 1\)"):
+        build_task(own)
