@@ -206,10 +206,11 @@ OWN_FILE_KINDS = (".csv", ".tsv", *FILE_BUILDERS, *CONLL)
 def read_conll(path: str) -> dict[str, list[list[str]]]:
     """The sentences of a CoNLL column file as columns ``tokens`` and ``tags`` (lists per sentence).
 
-    ``.conll`` (CoNLL-2003 and the like): a word's line holds the word first and its tag last, separated by tabs or
-    spaces; ``-DOCSTART-`` lines are skipped. ``.conllu`` (Universal Dependencies): ten tab-separated fields, the
-    word FORM second and UPOS fourth (``tags``; XPOS also as ``xpos``), ``#`` comments skipped, and so are
-    multiword-token ranges (``3-4``) and empty nodes (``5.1``), which are not words of the sentence's tags.
+    ``.conll`` (CoNLL-2003 and the like): a word's line holds the word first and its tag last, separated by tabs
+    (then a word may hold spaces) or spaces; ``-DOCSTART-`` lines are skipped. ``.conllu`` (Universal
+    Dependencies): ten tab-separated fields, the word FORM second and UPOS fourth (``tags``; XPOS also as
+    ``xpos``), ``#`` comments skipped, and so are multiword-token ranges (``3-4``) and empty nodes (``5.1``),
+    which are not words of the sentence's tags.
     """
     universal = path.lower().endswith(".conllu")
     columns: dict[str, list[list[str]]] = {"tokens": [], "tags": [], **({"xpos": []} if universal else {})}
@@ -241,7 +242,8 @@ def read_conll(path: str) -> dict[str, list[list[str]]]:
                     word, tag, xpos = fields[1], fields[3], fields[4]
                     sentence["xpos"].append(xpos)
                 else:
-                    fields = line.split()
+                    # Tab-separated columns may hold a word with spaces; otherwise any whitespace separates them.
+                    fields = [f for f in line.split("\t") if f.strip()] if "\t" in line else line.split()
                     if fields[0] == "-DOCSTART-":
                         continue
                     if len(fields) < 2:

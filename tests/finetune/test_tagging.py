@@ -203,6 +203,8 @@ def test_conll_files_give_one_sentence_per_block_and_skip_docstart(tmp_path):
     )
     universal = read_conll(str(tmp_path / "u.conllu"))
     assert universal["tokens"] == [["I", "ca", "n't", "."]] and universal["tags"] == [["PRON", "AUX", "PART", "PUNCT"]]
+    (tmp_path / "tabs.conll").write_text("New York\tNNP\tB-LOC\r\nis\tVBZ\tO\r\n\r\n")  # tabs: a word may hold spaces
+    assert read_conll(str(tmp_path / "tabs.conll")) == {"tokens": [["New York", "is"]], "tags": [["B-LOC", "O"]]}
     (tmp_path / "bad.conll").write_text("EU B-ORG\nrejects\n")
     with pytest.raises(PerceiverLMError, match=r"bad.conll: line 2: expected a word and its tag, got 'rejects'"):
         read_conll(str(tmp_path / "bad.conll"))
