@@ -135,16 +135,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in results["runs"].values()})
+    arms = sorted({(r["arm"], r["minutes"]) for r in results["runs"].values()})
+    colours = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm and budget, a marker per seed
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for _, r in sorted(results["runs"].items()):
             if r["task"] != task:
                 continue
             xs, ys = [h["minutes"] for h in r["history"]], [h["score"] for h in r["history"]]
-            ax.plot(xs, ys, marker="o", label=f"{r['arm']} {r['minutes']:g} min s{r['seed']}")
+            style = {"color": colours[(r["arm"], r["minutes"])], "marker": "os^v"[r["seed"] % 4]}
+            ax.plot(xs, ys, label=f"{r['arm']}, {r['minutes']:g} min, seed {r['seed']}", **style)
         ax.axhline(results["baselines"][task], color="grey", linestyle="--", label="most frequent tag")
         ax.set_title(f"{task}: dev {TASKS[task][1]} (%)")
-        ax.set_xlabel("CPU minutes (2 cores, the run's threads)")
+        ax.set_xlabel("minutes (each run: one thread of the 2-core CPU)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -271,6 +271,23 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["glue_long_row"] = root / "glue_long_row"  # a 140,000-byte field: over the csv module's 131,072 too
     long_rows = [("a long film " * 12_000, "", "1"), *rows]
     write_task(w["glue_long_row"], "SST-2", {"train": long_rows, "dev": long_rows}, {})
+    tagged = [{"tokens": ["EU", "rejects", "it"], "tags": ["B-ORG", "O", "O"]}] * 4
+    for name, content in {  # tagging files
+        "tag_good.jsonl": "".join(json.dumps(r) + "\n" for r in tagged).encode(),
+        "tag_binary.conll": b"\xff\xfe\x00EU B-ORG\n",
+        "tag_one_field.conll": b"EU B-ORG\nrejects\n",
+        "tag_words_number.jsonl": b'{"tokens": 3, "tags": ["O"]}\n',
+        "tag_mismatch.jsonl": b'{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O", "O"]}\n',
+        "tag_unseen.jsonl": b'{"tokens": ["EU"], "tags": ["B-LOC"]}\n',
+        "tag_span_cut.jsonl": b'{"text": "EU rejects", "tags": [{"start": 0, "end": 1, "label": "ORG"}]}\n',
+        "tag_text_tag_list.jsonl": b'{"text": "EU rejects", "tags": ["B-ORG", "O"]}\n',
+    }.items():
+        w[name.replace(".", "_")] = root / name
+        (root / name).write_bytes(content)
+    w["tag_device_conll"] = specials / "device.conll"  # outside root, as every special file
+    w["tag_device_conll"].symlink_to("/dev/zero")
+    w["tag_fifo_conll"] = specials / "pipe.conll"
+    os.mkfifo(w["tag_fifo_conll"])
     return w
 
 
@@ -713,10 +730,60 @@ CASES = [
         ["glue", "train", "--glue-dir", "{glue_bad}", "--preset", "tiny", "--output-dir", "{root}/g3"],
         "label 'maybe' is not one of",
     ),
-    (
-        "glue-eval-missing",
-        ["glue", "eval", "{root}/nope", "--glue-dir", "{glue}"],
-        "no such checkpoint or run directory",
+    *(
+        (
+            f"tag-{name}",
+            [
+                "finetune",
+                "train",
+                "--task-type",
+                "token-classification",
+                "--train-file",
+                train,
+                "--validation-file",
+                dev,
+                "--preset",
+                "tiny",
+                "--output-dir",
+                "{root}/tagrun",
+            ],
+            expected,
+        )  # fmt: skip
+        for name, train, dev, expected in (
+            ("binary-conll", "{tag_binary_conll}", "{tag_good_jsonl}", "tag_binary.conll: not UTF-8 text"),
+            ("one-field", "{tag_one_field_conll}", "{tag_good_jsonl}", "line 2: expected a word and its tag"),
+            ("words-a-number", "{tag_good_jsonl}", "{tag_words_number_jsonl}", "expected a list of words"),
+            ("more-tags-than-words", "{tag_good_jsonl}", "{tag_mismatch_jsonl}", "2 words but 3 tags"),
+            ("unseen-tag", "{tag_good_jsonl}", "{tag_unseen_jsonl}", "'B-LOC' is not one of the training tags"),
+            ("device", "{tag_device_conll}", "{tag_good_jsonl}", "device.conll: is a character device"),
+            ("fifo", "{tag_good_jsonl}", "{tag_fifo_conll}", "pipe.conll: is a FIFO"),
+        )
+    ),
+    *(
+        (
+            f"tag-{name}",
+            [
+                "finetune",
+                "train",
+                "--task-type",
+                "token-classification",
+                "--train-file",
+                data,
+                "--validation-file",
+                data,
+                "--text-column",
+                "text",
+                "--preset",
+                "tiny",
+                "--output-dir",
+                "{root}/tagrun",
+            ],
+            expected,
+        )  # fmt: skip
+        for name, data, expected in (
+            ("text-with-tag-lists", "{tag_text_tag_list_jsonl}", "tags need a list of words in the text column"),
+            ("span-cuts-a-word", "{tag_span_cut_jsonl}", "span 0-1 ORG ('E') starts or ends inside a word"),
+        )
     ),
     (
         "glue-eval-mlm",
@@ -947,7 +1014,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def test_campaign_has_a_hundred_cases_over_every_command():
     assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
-    commands = {tuple(args[:2]) if args[0] == "glue" else args[0] for _, args, _ in CASES}
+    commands = {tuple(args[:2]) if args[0] in ("glue", "finetune") else args[0] for _, args, _ in CASES}
     assert commands >= {
         "pretrain",
         "fill-mask",

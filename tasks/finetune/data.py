@@ -312,6 +312,8 @@ def read_rows(path: str, split: str = "train") -> Any:
     if suffix in CONLL:
         return datasets.Dataset.from_dict(read_conll(path))
     builder, kwargs = FILE_BUILDERS[suffix]
+    shown_bars = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a local file loads in moments: its bars would only surround an error line
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as err:  # the builders raise many types (pyarrow, json) for a malformed file
@@ -319,6 +321,9 @@ def read_rows(path: str, split: str = "train") -> Any:
         if "corresponds to no data" in first or Path(path).stat().st_size == 0:  # a header, or nothing at all
             raise PerceiverLMError(f"{path}: no examples") from None
         raise PerceiverLMError(f"{path}: cannot read it as {builder} ({first[:300]})") from None
+    finally:
+        if shown_bars:
+            datasets.enable_progress_bars()
 
 
 def _file_split(task: GlueTask, name: str, max_length: int, corruption: Corruption) -> GlueSplit:
