@@ -291,6 +291,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     return w
 
 
+TAG_TRAIN = ["finetune", "train", "--task-type", "token-classification", "--preset", "tiny", "--output-dir", "{root}/t"]
+
+
 def _pretrain(*extra: str) -> list[str]:
     return ["pretrain", "--preset", "tiny", "--report-to", "none", "--eval-windows", "2", *extra]
 
@@ -731,59 +734,30 @@ CASES = [
         "label 'maybe' is not one of",
     ),
     *(
-        (
-            f"tag-{name}",
-            [
-                "finetune",
-                "train",
-                "--task-type",
-                "token-classification",
-                "--train-file",
-                train,
-                "--validation-file",
-                dev,
-                "--preset",
-                "tiny",
-                "--output-dir",
-                "{root}/tagrun",
-            ],
-            expected,
+        (f"tag-{name}", [*TAG_TRAIN, "--train-file", train, "--validation-file", dev, *extra], expected)
+        for name, train, dev, extra, expected in (
+            ("binary-conll", "{tag_binary_conll}", "{tag_good_jsonl}", (), "tag_binary.conll: not UTF-8 text"),
+            ("one-field", "{tag_one_field_conll}", "{tag_good_jsonl}", (), "line 2: expected a word and its tag"),
+            ("words-a-number", "{tag_good_jsonl}", "{tag_words_number_jsonl}", (), "expected a list of words"),
+            ("more-tags-than-words", "{tag_good_jsonl}", "{tag_mismatch_jsonl}", (), "2 words but 3 tags"),
+            ("unseen-tag", "{tag_good_jsonl}", "{tag_unseen_jsonl}", (), "'B-LOC' is not one of the training tags"),
+            ("device", "{tag_device_conll}", "{tag_good_jsonl}", (), "device.conll: is a character device"),
+            ("fifo", "{tag_good_jsonl}", "{tag_fifo_conll}", (), "pipe.conll: is a FIFO"),
+            (
+                "text-with-tag-lists",
+                "{tag_text_tag_list_jsonl}",
+                "{tag_text_tag_list_jsonl}",
+                ("--text-column", "text"),
+                "tags need a list of words in the text column",
+            ),
+            (
+                "span-cuts-a-word",
+                "{tag_span_cut_jsonl}",
+                "{tag_span_cut_jsonl}",
+                ("--text-column", "text"),
+                "span 0-1 ORG ('E') starts or ends inside a word",
+            ),
         )  # fmt: skip
-        for name, train, dev, expected in (
-            ("binary-conll", "{tag_binary_conll}", "{tag_good_jsonl}", "tag_binary.conll: not UTF-8 text"),
-            ("one-field", "{tag_one_field_conll}", "{tag_good_jsonl}", "line 2: expected a word and its tag"),
-            ("words-a-number", "{tag_good_jsonl}", "{tag_words_number_jsonl}", "expected a list of words"),
-            ("more-tags-than-words", "{tag_good_jsonl}", "{tag_mismatch_jsonl}", "2 words but 3 tags"),
-            ("unseen-tag", "{tag_good_jsonl}", "{tag_unseen_jsonl}", "'B-LOC' is not one of the training tags"),
-            ("device", "{tag_device_conll}", "{tag_good_jsonl}", "device.conll: is a character device"),
-            ("fifo", "{tag_good_jsonl}", "{tag_fifo_conll}", "pipe.conll: is a FIFO"),
-        )
-    ),
-    *(
-        (
-            f"tag-{name}",
-            [
-                "finetune",
-                "train",
-                "--task-type",
-                "token-classification",
-                "--train-file",
-                data,
-                "--validation-file",
-                data,
-                "--text-column",
-                "text",
-                "--preset",
-                "tiny",
-                "--output-dir",
-                "{root}/tagrun",
-            ],
-            expected,
-        )  # fmt: skip
-        for name, data, expected in (
-            ("text-with-tag-lists", "{tag_text_tag_list_jsonl}", "tags need a list of words in the text column"),
-            ("span-cuts-a-word", "{tag_span_cut_jsonl}", "span 0-1 ORG ('E') starts or ends inside a word"),
-        )
     ),
     (
         "glue-eval-mlm",
