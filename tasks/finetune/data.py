@@ -203,8 +203,9 @@ CONLL = (".conll", ".conllu")
 OWN_FILE_KINDS = (".csv", ".tsv", *FILE_BUILDERS, *CONLL)
 
 
-def read_conll(path: str) -> dict[str, list[list[str]]]:
-    """The sentences of a CoNLL column file as columns ``tokens`` and ``tags`` (lists per sentence).
+def read_conll(path: str, untagged: bool = False) -> dict[str, list[list[str]]]:
+    """The sentences of a CoNLL column file as columns ``tokens`` and ``tags`` (lists per sentence). With
+    ``untagged`` (a test file) a ``.conll`` file may hold words alone, a word a line: then it has no ``tags``.
 
     ``.conll`` (CoNLL-2003 and the like): a word's line holds the word first and its tag last, separated by tabs
     (then a word may hold spaces) or spaces; ``-DOCSTART-`` lines are skipped. ``.conllu`` (Universal
@@ -246,9 +247,14 @@ def read_conll(path: str) -> dict[str, list[list[str]]]:
                     fields = [f for f in line.split("\t") if f.strip()] if "\t" in line else line.split()
                     if fields[0] == "-DOCSTART-":
                         continue
-                    if len(fields) < 2:
+                    if untagged and not columns["tokens"] and not sentence["tokens"]:  # the first word decides
+                        untagged = len(fields) == 1
+                    if len(fields) < 2 and not untagged:
                         raise PerceiverLMError(f"{path}: line {number}: expected a word and its tag, got {shown(line)}")
-                    word, tag = fields[0], fields[-1]
+                    if len(fields) > 1 and untagged:
+                        raise PerceiverLMError(f"{path}: line {number}: a word alone, as on the file's first line, got "
+                                               f"{shown(line)}")  # fmt: skip
+                    word, tag = (fields[0], "") if untagged else (fields[0], fields[-1])
                 sentence["tokens"].append(word)
                 sentence["tags"].append(tag)
     except UnicodeDecodeError as err:
@@ -256,7 +262,7 @@ def read_conll(path: str) -> dict[str, list[list[str]]]:
     close()
     if not columns["tokens"]:
         raise PerceiverLMError(f"{path}: no sentences")
-    return columns
+    return {k: v for k, v in columns.items() if k != "tags"} if untagged and not universal else columns
 
 
 def read_delimited(path: str, dialect: dict[str, Any]) -> dict[str, list[str]]:
@@ -310,7 +316,7 @@ def read_rows(path: str, split: str = "train") -> Any:
     if suffix in DELIMITED:
         return datasets.Dataset.from_dict(read_delimited(path, DELIMITED[suffix]))
     if suffix in CONLL:
-        return datasets.Dataset.from_dict(read_conll(path))
+        return datasets.Dataset.from_dict(read_conll(path, untagged=split == "test"))
     builder, kwargs = FILE_BUILDERS[suffix]
     shown_bars = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a local file loads in moments: its bars would only surround an error line

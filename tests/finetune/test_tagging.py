@@ -205,6 +205,8 @@ def test_conll_files_give_one_sentence_per_block_and_skip_docstart(tmp_path):
     assert universal["tokens"] == [["I", "ca", "n't", "."]] and universal["tags"] == [["PRON", "AUX", "PART", "PUNCT"]]
     (tmp_path / "tabs.conll").write_text("New York\tNNP\tB-LOC\r\nis\tVBZ\tO\r\n\r\n")  # tabs: a word may hold spaces
     assert read_conll(str(tmp_path / "tabs.conll")) == {"tokens": [["New York", "is"]], "tags": [["B-LOC", "O"]]}
+    (tmp_path / "words.conll").write_text("-DOCSTART-\n\nEU\nrejects\n\nPeter\n")  # a test file: words alone
+    assert read_conll(str(tmp_path / "words.conll"), untagged=True) == {"tokens": [["EU", "rejects"], ["Peter"]]}
     (tmp_path / "bad.conll").write_text("EU B-ORG\nrejects\n")
     with pytest.raises(PerceiverLMError, match=r"bad.conll: line 2: expected a word and its tag, got 'rejects'"):
         read_conll(str(tmp_path / "bad.conll"))
@@ -248,7 +250,8 @@ def test_a_conll_ner_file_trains_evaluates_and_predicts_a_tag_per_word_from_the_
     train = _write_conll(tmp_path / "ner_train.conll", _sentences(600, 0))
     dev = _write_jsonl(tmp_path / "ner_dev.jsonl", _sentences(100, 1))
     test_rows = _sentences(12, 2)
-    test = _write_jsonl(tmp_path / "ner_test.jsonl", [{"tokens": r["tokens"]} for r in test_rows])
+    test = tmp_path / "ner_test.conll"  # words alone, a word a line
+    test.write_text("\n\n".join("\n".join(r["tokens"]) for r in test_rows) + "\n")
     env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
 
     def cli(*args, rc=0):
@@ -259,7 +262,7 @@ def test_a_conll_ner_file_trains_evaluates_and_predicts_a_tag_per_word_from_the_
         return done.stdout
 
     cli(
-        "finetune", "train", "--train-file", train, "--validation-file", dev, "--test-file", test,
+        "finetune", "train", "--train-file", train, "--validation-file", dev, "--test-file", str(test),
         "--task-type", "token-classification", "--preset", "tiny", "--max-steps", "300", "--eval-every", "150",
         "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "10", "--head-hidden", "32",
         "--output-dir", str(tmp_path / "run"),
