@@ -910,7 +910,7 @@ CASES = [
     (
         "attention-query-superscript",
         ["attention", "{run}", "hello", "--query", "\u00b2"],
-        "--query '\u00b2': expected a byte position (ASCII digits 0-9) or a task name",
+        "--query '\u00b2': expected a byte position (ASCII digits 0-9), a task name or TASK:WORD",
     ),
     (
         "attention-query-full-width",

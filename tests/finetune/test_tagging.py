@@ -315,7 +315,7 @@ def test_a_tagging_task_and_a_sentence_task_train_together(tmp_path):
         '[[task]]\nname = "cities"\ntrain_file = "cities_train.jsonl"\nvalidation_file = "cities_train.jsonl"\n'
     )
     options = GlueOptions(
-        task_file=str(tmp_path / "tasks.toml"), preset="tiny", max_steps=240, eval_every=120, batch_size=16,
+        task_file=str(tmp_path / "tasks.toml"), preset="tiny", max_steps=360, eval_every=180, batch_size=16,
         lr=2e-3, warmup_steps=10, head_hidden=32, output_dir=str(tmp_path / "run"),
     )  # fmt: skip
     result = finetune(options)
