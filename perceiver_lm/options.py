@@ -213,6 +213,11 @@ class TrainingOptions:
         "word", "Masking unit: whitespace-delimited words or single bytes.", data_order=True
     )
     mixed_precision: Precision = precision_option()
+    compile: bool = option(
+        False,
+        "torch.compile the model (inductor, through Accelerate): faster steps after a first compile of a minute or "
+        "more; checkpoints are the same plain model.",
+    )
     eval_every: int = option(200, "Evaluate on the validation split every N steps (and at the end).")
     eval_windows: int = option(64, "Validation windows per evaluation (spread over the split).")
     save_every: int = option(500, "Write a checkpoint every N steps (and at the end).")

@@ -96,7 +96,7 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     trainer_state = run_record(run, state)
 
     def write() -> None:
-        model = accelerator.unwrap_model(run.model)
+        model = accelerator.unwrap_model(run.model, keep_torch_compile=False)
         with ckpt.atomic_directory(path) as tmp:
             ckpt.write_model_files(model, model.config, tmp, trainer_state, model_state)
             ckpt.write_training_files(tmp, optimizer_state, finite_json(trainer_state))
@@ -113,7 +113,7 @@ def save_model_copy(run: Run, state: TrainState, folder: Path, scores: dict[str,
     e.g. the best model so far; ``scores`` are the evaluation its card names. Every process takes part."""
     weights, _ = gather_state(run.model)  # collective: the model may be sharded
     card = {**run_record(run, state), "eval": scores}
-    model = run.accelerator.unwrap_model(run.model)
+    model = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
     on_main(run.accelerator, lambda: ckpt.save_model(model, folder, card, weights), f"writing {folder}")
 
 
@@ -194,7 +194,9 @@ def restore(run: Run, source: Path) -> TrainState:
     """
     optimizer_state, trainer_state = ckpt.read_training_files(source)
     weights = ckpt.load_state_dict(source)
-    ckpt.check_state_dict(run.accelerator.unwrap_model(run.model), weights, str(source / ckpt.MODEL_FILE))
+    ckpt.check_state_dict(
+        run.accelerator.unwrap_model(run.model, keep_torch_compile=False), weights, str(source / ckpt.MODEL_FILE)
+    )
     try:
         load_state(run.model, run.optimizer, weights, optimizer_state)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:

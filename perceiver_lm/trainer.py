@@ -176,8 +176,13 @@ def train(options: Any, job: Job, accelerator: Any = None) -> TrainState:
         accelerator: the Accelerator to train with; default: one built from the options.
     """
     with run_folder(options, (METRICS_FILE, *job.produced)) as output:
+        kwargs = job.accelerator_kwargs(output)
+        if getattr(options, "compile", False):
+            from accelerate.utils import TorchDynamoPlugin
+
+            kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")  # `prepare` compiles the model
         accelerator, precision = use_accelerator(
-            accelerator, options.mixed_precision, options.cpu, options.grad_accum, **job.accelerator_kwargs(output)
+            accelerator, options.mixed_precision, options.cpu, options.grad_accum, **kwargs
         )
         try:
             with _sigterm_stops_at_a_step():

@@ -419,3 +419,21 @@ def test_init_from_refuses_what_is_not_a_masked_lm_of_that_shape(letters_file, t
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--init-from" in done.stderr and "leave out --preset" in done.stderr
+
+
+def test_compiled_pretraining_follows_the_eager_loss_and_saves_the_plain_model(letters_file, tmp_path):
+    eager = pretrain(_options(letters_file, tmp_path / "eager", max_steps=6, eval_every=6, mixed_precision="no"), TINY)
+    compiled = pretrain(
+        _options(letters_file, tmp_path / "compiled", max_steps=6, eval_every=6, mixed_precision="no", compile=True),
+        TINY,
+    )
+
+    def losses(run):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["eval_loss"] for r in records if "eval_loss" in r]
+
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-3)
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert set(a) == set(b)  # no "_orig_mod." prefix: a compiled run's checkpoint is the plain model
+    assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+    assert compiled.step == eager.step == 6

@@ -214,6 +214,11 @@ class GlueOptions:
         False, "Count and skip malformed TSV rows instead of stopping at the first.", data_order=True
     )
     mixed_precision: Precision = precision_option()
+    compile: bool = option(
+        False,
+        "torch.compile the model (inductor, through Accelerate): faster steps after a first compile of a minute or "
+        "more; checkpoints are the same plain model.",
+    )
     seed: int = option(0, "Seed for the task heads, data order and dropout.", data_order=True)
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
     resume: bool = option(False, "Continue from the latest checkpoint in --output-dir, same data order.")
