@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import resource
+import statistics
 
 import numpy as np
 import torch
@@ -129,3 +130,12 @@ def time_steps(step, device: str, warmup: int, steps: int) -> tuple[float, int]:
         step()
     sync()
     return (time.perf_counter() - start) / steps, peak_memory_bytes(device)
+
+
+def spread(values: list[float | None]) -> str:
+    """Mean ± standard deviation of a result over seeds (None: a missing run; one value: as it is)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f}" if len(values) > 1 else f"{values[0]:.1f}"

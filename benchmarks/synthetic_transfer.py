@@ -34,6 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_world import World, WorldOptions  # noqa: E402
 
+from common import spread  # noqa: E402
+
 TASK = "synthetic"
 
 
@@ -146,14 +148,6 @@ def body_probes(checkpoint: Path | None, paths: dict[str, Path], seed: int) -> d
         for level in LEVELS
     }
     return {"accuracy": scores, "latent_statistics": latent_statistics(dev["latents"])}
-
-
-def spread(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:

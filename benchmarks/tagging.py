@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks.finetune.metrics import compute_tagging  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import spread  # noqa: E402
 
 TASKS = {
     # name: (folder under tagging/, primary metric)
@@ -103,12 +105,6 @@ def run(args: argparse.Namespace, task: str, minutes: float, seed: int, folder: 
         "wall_s": time.time() - started,
         "command": "perceiver-lm " + shlex.join(command),
     }
-
-
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def table(results: dict[str, Any]) -> str:

@@ -18,10 +18,10 @@ from perceiver_lm.tokenizer import (
     NUM_SPECIAL,
     bytes_to_ids,
     decode_bytes,
-    encode_batch,
-    encode_pair,
+    encode_example,
     encode_words,
     pad_batch,
+    pad_word_positions,
 )
 
 MASK_MARK = re.compile(rb"\[MASK(?:\*(\d+))?\]")
@@ -167,11 +167,8 @@ def classify(
     out: list[str | float] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        second = None if pairs is None else pairs[start : start + batch_size]
-        if second is None:
-            batch = encode_batch(chunk, max_length=length)  # cut as fine-tuning cuts: the first bytes, then [SEP]
-        else:
-            batch = pad_batch([encode_pair(a, b, length) for a, b in zip(chunk, second, strict=True)])
+        second = [None] * len(chunk) if pairs is None else pairs[start : start + batch_size]
+        batch = pad_batch([encode_example(a, b, length) for a, b in zip(chunk, second, strict=True)])
         ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
         logits = model(ids, mask, task=index).logits.float()  # [B, C]
         if spec.num_outputs == 1 and names is None:  # a score
@@ -196,9 +193,7 @@ def tag(
         if any(len(reads) == 0 for _, reads in encoded):
             raise PerceiverLMError("a sentence to tag has no words")
         batch = pad_batch([ids for ids, _ in encoded])
-        reads = torch.zeros(len(encoded), max(len(r) for _, r in encoded), 2, dtype=torch.long)  # first, last byte
-        for row, (_, at) in enumerate(encoded):
-            reads[row, : len(at)] = torch.from_numpy(at)
+        reads = torch.from_numpy(pad_word_positions([at for _, at in encoded]))  # [B, Q, 2]: first, last byte
         ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
         best = model(ids, mask, task=index, word_positions=reads.to(device)).logits.argmax(-1).tolist()  # [B, Q]
         out += [

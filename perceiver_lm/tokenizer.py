@@ -135,3 +135,19 @@ def encode_words(words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         at += len(data) + 1
     ids = np.concatenate(([CLS_ID], bytes_to_ids(b" ".join(pieces)), [SEP_ID])).astype(np.int64)
     return ids, np.asarray(ends, dtype=np.int64).reshape(-1, 2)
+
+
+def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
+    """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``, at most ``max_length`` ids (as fine-tuning reads a text)."""
+    if b is None:
+        ids = encode(a)
+        return ids if len(ids) <= max_length else np.concatenate((ids[: max_length - 1], [SEP_ID]))
+    return encode_pair(a, b, max_length)
+
+
+def pad_word_positions(reads: Sequence[np.ndarray]) -> np.ndarray:
+    """Word positions of a batch ([words] or [words, 2] each, `encode_words`) padded with 0 to [B, Q(, 2)]."""
+    out = np.zeros((len(reads), max(len(r) for r in reads), *reads[0].shape[1:]), dtype=np.int64)
+    for row, at in enumerate(reads):
+        out[row, : len(at)] = at
+    return out

@@ -20,7 +20,7 @@ import torch
 from perceiver_lm.errors import PerceiverLMError
 from perceiver_lm.noise import Noise, apply_all, example_seed
 from perceiver_lm.options import MAX_SEED
-from perceiver_lm.tokenizer import SEP_ID, encode, encode_pair, pad_batch
+from perceiver_lm.tokenizer import encode_example, pad_batch, pad_word_positions
 from perceiver_lm.user_files import check_input_file
 from perceiver_lm.validation import check_range, shown
 from tasks.finetune.kinds import IGNORED, Encoded
@@ -77,14 +77,6 @@ def subset_split(split: GlueSplit, limit: int | None, seed: int, first: bool = F
         texts=[split.texts[i] for i in keep] if split.texts else [],
         offsets=[split.offsets[i] for i in keep] if split.offsets else [],
     )
-
-
-def encode_example(a: str, b: str | None, max_length: int) -> np.ndarray:
-    """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``, at most ``max_length`` ids."""
-    if b is None:
-        ids = encode(a)
-        return ids if len(ids) <= max_length else np.concatenate((ids[: max_length - 1], [SEP_ID]))
-    return encode_pair(a, b, max_length)
 
 
 @dataclass(frozen=True)
@@ -505,10 +497,7 @@ def collate(items: list[tuple]) -> dict[str, Any]:
         "position": torch.tensor(positions),
     }
     if reads[0] is not None:
-        words = torch.zeros((len(reads), max(len(r) for r in reads), *reads[0].shape[1:]), dtype=torch.long)
-        for row, at in enumerate(reads):
-            words[row, : len(at)] = torch.from_numpy(at)
-        out["word_positions"] = words
+        out["word_positions"] = torch.from_numpy(pad_word_positions(list(reads)))
         out["word_count"] = torch.tensor([len(r) for r in reads])
         if labels[0] is None:  # unlabelled: nothing is scored
             labels = [np.full(len(r), IGNORED) for r in reads]
