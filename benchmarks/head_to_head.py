@@ -16,6 +16,10 @@ writes JSON and a PNG of time vs length.
 
     python benchmarks/head_to_head.py --lengths 2048,16384 --repeats 3
     python benchmarks/head_to_head.py --lengths 512,2048,8192,16384 --configs ours@auto,transformers@fp32
+    python benchmarks/head_to_head.py --configs ours@auto,ours@auto+compile,ours@fp32,transformers@fp32
+
+A precision ending in ``+compile`` runs that implementation through ``torch.compile`` (inductor); its
+first, compiling step is reported as ``first_step_s`` and is not timed.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ def precision_of(name: str, device: str) -> str:
 
 
 def build(impl: str, length: int, bert: dict):
-    """(model, loss(batch, labels), infer(batch), flops_kwargs) for one implementation."""
+    """(model, loss(module, batch, labels), infer(module, batch)) for one implementation; ``module`` is the model
+    or a compiled wrapper of it."""
     import tempfile
 
     import torch
@@ -73,29 +78,28 @@ def build(impl: str, length: int, bert: dict):
         model = ByteBERT(262, length, **bert)
         return (
             model,
-            lambda b, _: masked_lm_loss(model(b["input_ids"], b["query_positions"]), b["labels"]),
-            lambda b: model(b["input_ids"], b["query_positions"]),
+            lambda m, b, _: masked_lm_loss(m(b["input_ids"], b["query_positions"]), b["labels"]),
+            lambda m, b: m(b["input_ids"], b["query_positions"]),
         )
     model = PerceiverLM(PerceiverConfig(max_seq_len=length, **SHAPE))
     if impl == "ours":
         return (
             model,
-            lambda b, _: masked_lm_loss(
-                model(b["input_ids"], query_positions=b["query_positions"]).logits, b["labels"]
-            ),
-            lambda b: model(b["input_ids"], query_positions=b["query_positions"]),
+            lambda m, b, _: masked_lm_loss(m(b["input_ids"], query_positions=b["query_positions"]).logits, b["labels"]),
+            lambda m, b: m(b["input_ids"], query_positions=b["query_positions"]),
         )
     import transformers
 
     folder = Path(tempfile.mkdtemp()) / "hf"
     export_to_transformers(model, folder)
     hf = transformers.PerceiverForMaskedLM.from_pretrained(folder)
-    return hf, lambda b, labels: hf(inputs=b["input_ids"], labels=labels).loss, lambda b: hf(inputs=b["input_ids"])
+    return hf, lambda m, b, labels: m(inputs=b["input_ids"], labels=labels).loss, lambda m, b: m(inputs=b["input_ids"])
 
 
 def measure(
-    impl: str, precision: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict
+    impl: str, setting: str, mode: str, length: int, batch_size: int, steps: int, device: str, bert: dict
 ) -> dict:
+    """One configuration; ``setting`` is fp32 or bf16, with ``+compile`` for torch.compile."""
     import torch
 
     from common import (
@@ -108,20 +112,22 @@ def measure(
     )
     from perceiver_lm.optim import adamw
 
+    precision = setting.removesuffix("+compile")
     model, plain_loss, plain_infer = build(impl, length, bert)
+    model = model.to(device).train(mode == "train")
+    running = torch.compile(model) if setting.endswith("+compile") else model
 
     def autocast():
         return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def loss_fn(b, labels):
+    def loss_fn(b, labels, m=running):
         with autocast():
-            return plain_loss(b, labels)
+            return plain_loss(m, b, labels)
 
-    def infer_fn(b):
+    def infer_fn(b, m=running):
         with autocast():
-            return plain_infer(b)
+            return plain_infer(m, b)
 
-    model = model.to(device).train(mode == "train")
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, length).items()}
     labels = dense_labels(batch, length)  # built on the batch's device
     optimizer = adamw(model.parameters(), lr=1e-4)  # the same fused AdamW for every implementation
@@ -141,8 +147,10 @@ def measure(
 
     resident = memory_now(device)
     reset_peak_memory(device)
-    run()  # warm-up; also creates AdamW's state
+    start = time.perf_counter()
+    run()  # warm-up (for a compiled model: the compile); also creates AdamW's state
     sync()
+    first = time.perf_counter() - start
     with_state = memory_now(device)
     reset_peak_memory(device)
     start = time.perf_counter()
@@ -153,11 +161,19 @@ def measure(
     peak = max(peak_memory_since_reset(device), with_state)
     # Counted on one row (the math path would materialise byte-BERT's L x L scores) and scaled up.
     row = {k: v[:1] for k, v in batch.items()}
-    flops = batch_size * model_flops(lambda: loss_fn(row, labels[:1]).backward() if mode == "train" else infer_fn(row))
+    flops = (
+        batch_size
+        * model_flops(  # counted on the plain model
+            lambda: loss_fn(row, labels[:1], model).backward() if mode == "train" else infer_fn(row, model)
+        )
+    )
     optimizer.zero_grad(set_to_none=True)
     return {
         "impl": impl,
         "precision": precision,
+        "setting": setting,
+        "compiled": setting.endswith("+compile"),
+        "first_step_s": first,
         "mode": mode,
         "length": length,
         "batch_size": batch_size,
@@ -186,14 +202,14 @@ def bert_shape(match_length: int) -> tuple[dict, int]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (impl, precision, mode, length): medians over repeats, with min and max of the time."""
+    """One row per (impl, setting, mode, length): medians over repeats, with min and max of the time."""
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["impl"], r["precision"], r["mode"], r["length"]), []).append(r)
+        groups.setdefault((r["impl"], r["setting"], r["mode"], r["length"]), []).append(r)
     rows = []
-    for (_impl, _precision, _mode, length), rs in groups.items():
+    for (_impl, _setting, _mode, length), rs in groups.items():
         seconds = [r["seconds"] for r in rs]
         med = statistics.median(seconds)
         rows.append(
@@ -203,6 +219,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "seconds_min": min(seconds),
                 "seconds_max": max(seconds),
                 "repeats": len(rs),
+                "first_step_s": statistics.median(r["first_step_s"] for r in rs),
                 "bytes_per_s": rs[0]["batch_size"] * length / med,
                 "gflop_per_s": rs[0]["gflop"] / med,
                 "step_memory_mib": statistics.median(r["step_memory_mib"] for r in rs),
@@ -220,13 +237,13 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
+    configs = sorted({(r["impl"], r["setting"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
     for ax, mode in zip(axes, ("train", "infer"), strict=True):
-        for impl, precision in configs:
+        for impl, setting in configs:
             pts = sorted(
                 (r["length"], r["seconds"], r["seconds_min"], r["seconds_max"])
                 for r in rows
-                if (r["impl"], r["precision"], r["mode"]) == (impl, precision, mode)
+                if (r["impl"], r["setting"], r["mode"]) == (impl, setting, mode)
             )
             if pts:
                 x, y, lo, hi = map(list, zip(*pts, strict=True))
@@ -234,10 +251,10 @@ def plot(rows: list[dict], out: Path) -> None:
                     x,
                     y,
                     yerr=[[a - b for a, b in zip(y, lo, strict=True)], [b - a for a, b in zip(y, hi, strict=True)]],
-                    fmt="-o" if precision == "bf16" else "--s",
-                    color=f"C{IMPLS.index(impl)}",
+                    fmt="-o" if setting.startswith("bf16") else "--s",
+                    color=f"C{IMPLS.index(impl) + (len(IMPLS) if setting.endswith('+compile') else 0)}",
                     capsize=3,
-                    label=f"{impl} {precision}",
+                    label=f"{impl} {setting}",
                 )
         ax.set(
             xscale="log",
@@ -263,7 +280,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--configs", default=CONFIGS, help="comma-separated impl@precision (precision: fp32, bf16, auto)"
+        "--configs",
+        default=CONFIGS,
+        help="comma-separated impl@precision (precision: fp32, bf16, auto; +compile for torch.compile)",
     )
     parser.add_argument("--modes", default="train,infer")
     parser.add_argument(
@@ -291,12 +310,15 @@ def main() -> None:
     configs = []
     for item in args.configs.split(","):
         impl, _, precision = item.partition("@")
+        compiled = precision.endswith("+compile")
+        precision = precision.removesuffix("+compile")
         if impl not in IMPLS or precision not in ("fp32", "bf16", "auto"):
             parser.error(
                 f"--configs: {item!r} is not impl@precision with impl in {', '.join(IMPLS)} "
-                "and precision fp32, bf16 or auto"
+                "and precision fp32, bf16 or auto (optionally followed by +compile)"
             )
-        configs.append((impl, precision_of(precision, args.device), precision == "auto"))
+        setting = precision_of(precision, args.device) + ("+compile" if compiled else "")
+        configs.append((impl, setting, precision == "auto" and not compiled))
     defaults = {
         "transformers": "fp32",
         **{impl: prec for impl, prec, auto in configs if auto},
@@ -324,13 +346,13 @@ def main() -> None:
         )  # rotate: no config always runs first
         for length in lengths:
             for mode in modes:
-                for impl, precision, _ in order:
+                for impl, setting, _ in order:
                     cmd = [
                         sys.executable,
                         __file__,
                         "--one",
                         impl,
-                        precision,
+                        setting,
                         mode,
                         str(length),
                         json.dumps(bert),
@@ -344,7 +366,7 @@ def main() -> None:
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode:
                         print(
-                            f"{impl} {precision} {mode} {length}: failed "
+                            f"{impl} {setting} {mode} {length}: failed "
                             f"({(done.stderr.strip().splitlines() or ['?'])[-1]})",
                             file=sys.stderr,
                         )
@@ -352,7 +374,7 @@ def main() -> None:
                     runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     r = runs[-1]
                     print(
-                        f"  [{repeat + 1}/{args.repeats}] {impl:>12} {precision} {mode:>5} {length:>6}: "
+                        f"  [{repeat + 1}/{args.repeats}] {impl:>12} {setting} {mode:>5} {length:>6}: "
                         f"{r['seconds']:.3f} s, {r['gflop_per_s']:.0f} GFLOP/s, {r['step_memory_mib']:,.0f} MiB",
                         flush=True,
                     )
@@ -384,27 +406,28 @@ def main() -> None:
 
 
 def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, defaults: dict) -> None:
-    def get(impl, precision, mode, length):
+    def get(impl, setting, mode, length):
         return next(
-            (r for r in rows if (r["impl"], r["precision"], r["mode"], r["length"]) == (impl, precision, mode, length)),
+            (r for r in rows if (r["impl"], r["setting"], r["mode"], r["length"]) == (impl, setting, mode, length)),
             None,
         )
 
-    configs = sorted({(r["impl"], r["precision"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
+    configs = sorted({(r["impl"], r["setting"]) for r in rows}, key=lambda c: (IMPLS.index(c[0]), c[1]))
     print(
-        f"\n{'length':>6} {'mode':>5} {'impl':>12} {'prec':>4} | {'median s':>8} {'min-max s':>13} | {'bytes/s':>8} | "
+        f"\n{'length':>6} {'mode':>5} {'impl':>12} {'setting':>12} | {'median s':>8} {'min-max s':>13} | "
+        f"{'bytes/s':>8} | "
         f"{'GFLOP':>6} {'GFLOP/s':>7} {'% peak':>6} | {'MiB':>6}"
     )
     for length in lengths:
         for mode in modes:
-            for impl, precision in configs:
-                r = get(impl, precision, mode, length)
+            for impl, setting in configs:
+                r = get(impl, setting, mode, length)
                 if r:
                     print(
-                        f"{length:>6} {mode:>5} {impl:>12} {precision:>4} | {r['seconds']:>8.3f} "
+                        f"{length:>6} {mode:>5} {impl:>12} {setting:>12} | {r['seconds']:>8.3f} "
                         f"{r['seconds_min']:>6.3f}-{r['seconds_max']:<6.3f} | "
                         f"{r['bytes_per_s']:>8,.0f} | {r['gflop']:>6.0f} {r['gflop_per_s']:>7.0f} "
-                        f"{100 * r['gflop_per_s'] / peak[precision]:>5.0f}% | "
+                        f"{100 * r['gflop_per_s'] / peak[r['precision']]:>5.0f}% | "
                         f"{r['step_memory_mib']:>6,.0f}"
                     )
 
@@ -432,6 +455,12 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
             o, h = get("ours", "bf16", mode, length), get("transformers", "bf16", mode, length)
             if o and h:
                 parts.append(f"bf16 vs bf16 {ratio(o, h)}")
+            if "transformers" in defaults:
+                h = get("transformers", defaults["transformers"], mode, length)
+                for setting in ("bf16+compile", "fp32+compile"):
+                    o = get("ours", setting, mode, length)
+                    if o and h:
+                        parts.append(f"ours {setting} vs transformers' default {ratio(o, h)}")
 
             def best(impl, mode=mode, length=length):
                 return min(
@@ -442,7 +471,7 @@ def table(rows: list[dict], lengths: list[int], modes: list[str], peak: dict, de
 
             o, h = best("ours"), best("transformers")
             if o and h:
-                parts.append(f"best vs best ({o['precision']} vs {h['precision']}) {ratio(o, h)}")
+                parts.append(f"best vs best ({o['setting']} vs {h['setting']}) {ratio(o, h)}")
             if parts:
                 print(f"  {length:>6} {mode:>5}: " + "; ".join(parts))
 

@@ -8,6 +8,11 @@ toolkit's default precision on this machine (`perceiver_lm.runtime.resolve_preci
 table, writes JSON.
 
     python benchmarks/pretrain_throughput.py --presets small --precisions auto,fp32 --repeats 3
+    python benchmarks/pretrain_throughput.py --presets small --precisions auto,fp32 --compile off,on --repeats 3
+
+``--compile on`` runs the model through ``torch.compile`` (inductor, as ``--compile`` does in training); its
+first step's time is reported as ``compile_s`` and its steps are timed after it. Each row's speed-up is over
+eager fp32 of the same preset, measured in the same run.
     python benchmarks/pretrain_throughput.py --presets base --device cuda --batch-size 32   # on a GPU
 """
 
@@ -32,7 +37,10 @@ def measure(
     precision: str,
     checkpointing: bool,
     attention: str = "default",
+    compiled: bool = False,
 ) -> dict:
+    import time
+
     import torch
 
     import perceiver_lm.model as model_module
@@ -56,9 +64,11 @@ def measure(
     batch = {k: v.to(device) for k, v in synthetic_batch(batch_size, window).items()}
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def step_on(b) -> None:
+    forward = torch.compile(model) if compiled else model
+
+    def step_on(b, run=forward) -> None:
         with autocast:
-            logits = model(b["input_ids"], query_positions=b["query_positions"]).logits
+            logits = run(b["input_ids"], query_positions=b["query_positions"]).logits
             loss = masked_lm_loss(logits, b["labels"])
         loss.backward()
 
@@ -68,9 +78,12 @@ def measure(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
+    step()  # for a compiled model: the compile
+    first = time.perf_counter() - start
     seconds, peak = time_steps(step, device, warmup, steps)
     row = {k: v[:1] for k, v in batch.items()}
-    flops = batch_size * model_flops(lambda: step_on(row))
+    flops = batch_size * model_flops(lambda: step_on(row, model))  # counted on the plain model
     ceiling = matmul_peak(device)["bf16" if precision == "bf16" else "fp32"]
     return {
         "preset": preset,
@@ -86,6 +99,8 @@ def measure(
         "masked_bytes_per_window": float((batch["labels"] != -100).sum().item() / batch_size),
         "torch_threads": torch.get_num_threads(),
         "attention": attention,
+        "compiled": compiled,
+        "first_step_s": first,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "model_tflop_per_step": flops / 1e12,
         "model_tflop_per_s": flops / 1e12 / seconds,
@@ -112,6 +127,7 @@ def main() -> None:
         default="default",
         help="comma-separated: default (the model's own choice), padded (q/k padded to the value head size)",
     )
+    parser.add_argument("--compile", default="off", help="comma-separated: off (eager), on (torch.compile)")
     parser.add_argument("--peak-tflops", type=float, help="the chip's dense peak at the precision, for MFU vs spec")
     parser.add_argument("--out", default="runs/bench/pretrain_throughput.json")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in this process
@@ -130,6 +146,7 @@ def main() -> None:
                     args.precisions,
                     args.gradient_checkpointing,
                     args.attention,
+                    args.compile == "on",
                 )
             )
         )
@@ -147,8 +164,14 @@ def main() -> None:
         )
         precisions.append((name, resolved))
     runs = []
+    for mode in args.compile.split(","):
+        if mode not in ("off", "on"):
+            parser.error(f"--compile: {mode!r} is not off or on")
     variants = [
-        (name, precision, attention) for name, precision in precisions for attention in args.attention.split(",")
+        (name, precision, attention + ("+compile" if mode == "on" else ""))
+        for name, precision in precisions
+        for attention in args.attention.split(",")
+        for mode in args.compile.split(",")
     ]
     for repeat in range(args.repeats):
         for preset in args.presets.split(","):
@@ -172,7 +195,9 @@ def main() -> None:
                     "--precisions",
                     precision,
                     "--attention",
-                    attention,
+                    attention.removesuffix("+compile"),
+                    "--compile",
+                    "on" if attention.endswith("+compile") else "off",
                 ]
                 if args.gradient_checkpointing:
                     cmd.append("--gradient-checkpointing")
@@ -181,7 +206,8 @@ def main() -> None:
                     sys.exit(f"{preset}: benchmark failed:\n{done.stderr.strip()}")
                 runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name + "/" + attention})
                 print(
-                    f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}): {runs[-1]['step_s']:.3f} s/step",
+                    f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}) {attention}: "
+                    f"{runs[-1]['step_s']:.3f} s/step (first step {runs[-1]['first_step_s']:.1f} s)",
                     flush=True,
                 )
     rows = []
@@ -197,6 +223,7 @@ def main() -> None:
                     "step_s_max": max(r["step_s"] for r in rs),
                     "bytes_per_s": rs[0]["window"] * rs[0]["batch_size"] / step,
                     "repeats": len(rs),
+                    "first_step_s": statistics.median(r["first_step_s"] for r in rs),
                     "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in rs),
                     "model_tflop_per_s": rs[0]["model_tflop_per_step"] / step,
                     "mfu_vs_measured_matmul": rs[0]["model_tflop_per_step"] / step / rs[0]["matmul_peak_tflop_per_s"],
@@ -210,23 +237,27 @@ def main() -> None:
             (
                 f
                 for f in rows
-                if f["preset"] == r["preset"] and f["precision"] == "fp32" and f["attention"] == r["attention"]
+                if f["preset"] == r["preset"]
+                and f["precision"] == "fp32"
+                and f["attention"] == r["attention"]
+                and not f["compiled"]
             ),
             None,
         )
         r["speedup_over_fp32"] = fp32["step_s"] / r["step_s"] if fp32 else None
     print(
-        f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'prec':>10} {'step s':>8} "
-        f"{'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9} {'TFLOP/s':>8} {'MFU':>6}"
+        f"{'preset':8} {'params':>12} {'window':>6} {'batch':>5} {'device':>6} {'variant':>28} {'step s':>8} "
+        f"{'min-max':>13} {'bytes/s':>10} {'vs fp32':>7} {'peak MiB':>9} {'TFLOP/s':>8} {'MFU':>6} {'1st s':>6}"
     )
     for r in rows:
         vs = f"{r['speedup_over_fp32']:.2f}x" if r["speedup_over_fp32"] else "-"
         print(
             f"{r['preset']:8} {r['parameters']:>12,} {r['window']:>6} {r['batch_size']:>5} {r['device']:>6} "
-            f"{r['asked'] + ':' + r['precision']:>10} "
+            f"{r['asked'] + ':' + r['precision']:>28} "
             f"{r['step_s']:>8.3f} {r['step_s_min']:>6.3f}-{r['step_s_max']:<6.3f} {r['bytes_per_s']:>10,.0f} {vs:>7} "
             f"{r['peak_memory_mib']:>9,.0f} {r['model_tflop_per_s']:>8.2f} "
-            f"{r['mfu_vs_spec'] if r['mfu_vs_spec'] is not None else r['mfu_vs_measured_matmul']:>6.1%}"
+            f"{r['mfu_vs_spec'] if r['mfu_vs_spec'] is not None else r['mfu_vs_measured_matmul']:>6.1%} "
+            f"{r['first_step_s']:>6.1f}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

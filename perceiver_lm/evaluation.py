@@ -226,7 +226,7 @@ def score_text(checkpoint: str | Path, options: EvalOptions, accelerator: Any = 
     picks = spread(len(windows), count)
     scored = Subset(windows, picks)
     maskable_bytes = require_scorable(scored, masking.whole_words, source, [str(n) for n in noises])
-    accelerator, precision = use_accelerator(accelerator, options.mixed_precision, options.cpu)
+    accelerator, precision = use_accelerator(accelerator, options.mixed_precision, options.cpu, compile=options.compile)
     loader = DataLoader(scored, batch_size=options.batch_size, collate_fn=collate_masked)
     model, loader = accelerator.prepare(model, loader)
     accelerator.print(f"scoring {len(picks)} windows of {window} bytes from {corpus.name}", file=sys.stderr)

@@ -300,6 +300,9 @@ class EvalOptions:
     json: str | None = option(None, "Also write the report as JSON to this file (- for standard output).")
     overwrite: bool = option(False, "Replace an existing --json file.")
     mixed_precision: Precision = precision_option("no")
+    compile: bool = option(
+        False, "torch.compile the model (inductor): pays for many windows, after a first compile of a minute or more."
+    )
     cpu: bool = option(False, "Score on the CPU even when a GPU is present.")
 
     def __post_init__(self) -> None:

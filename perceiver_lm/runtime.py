@@ -46,7 +46,7 @@ def on_main(accelerator: Any, action: Callable[[], Any], what: str) -> Any:
 
 
 def use_accelerator(
-    accelerator: Any, mixed_precision: str, cpu: bool, grad_accum: int = 1, **kwargs: Any
+    accelerator: Any, mixed_precision: str, cpu: bool, grad_accum: int = 1, compile: bool = False, **kwargs: Any
 ) -> tuple[Any, str]:
     """The caller's Accelerator checked against the options, or (None) one built from them; and a line
     saying which precision it trains in and why.
@@ -54,6 +54,7 @@ def use_accelerator(
     Args:
         accelerator: the caller's Accelerator, or None.
         mixed_precision, cpu, grad_accum: the run's options (``--mixed-precision``, ``--cpu``, ``--grad-accum``).
+        compile: ``--compile``: the new Accelerator's ``prepare`` runs the model through torch.compile (inductor).
         kwargs: more arguments for a new Accelerator (trackers, DDP settings).
     """
     from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
@@ -74,6 +75,10 @@ def use_accelerator(
         return accelerator, f"{accelerator.mixed_precision} (the caller's Accelerator)"
     precision = resolve_precision(mixed_precision, cpu)
     gpu = torch.cuda.is_available() and not _cpu_forced(cpu)
+    if compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
     accelerator = make_accelerator(
         cpu=cpu,
         mixed_precision=precision.mode,

@@ -66,11 +66,18 @@ def encode_pair(first: str | bytes, second: str | bytes, max_length: int | None 
     return np.concatenate(([CLS_ID], a, [SEP_ID], b, [SEP_ID])).astype(np.int64)
 
 
-def pad_batch(sequences: Sequence[np.ndarray], max_length: int | None = None) -> BatchEncoding:
+def bucket_length(length: int) -> int:
+    """``length`` rounded up to one of a few sizes: a multiple of a quarter of the power of two below it (at
+    least 16). Four sizes per doubling, at most 25 % padding: a compiled model sees few shapes."""
+    step = max(16, 1 << max(0, length.bit_length() - 3))
+    return -(-length // step) * step
+
+
+def pad_batch(sequences: Sequence[np.ndarray], max_length: int | None = None, bucketed: bool = False) -> BatchEncoding:
     """Right-pad id sequences with ``[PAD]``, truncating to ``max_length``.
 
     Truncation keeps the first ``max_length - 1`` ids and the final id, so a sequence that ends in
-    ``[SEP]`` still does after truncation.
+    ``[SEP]`` still does after truncation. ``bucketed`` pads to `bucket_length` of the longest sequence.
     """
     if max_length is not None and max_length < 2:
         raise PerceiverLMError(f"max_length must be at least 2, got {max_length}")
@@ -81,6 +88,8 @@ def pad_batch(sequences: Sequence[np.ndarray], max_length: int | None = None) ->
             seq = np.concatenate((seq[: max_length - 1], seq[-1:]))
         trimmed.append(seq)
     length = max((len(s) for s in trimmed), default=0)
+    if bucketed and length:
+        length = bucket_length(length)
     ids = np.full((len(trimmed), length), PAD_ID, dtype=np.int64)
     mask = np.zeros((len(trimmed), length), dtype=np.int64)
     for row, seq in enumerate(trimmed):

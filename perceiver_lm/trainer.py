@@ -170,19 +170,19 @@ def train(options: Any, job: Job, accelerator: Any = None) -> TrainState:
     The run holds a lock on ``options.output_dir`` while it runs (a second run there is refused).
 
     Args:
-        options: the job's options dataclass: output_dir, resume, overwrite, seed, mixed_precision, cpu,
+        options: the job's options dataclass: output_dir, resume, overwrite, seed, mixed_precision, cpu, compile,
             grad_accum and the schedule's fields, as `TrainingOptions` and `GlueOptions` have them.
         job: what is trained and how (see `Job`).
         accelerator: the Accelerator to train with; default: one built from the options.
     """
     with run_folder(options, (METRICS_FILE, *job.produced)) as output:
-        kwargs = job.accelerator_kwargs(output)
-        if getattr(options, "compile", False):
-            from accelerate.utils import TorchDynamoPlugin
-
-            kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")  # `prepare` compiles the model
         accelerator, precision = use_accelerator(
-            accelerator, options.mixed_precision, options.cpu, options.grad_accum, **kwargs
+            accelerator,
+            options.mixed_precision,
+            options.cpu,
+            options.grad_accum,
+            compile=options.compile,
+            **job.accelerator_kwargs(output),
         )
         try:
             with _sigterm_stops_at_a_step():

@@ -56,6 +56,14 @@ def test_scoring_agrees_with_the_training_loops_evaluation(trained):
     assert report.metrics["accuracy"] == pytest.approx(result.eval_metrics["accuracy"], abs=1e-6)
 
 
+def test_compiled_scoring_gives_the_eager_numbers(trained):
+    result, held_out = trained
+    eager = _score(result.checkpoint, held_out, max_windows=8)
+    compiled = _score(result.checkpoint, held_out, max_windows=8, compile=True)
+    assert compiled.metrics["bits_per_byte"] == pytest.approx(eager.metrics["bits_per_byte"], rel=1e-4)
+    assert compiled.metrics["masked_bytes"] == eager.metrics["masked_bytes"]
+
+
 def test_same_number_twice_other_number_for_another_checkpoint(trained):
     result, held_out = trained
     first, again = _score(result.checkpoint, held_out), _score(result.checkpoint, held_out)

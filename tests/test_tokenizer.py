@@ -35,6 +35,17 @@ def test_pair_and_batch_with_padding_and_truncation():
     assert pairs.attention_mask[0].tolist() == [1, 1, 1, 1, 1, 0]
 
 
+def test_bucketed_padding_uses_four_lengths_per_doubling_and_at_most_a_quarter_more():
+    sizes = {tok.bucket_length(n) for n in range(1, 2049)}
+    assert sorted(sizes)[:8] == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert {160, 192, 224, 256, 1280, 1536, 1792, 2048} <= sizes and len(sizes) == 24
+    assert all(n <= tok.bucket_length(n) <= max(n + 15, 1.25 * n) for n in range(1, 5000))
+    assert tok.bucket_length(2049) == 2560  # past a power of two, the step doubles
+    batch = tok.pad_batch([np.arange(6, 106), np.arange(6, 16)], bucketed=True)  # longest: 100 ids
+    assert batch.input_ids.shape == (2, 112) and batch.attention_mask.sum(1).tolist() == [100, 10]
+    assert (batch.input_ids[:, 100:] == tok.PAD_ID).all()
+
+
 def test_batch_errors():
     with pytest.raises(ValueError, match="2 texts but 1"):
         tok.encode_batch(["a", "b"], pairs=["x"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -475,21 +476,29 @@ class ProportionalBatches(torch.utils.data.Sampler):
 
 
 def eval_loader(
-    split: GlueSplit, task_index: int, batch_size: int, pin_memory: bool = False
+    split: GlueSplit, task_index: int, batch_size: int, pin_memory: bool = False, bucketed: bool = False
 ) -> torch.utils.data.DataLoader:
-    """Batches of one split in order of length (short padding); the ``position`` field restores file order."""
+    """Batches of one split in order of length (short padding); the ``position`` field restores file order.
+    ``bucketed``: see `collate`."""
     data = TaskExamples([split], [task_index])
     order = np.argsort(data.lengths, kind="stable").tolist()
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, sampler=order, collate_fn=collate, pin_memory=pin_memory
+        data,
+        batch_size=batch_size,
+        sampler=order,
+        collate_fn=functools.partial(collate, bucketed=bucketed),
+        pin_memory=pin_memory,
     )
 
 
-def collate(items: list[tuple]) -> dict[str, Any]:
+def collate(items: list[tuple], bucketed: bool = False) -> dict[str, Any]:
     """Pad a batch of one task (`TaskExamples` items) to its longest example; its kind pads the targets (an
-    unlabelled split's are NaN), a per-word task's words pad with position 0 and target `IGNORED`."""
+    unlabelled split's are NaN), a per-word task's words pad with position 0 and target `IGNORED`.
+
+    ``bucketed`` pads to one of a few lengths (`perceiver_lm.tokenizer.bucket_length`), so that a compiled model
+    meets few shapes; the outputs are the same (padding is masked)."""
     ids, labels, tasks, positions, reads, kinds = zip(*items, strict=True)
-    batch = pad_batch(list(ids))
+    batch = pad_batch(list(ids), bucketed=bucketed)
     out = {
         "input_ids": torch.from_numpy(batch.input_ids),
         "attention_mask": torch.from_numpy(batch.attention_mask),

@@ -8,6 +8,7 @@ task is sampled in proportion to its size (see `ProportionalBatches`). One optim
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -212,8 +213,10 @@ class GlueTraining:
         train_data = TaskExamples(train_splits, [self.task_index[t.name] for t in self.tasks])
         sampler = ProportionalBatches(train_data, options.batch_size, options.seed, by_length=options.length_buckets)
         gpu = accelerator.device.type == "cuda"  # pinned batches copy to the GPU without blocking the host
-        train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate, pin_memory=gpu)
-        loaders = make_eval_loaders(dev_splits, self.task_index, options.eval_batch_size, gpu)
+        # Compiled, batches pad to a few lengths: each new shape would cost a compile (or slower dynamic kernels).
+        pad = functools.partial(collate, bucketed=options.compile)
+        train_loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=pad, pin_memory=gpu)
+        loaders = make_eval_loaders(dev_splits, self.task_index, options.eval_batch_size, gpu, options.compile)
         self.eval_keys = list(loaders)
         return Data(train_loader, list(loaders.values()), "examples", options.batch_size, sampler=sampler)
 

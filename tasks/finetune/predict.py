@@ -60,9 +60,15 @@ def predict_split(model, loader: DataLoader, task_index: int, task: GlueTask, ac
 
 
 def eval_loaders(
-    splits: dict[tuple[str, str], GlueSplit], task_index: dict[str, int], batch_size: int, pin_memory: bool = False
+    splits: dict[tuple[str, str], GlueSplit],
+    task_index: dict[str, int],
+    batch_size: int,
+    pin_memory: bool = False,
+    bucketed: bool = False,
 ) -> dict[tuple[str, str], DataLoader]:
-    return {key: eval_loader(split, task_index[key[0]], batch_size, pin_memory) for key, split in splits.items()}
+    return {
+        key: eval_loader(split, task_index[key[0]], batch_size, pin_memory, bucketed) for key, split in splits.items()
+    }
 
 
 def _kind(task: GlueTask) -> str:

@@ -86,8 +86,12 @@ def test_from_lm_keeps_the_pretrained_encoder_and_checkpoints_know_their_kind(tm
         finetune(GlueOptions(tasks="rte", checkpoint=str(tmp_path / "ft"), glue_dir=str(tmp_path)))
 
 
-def test_predictions_through_length_sorted_batches_come_back_in_file_order(tmp_path):
+@pytest.mark.parametrize("bucketed", [False, True], ids=["longest", "bucketed"])
+def test_predictions_through_length_sorted_batches_come_back_in_file_order(tmp_path, bucketed):
+    """Also padded to a few lengths (as a compiled run pads): the same predictions."""
     from accelerate import Accelerator
+
+    from perceiver_lm.tokenizer import bucket_length
 
     torch.manual_seed(0)
     texts = [("word " * n).strip() for n in (9, 1, 30, 4, 17, 2, 25)]
@@ -96,9 +100,12 @@ def test_predictions_through_length_sorted_batches_come_back_in_file_order(tmp_p
     config = PRESETS["tiny"].replace(max_seq_len=256, trim_latents=True, locality_bias=True)
     model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec("stsb", 1),), head_hidden=16)).eval()
     accelerator = Accelerator(cpu=True)
-    preds, labels = predict_split(
-        model, accelerator.prepare(eval_loader(split, 0, batch_size=3)), 0, TASKS["stsb"], accelerator
-    )
+    loader = eval_loader(split, 0, batch_size=3, bucketed=bucketed)
+    lengths = [b["input_ids"].shape[1] for b in loader]
+    longest = [max(b["attention_mask"].sum(1)).item() for b in loader]
+    assert lengths == ([bucket_length(n) for n in longest] if bucketed else longest)
+    assert lengths != longest or not bucketed
+    preds, labels = predict_split(model, accelerator.prepare(loader), 0, TASKS["stsb"], accelerator)
     with torch.no_grad():
         one_by_one = torch.tensor([model(torch.from_numpy(ids)[None], task=0).logits[0, 0].item() for ids in split.ids])
     assert labels.tolist() == [i * 0.5 for i in range(7)]
