@@ -6,7 +6,14 @@ latents (only the latents whose stretch the batch's longest input reaches) and l
 batch holds examples of similar length). Settings are interleaved and repeated; the table reports
 the median with its min-max spread and the speed-up over the first setting. Prints a table, writes JSON.
 
+The compiled settings (``torch.compile``, inductor) meet a new input length in many batches: with
+``dynamic`` shapes (torch's default: a second length recompiles the model for any length), or padded to
+a few lengths (`perceiver_lm.tokenizer.bucket_length`, as ``--compile`` pads) and compiled per length
+(``static``) or dynamic. A step that takes over 5x the median is counted as compiling: its excess is
+``compile_s``, and examples/s are counted over the other steps.
+
     python benchmarks/finetune_throughput.py --glue-dir ../shared/data/glue --task sst2 --steps 20 --repeats 3
+    python benchmarks/finetune_throughput.py --only bf16 --steps 60 --repeats 1
 """
 
 from __future__ import annotations
@@ -28,17 +35,23 @@ from tasks.finetune.data import ProportionalBatches, TaskExamples, collate, load
 from tasks.finetune.finetune import task_loss
 from tasks.glue.tasks import TASKS
 
-# name -> (model-config changes on top of the preset, precision, length buckets)
+# name -> (model-config changes on top of the preset, precision, length buckets, compile: None, "dynamic" or "static"
+# and whether batches pad to a few lengths)
 SETTINGS = {
     "before: plain embeddings, all latents, fp32, random batches": (
         dict(byte_encoder="none", zero_init_positions=False, trim_latents=False),
         "fp32",
         False,
+        (None, False),
     ),
-    "small, all latents, fp32, random batches": (dict(trim_latents=False), "fp32", False),
-    "small, all latents, bf16, random batches": (dict(trim_latents=False), "bf16", False),
-    "small, trimmed latents, bf16, random batches": (dict(), "bf16", False),
-    "small (defaults): trimmed latents, bf16, length buckets": (dict(), "bf16", True),
+    "small, all latents, fp32, random batches": (dict(trim_latents=False), "fp32", False, (None, False)),
+    "small, all latents, bf16, random batches": (dict(trim_latents=False), "bf16", False, (None, False)),
+    "small, trimmed latents, bf16, random batches": (dict(), "bf16", False, (None, False)),
+    "small (defaults): trimmed latents, bf16, length buckets": (dict(), "bf16", True, (None, False)),
+    "defaults, padded to few lengths": (dict(), "bf16", True, (None, True)),
+    "defaults, compiled, dynamic shapes": (dict(), "bf16", True, ("dynamic", False)),
+    "defaults, compiled, padded to few lengths, dynamic": (dict(), "bf16", True, ("dynamic", True)),
+    "defaults, compiled, padded to few lengths, static": (dict(), "bf16", True, ("static", True)),
 }
 
 
@@ -52,45 +65,53 @@ def measure(
     warmup: int,
     device: str = "cpu",
 ) -> dict:
-    changes, precision, buckets = SETTINGS[name]
+    changes, precision, buckets, (compiled, padded) = SETTINGS[name]
     torch.manual_seed(0)
     task = TASKS[task_name]
     config = get_preset(preset).replace(**changes)
     model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),)))
     model = model.to(device).train()
+    torch._dynamo.reset()  # compiled settings before this one leave nothing behind
+    torch._dynamo.config.recompile_limit = 64 if compiled == "static" else 8  # static: one compile per length
+    running = torch.compile(model, dynamic=None if compiled == "dynamic" else False) if compiled else model
     optimizer = adamw(model.parameters(), lr=1e-4)
     batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     gpu = device.startswith("cuda")
 
     def step() -> int:
-        batch = collate([data[i] for i in next(batches)])
+        batch = collate([data[i] for i in next(batches)], bucketed=padded)
         if gpu:  # pinned, so that the copy overlaps the previous step's work
             batch = {
                 k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
             }
         with autocast:
-            loss = task_loss(task, model(batch["input_ids"], batch["attention_mask"], task=0).logits, batch["labels"])
+            loss = task_loss(task, running(batch["input_ids"], batch["attention_mask"], task=0).logits, batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return int(batch["input_ids"].shape[1])
 
-    for _ in range(warmup):
-        step()
-    if gpu:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    widths = [step() for _ in range(steps)]
-    if gpu:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    times, widths = [], []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        widths.append(step())
+        if gpu:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    timed = times[warmup:]
+    median = statistics.median(timed)
+    compiling = [t for t in times if t > 5 * median]
+    running_times = [t for t in timed if t <= 5 * median]
     return {
         "setting": name,
-        "examples_per_s": steps * batch_size / seconds,
-        "step_s": seconds / steps,
-        "mean_padded_length": sum(widths) / len(widths),
+        "examples_per_s": len(running_times) * batch_size / sum(running_times),
+        "step_s": sum(running_times) / len(running_times),
+        "compile_s": sum(compiling) - len(compiling) * median,
+        "compiling_steps": len(compiling),
+        "mean_padded_length": sum(widths[warmup:]) / steps,
+        "distinct_lengths": len(set(widths)),
     }
 
 
@@ -106,6 +127,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--only", default="", help="run only the settings whose name holds this text")
     parser.add_argument("--out", default="runs/bench/finetune_throughput.json")
     args = parser.parse_args()
     split = load_split(TASKS[args.task], "train", args.glue_dir, get_preset(args.preset).max_seq_len)
@@ -115,32 +137,45 @@ def main() -> None:
         f"{args.steps} timed steps after {args.warmup}, {args.repeats} interleaved repeats, "
         f"{torch.get_num_threads()} threads"
     )
+    settings = [name for name in SETTINGS if args.only in name]
     runs = []
     for repeat in range(args.repeats):
-        for name in SETTINGS:
+        for name in settings:
             runs.append(
                 measure(name, args.preset, data, args.task, args.batch_size, args.steps, args.warmup, args.device)
             )
-            print(f"  [{repeat + 1}/{args.repeats}] {runs[-1]['examples_per_s']:7.1f} examples/s  {name}", flush=True)
+            print(
+                f"  [{repeat + 1}/{args.repeats}] {runs[-1]['examples_per_s']:7.1f} examples/s, "
+                f"compiling {runs[-1]['compile_s']:.0f} s in {runs[-1]['compiling_steps']} steps  {name}",
+                flush=True,
+            )
     rows = []
-    for name in SETTINGS:
-        speeds = [r["examples_per_s"] for r in runs if r["setting"] == name]
+    for name in settings:
+        rs = [r for r in runs if r["setting"] == name]
+        speeds = [r["examples_per_s"] for r in rs]
         rows.append(
             {
                 "setting": name,
                 "examples_per_s": statistics.median(speeds),
                 "min": min(speeds),
                 "max": max(speeds),
-                "mean_padded_length": runs[list(SETTINGS).index(name)]["mean_padded_length"],
+                "compile_s": statistics.median(r["compile_s"] for r in rs),
+                "compiling_steps": statistics.median(r["compiling_steps"] for r in rs),
+                "mean_padded_length": rs[0]["mean_padded_length"],
+                "distinct_lengths": rs[0]["distinct_lengths"],
             }
         )
     base = rows[0]["examples_per_s"]
-    print(f"\n{'setting':<58} | {'examples/s':>10} {'min-max':>13} | {'speed-up':>8} | {'padded ids':>10}")
+    print(
+        f"\n{'setting':<58} | {'examples/s':>10} {'min-max':>13} | {'speed-up':>8} | {'padded ids':>10} | "
+        f"{'lengths':>7} | {'compile s':>9} {'(steps)':>7}"
+    )
     for r in rows:
         print(
             f"{r['setting']:<58} | {r['examples_per_s']:>10.1f} {r['min']:>6.1f}-{r['max']:<6.1f} | "
             f"{r['examples_per_s'] / base:>7.2f}x | "
-            f"{r['mean_padded_length']:>10.0f}"
+            f"{r['mean_padded_length']:>10.0f} | {r['distinct_lengths']:>7} | {r['compile_s']:>9.0f} "
+            f"({r['compiling_steps']:>5.0f})"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

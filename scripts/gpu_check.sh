@@ -3,6 +3,8 @@
 # tests on CUDA, FSDP through Accelerate (train, checkpoint, resume), `base` throughput and MFU with the
 # model's attention and with q/k padded for flash attention, and the head-to-head on the GPU.
 # Usage: OUT=folder bash scripts/gpu_check.sh   (run from the repository root, torch with CUDA installed)
+# GPU_CHECK_ONLY=speed runs only the speed recipe (issue 23, about 9 minutes on one H200): `base` per batch size,
+# eager vs torch.compile (and max-autotune at one batch size), then the head-to-head with compile at 16,384 bytes.
 set -u
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 OUT="${OUT:-runs/gpu_check}"
@@ -11,6 +13,23 @@ nvidia-smi -L
 python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
 
 only="${GPU_CHECK_ONLY:-all}"
+if [[ $only == speed ]]; then
+for batch in 32 96; do
+    echo "== base, batch $batch: eager vs compiled (bf16)"
+    timeout 420 python3 benchmarks/pretrain_throughput.py --presets base --device cuda --batch-size "$batch" \
+        --precisions bf16 --compile off,on --repeats 1 --steps 10 --warmup 3 --peak-tflops 989 \
+        --out "$OUT/pretrain_base_b${batch}.json" 2>&1 | tee "$OUT/pretrain_base_b${batch}.txt"
+done
+echo "== base, batch 96: max-autotune"
+timeout 420 python3 benchmarks/pretrain_throughput.py --presets base --device cuda --batch-size 96 \
+    --precisions bf16 --compile max-autotune --repeats 1 --steps 10 --warmup 3 --peak-tflops 989 \
+    --out "$OUT/pretrain_base_b96_autotune.json" 2>&1 | tee "$OUT/pretrain_base_b96_autotune.txt"
+echo "== head to head on the GPU, compiled"
+timeout 300 python3 benchmarks/head_to_head.py --device cuda --lengths 16384 --repeats 1 --batch-size 8 \
+    --steps 3 --configs ours@bf16,ours@bf16+compile,transformers@bf16 --out "$OUT/head_to_head_gpu_compile.json" \
+    2>&1 | tail -n 25 | tee "$OUT/head_to_head_gpu_compile.txt"
+exit 0
+fi
 if [[ $only == all ]]; then
 echo "== tests on the GPU"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \

@@ -207,3 +207,33 @@ def test_the_recipe_for_a_new_byte_encoder_part_works_as_docs_design_md_writes_i
     torch.testing.assert_close(
         again(ids, query_positions=positions).logits, model.eval()(ids, query_positions=positions).logits
     )
+
+
+def test_the_compiled_convolution_is_the_convolution_and_compiles_once_for_many_lengths():
+    """Compiled, the conv part runs as shifted matmuls (inductor's convolution backward would fix the input
+    length): the same values and gradients, and a few compiles serve every length."""
+    from perceiver_lm.model import _conv_as_matmuls
+
+    torch.manual_seed(0)
+    for kernel in (1, 3, 5):
+        conv = torch.nn.Conv1d(8, 8, kernel, padding=kernel // 2)
+        h = torch.randn(2, 13, 8, requires_grad=True)
+        reference = conv(h.transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(_conv_as_matmuls(conv, h), reference, atol=1e-6, rtol=1e-6)
+        (g_conv,) = torch.autograd.grad(reference.square().sum(), conv.weight)
+        (g_matmuls,) = torch.autograd.grad(_conv_as_matmuls(conv, h).square().sum(), conv.weight)
+        torch.testing.assert_close(g_matmuls, g_conv, atol=1e-5, rtol=1e-5)
+
+    torch._dynamo.reset()
+    module = BYTE_ENCODER_MODULES["conv"][1](TINY.replace(byte_encoder="conv"))
+    compiled = torch.compile(module)
+    frames = torch._dynamo.utils.counters["frames"]
+    before = frames["ok"]
+    for length in (40, 57, 90, 71):
+        x = torch.randn(2, length, TINY.d_model, requires_grad=True)
+        keep = torch.ones(2, length, dtype=torch.bool)
+        keep[0, length // 2 :] = False
+        out = compiled(x, None, keep)
+        torch.autograd.grad(out.square().sum(), x)  # backward compiles too (where the conv fixed the length)
+        torch.testing.assert_close(out, module(x, None, keep), atol=1e-5, rtol=1e-5)
+    assert frames["ok"] - before <= 2  # the first length, then one graph for any length

