@@ -264,7 +264,8 @@ def plot(rows: list[dict], out: Path) -> None:
             title=f"{'training step' if mode == 'train' else 'inference forward'}",
         )
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a mode not measured (--modes train) has nothing to list
+            ax.legend(fontsize=8)
     fig.suptitle(f"Byte-level MLM, batch of {rows[0]['batch_size']:d}: time vs input length")
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -170,8 +170,8 @@ def train(options: Any, job: Job, accelerator: Any = None) -> TrainState:
     The run holds a lock on ``options.output_dir`` while it runs (a second run there is refused).
 
     Args:
-        options: the job's options dataclass: output_dir, resume, overwrite, seed, mixed_precision, cpu, compile,
-            grad_accum and the schedule's fields, as `TrainingOptions` and `GlueOptions` have them.
+        options: the job's options dataclass: output_dir, resume, overwrite, seed, mixed_precision, cpu,
+            grad_accum, compile (optional) and the schedule's fields, as `TrainingOptions` and `GlueOptions` have them.
         job: what is trained and how (see `Job`).
         accelerator: the Accelerator to train with; default: one built from the options.
     """
@@ -181,7 +181,7 @@ def train(options: Any, job: Job, accelerator: Any = None) -> TrainState:
             options.mixed_precision,
             options.cpu,
             options.grad_accum,
-            compile=options.compile,
+            compile=getattr(options, "compile", False),  # optional: a job of your own may leave it out
             **job.accelerator_kwargs(output),
         )
         try:

@@ -34,27 +34,34 @@ def test_explicit_attention_path_matches_fused(config):
     assert (enc * (1 - mask[:, None, None, :].float())).abs().max() == 0
 
 
-def test_bf16_training_with_learned_bias_matches_sdpa(monkeypatch):
-    """Under bf16 autocast the learned locality bias trains through the explicit softmax (faster on
-    CPU than SDPA's math fallback); outputs and gradients agree with SDPA to bf16 precision."""
+@pytest.mark.parametrize("bias", [True, False], ids=["locality-bias", "padding-mask"])
+def test_bf16_training_attention_is_explicit_and_matches_sdpa(monkeypatch, bias):
+    """Under bf16 autocast on CPU, attention that trains runs as explicit matmuls + softmax (faster there than
+    SDPA's backward, and the only fused path for the learned locality bias); outputs and gradients agree with
+    SDPA to bf16 precision. Inference keeps SDPA."""
     import perceiver_lm.model as model_module
 
     def run():
         torch.manual_seed(0)
-        model = PerceiverLM(PRESETS["tiny"]).train()
+        model = PerceiverLM(PRESETS["tiny"].replace(locality_bias=bias, locality_tiling=bias)).train()
         ids, mask = _batch()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(ids, mask).logits.float()
         logits.logsumexp(-1).mean().backward()
-        slope = next(m for m in model.modules() if isinstance(m, model_module.LocalityBias))
-        return logits, [p.grad for p in slope.parameters()]
+        watched = [model.encoder.cross.attention.query.weight, model.encoder.cross.attention.key.weight]
+        watched += [p for m in model.modules() if isinstance(m, model_module.LocalityBias) for p in m.parameters()]
+        return logits, [p.grad for p in watched]
 
+    bf16 = torch.zeros(1, dtype=torch.bfloat16)
+    assert model_module._explicit_is_faster(bf16.requires_grad_(), None)
     assert model_module._explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1, requires_grad=True))
+    assert not model_module._explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16), None)  # inference
+    assert not model_module._explicit_is_faster(torch.zeros(1, requires_grad=True), None)  # fp32
     explicit_logits, explicit_grads = run()
     monkeypatch.setattr(model_module, "_explicit_is_faster", lambda q, mask: False)
     sdpa_logits, sdpa_grads = run()
     torch.testing.assert_close(explicit_logits, sdpa_logits, atol=0.05, rtol=0.02)
-    assert explicit_grads and all(g.abs().sum() > 0 for g in explicit_grads)
+    assert len(explicit_grads) == (4 if bias else 2) and all(g.abs().sum() > 0 for g in explicit_grads)
     for a, b in zip(explicit_grads, sdpa_grads, strict=True):
         torch.testing.assert_close(a, b, atol=0.02 * b.abs().max().item(), rtol=0.05)
 
