@@ -215,9 +215,9 @@ class TrainingOptions:
     mixed_precision: Precision = precision_option()
     compile: bool = option(
         False,
-        "torch.compile the model (inductor, through Accelerate): on this project's 2-core CPU `small` steps ran "
-        "1.05x faster after a first compile of 30-60 s (seconds with a warm cache); checkpoints are the same plain "
-        "model.",
+        "torch.compile the model (inductor, through Accelerate, dynamic shapes); checkpoints are the same plain "
+        "model. On this project's 2-core CPU `small` pretraining ran no faster (0.96-1.02x) after 20-60 s of "
+        "compiling; measure on yours (benchmarks/pretrain_throughput.py --compile off,on).",
     )
     eval_every: int = option(200, "Evaluate on the validation split every N steps (and at the end).")
     eval_windows: int = option(64, "Validation windows per evaluation (spread over the split).")
