@@ -29,11 +29,17 @@ def _options(data, out, **overrides) -> TrainingOptions:
     return TrainingOptions(**{**base, **overrides})
 
 
-def test_pretraining_steps_between_logs_do_no_host_sync(monkeypatch, letters_file, tmp_path):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_pretraining_steps_between_logs_do_no_host_sync(monkeypatch, letters_file, tmp_path, compile):
     # Same run set-up and the same end-of-run work (one log, one evaluation, one checkpoint); only the
     # number of ordinary steps differs, so any per-step sync shows as a difference.
-    short = host_syncs(monkeypatch, lambda: pretrain(_options(letters_file, tmp_path / "a", max_steps=3), TINY))
-    long = host_syncs(monkeypatch, lambda: pretrain(_options(letters_file, tmp_path / "b", max_steps=9), TINY))
+    def run(out, steps):
+        return lambda: pretrain(_options(letters_file, tmp_path / out, max_steps=steps, compile=compile), TINY)
+
+    if compile:
+        pretrain(_options(letters_file, tmp_path / "warm", max_steps=9, compile=True), TINY)  # compiles are not steps
+    short = host_syncs(monkeypatch, run("a", 3))
+    long = host_syncs(monkeypatch, run("b", 9))
     assert short > 0  # the counter sees the syncs that logging and evaluation do
     assert long == short, (short, long)
 

@@ -437,3 +437,11 @@ def test_compiled_pretraining_follows_the_eager_loss_and_saves_the_plain_model(l
     assert set(a) == set(b)  # no "_orig_mod." prefix: a compiled run's checkpoint is the plain model
     assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
     assert compiled.step == eager.step == 6
+    # Stopped after its first step and resumed, compiled: the uninterrupted compiled run, to fp32 rounding (the
+    # resumed process may compile other kernels for a step, e.g. static where the other had gone dynamic).
+    short = tmp_path / "short"
+    options = _options(letters_file, short, max_steps=6, eval_every=6, mixed_precision="no", compile=True)
+    assert pretrain(dataclasses.replace(options, max_minutes=0.0), TINY).step == 1
+    assert pretrain(dataclasses.replace(options, resume=True), TINY).step == 6
+    c = _weights(short)
+    assert all(torch.allclose(b[k], c[k], atol=1e-4) for k in b)
