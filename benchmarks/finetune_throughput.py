@@ -72,7 +72,7 @@ def measure(
     model = PerceiverClassifier(config, MultiTaskConfig((TaskSpec(task.name, task.num_outputs),)))
     model = model.to(device).train()
     torch._dynamo.reset()  # compiled settings before this one leave nothing behind
-    torch._dynamo.config.recompile_limit = 64 if compiled == "static" else 8  # static: one compile per length
+    torch._dynamo.config.recompile_limit = 64  # as --compile sets it (static: one compile per length)
     running = torch.compile(model, dynamic=None if compiled == "dynamic" else False) if compiled else model
     optimizer = adamw(model.parameters(), lr=1e-4)
     batches = iter(ProportionalBatches(data, batch_size, seed=0, by_length=buckets))

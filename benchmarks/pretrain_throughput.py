@@ -172,15 +172,16 @@ def main() -> None:
     for mode in args.compile.split(","):
         if mode not in ("off", "on", "max-autotune"):
             parser.error(f"--compile: {mode!r} is not off, on or max-autotune")
+    # (asked precision, its dtype, attention, compile mode, the label of this variant)
     variants = [
-        (name, precision, attention + {"off": "", "on": "+compile"}.get(mode, "+compile-" + mode))
+        (name, precision, attention, mode, attention + {"off": "", "on": "+compile"}.get(mode, "+compile-" + mode))
         for name, precision in precisions
         for attention in args.attention.split(",")
         for mode in args.compile.split(",")
     ]
     for repeat in range(args.repeats):
         for preset in args.presets.split(","):
-            for name, precision, attention in variants:
+            for name, precision, attention, mode, label in variants:
                 cmd = [
                     sys.executable,
                     __file__,
@@ -200,25 +201,25 @@ def main() -> None:
                     "--precisions",
                     precision,
                     "--attention",
-                    attention.partition("+")[0],
+                    attention,
                     "--compile",
-                    {"": "off", "compile": "on"}.get(attention.partition("+")[2], attention.partition("-")[2]),
+                    mode,
                 ]
                 if args.gradient_checkpointing:
                     cmd.append("--gradient-checkpointing")
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{preset}: benchmark failed:\n{done.stderr.strip()}")
-                runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name + "/" + attention})
+                runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "asked": name + "/" + label})
                 print(
-                    f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}) {attention}: "
+                    f"  [{repeat + 1}/{args.repeats}] {preset} {name} ({precision}) {label}: "
                     f"{runs[-1]['step_s']:.3f} s/step (first step {runs[-1]['first_step_s']:.1f} s)",
                     flush=True,
                 )
     rows = []
     for preset in args.presets.split(","):
-        for name, _precision, attention in variants:
-            rs = [r for r in runs if r["preset"] == preset and r["asked"] == name + "/" + attention]
+        for name, _precision, _attention, _mode, label in variants:
+            rs = [r for r in runs if r["preset"] == preset and r["asked"] == name + "/" + label]
             step = statistics.median(r["step_s"] for r in rs)
             rows.append(
                 {

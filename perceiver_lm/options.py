@@ -302,7 +302,7 @@ class EvalOptions:
     overwrite: bool = option(False, "Replace an existing --json file.")
     mixed_precision: Precision = precision_option("no")
     compile: bool = option(
-        False, "torch.compile the model (inductor): pays for many windows, after a first compile of a minute or more."
+        False, "torch.compile the model (inductor): the same numbers; the first batches wait for the compile."
     )
     cpu: bool = option(False, "Score on the CPU even when a GPU is present.")
 
